@@ -1,0 +1,1 @@
+"""Benchmarks of mdfast (installed as ``mdfast.bench`` so that ``mdfast bench`` runs them)."""

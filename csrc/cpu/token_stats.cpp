@@ -1,0 +1,82 @@
+// SPEC 1 on the CPU: the token statistics of every logits row, one streaming pass per row
+// (cpu/row_stats.h), rows spread over OpenMP threads, one row per thread.
+#include "cpu/row_stats.h"
+#include "ops.h"
+
+namespace mdfast {
+namespace {
+
+struct TokenStatsOutputs {
+  int64_t* argmax;       // (rows)
+  float* topk_probs;     // (rows, k)
+  int64_t* topk_ids;     // (rows, k)
+  float* lse;            // (rows)
+  float* margin;         // (rows)
+  float* entropy_topk;   // (rows)
+  float* entropy_full;   // (rows), with kFullEntropy only
+};
+
+// SPEC 1 per row z = logits[b, n, :]:
+//   lse = log sum_v exp(z_v); argmax x = smallest index among the maximal z;
+//   top-k: the k largest p, descending, ties broken by smaller index; margin = p(1) - p(2);
+//   H_k = -(1/log k) * sum_{j<=k} q_j log q_j; H_full = lse - sum_v p_v z_v.
+template <bool kFullEntropy, typename scalar_t>
+void token_stats_rows(const at::Tensor& logits, int k, const TokenStatsOutputs& out) {
+  const int64_t N = logits.size(1), V = logits.size(2);
+  const int64_t rows = logits.size(0) * N;
+  const int64_t stride_b = logits.stride(0), stride_n = logits.stride(1);
+  const scalar_t* data = logits.data_ptr<scalar_t>();
+#pragma omp parallel
+  {
+    float buffer[cpu::kBlock];  // bf16/f16 blocks converted to float32
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const scalar_t* row = data + (r / N) * stride_b + (r % N) * stride_n;
+      const cpu::RowSummary summary = cpu::summarize_row<kFullEntropy>(row, V, k, buffer);
+      const cpu::TopKStats stats = cpu::finish_topk(summary);
+      for (int j = 0; j < k; ++j) {
+        out.topk_probs[r * k + j] = float(stats.prob[j]);
+        out.topk_ids[r * k + j] = cpu::output_id(summary.top.id[j]);
+      }
+      out.argmax[r] = out.topk_ids[r * k];
+      out.lse[r] = float(summary.lse());
+      out.margin[r] = float(stats.margin);
+      out.entropy_topk[r] = float(stats.entropy);
+      if constexpr (kFullEntropy) out.entropy_full[r] = float(summary.entropy_full());
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool full_entropy) {
+  TORCH_CHECK(logits.device().is_cpu(), "token_stats: logits must be on the CPU");
+  TORCH_CHECK(logits.dim() == 3, "token_stats: logits must be (B, N, V), got ", logits.sizes());
+  TORCH_CHECK(logits.stride(2) == 1, "token_stats: logits rows must be contiguous (stride(2) == 1)");
+  TORCH_CHECK(2 <= k && k <= cpu::kMaxTopK, "token_stats: need 2 <= k <= ", cpu::kMaxTopK, ", got ", k);
+  TORCH_CHECK(logits.size(2) >= k, "token_stats: need V >= k, got V = ", logits.size(2), ", k = ", k);
+  const int64_t B = logits.size(0), N = logits.size(1);
+  const auto f32 = logits.options().dtype(at::kFloat);
+  const auto i64 = logits.options().dtype(at::kLong);
+  at::Tensor argmax = at::empty({B, N}, i64);
+  at::Tensor topk_probs = at::empty({B, N, k}, f32);
+  at::Tensor topk_ids = at::empty({B, N, k}, i64);
+  at::Tensor lse = at::empty({B, N}, f32);
+  at::Tensor margin = at::empty({B, N}, f32);
+  at::Tensor entropy_topk = at::empty({B, N}, f32);
+  at::Tensor entropy_full = full_entropy ? at::empty({B, N}, f32) : at::empty({0}, f32);
+  const TokenStatsOutputs out{argmax.data_ptr<int64_t>(), topk_probs.data_ptr<float>(),
+                              topk_ids.data_ptr<int64_t>(), lse.data_ptr<float>(),
+                              margin.data_ptr<float>(),     entropy_topk.data_ptr<float>(),
+                              full_entropy ? entropy_full.data_ptr<float>() : nullptr};
+  cpu::dispatch_float_types(logits.scalar_type(), "token_stats: logits", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    if (full_entropy)
+      token_stats_rows<true, scalar_t>(logits, int(k), out);
+    else
+      token_stats_rows<false, scalar_t>(logits, int(k), out);
+  });
+  return {argmax, topk_probs, topk_ids, lse, margin, entropy_topk, entropy_full};
+}
+
+}  // namespace mdfast

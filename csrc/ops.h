@@ -1,0 +1,45 @@
+// The native operations of mdfast, one declaration per op. Each backend (cpu/, cuda/) defines the
+// same functions; bindings.cpp exposes whichever one was compiled under the same Python names, so
+// the Python glue (KernelBackend in mdfast/backends/__init__.py) is shared, with the Triton
+// kernels too (same signatures). Semantics: SPEC.md sections 1 and 2, exactly as
+// mdfast/reference.py evaluates them.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <optional>
+#include <vector>
+
+namespace mdfast {
+
+// SPEC 1 over logits (B, N, V) with stride(2) == 1 and any stride(0), stride(1);
+// float32, bfloat16 or float16. 2 <= k <= V and k <= 8 (mdfast.ops checks both).
+// A row holding NaN or +inf, or only -inf, gets a non-finite lse; its other outputs are
+// unspecified except that every id indexes the vocabulary.
+// Returns {argmax (B,N) int64, topk_probs (B,N,k) f32, topk_ids (B,N,k) int64, lse (B,N) f32,
+//          margin (B,N) f32, entropy_topk (B,N) f32, entropy_full (B,N) f32 or an empty tensor}.
+std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool full_entropy);
+
+// SPEC 2.2-2.7, one x-flow step, fused: statistics of every row, then the policy state, the
+// action (given `action`, else the policy's Kummer mean, else the heuristic), re-edit or flow
+// update, and the per-sequence hard commit.
+//   logits (B,N,V) stride(2)==1; X, X_out (B,N,E) f32 contiguous; t, t_out (B,N) f32 contiguous
+//   (X_out may alias X and t_out may alias t); embedding (V,E) f32/bf16/f16 with stride(1)==1;
+//   mask_embedding (E,) f32 contiguous; rho (B,) f32;
+//   policy_weights: packed f32 [W1 (d,k+4) row-major, b1 (d), W2 (d,d), b2 (d), w_mu (d),
+//   w_kappa (d), b_mu, b_kappa] with d = hidden, or none for the heuristic a_min^(1-c) a_max^c;
+//   action (B,N) f32 or none; rho and action are read through their strides.
+//   kummer_terms counts the series' terms including term_0 = 1 (FlowConfig.kummer_terms).
+// If any row's lse is not finite (NaN or +inf in the row, or the row all -inf), X_out and t_out
+// are left unwritten and committed is -1 (the other outputs are unspecified); the caller raises.
+// Returns {tokens (B,N) int64, confidence (B,N) f32,
+// action (B,N) f32, reedited (B,N) bool, committed (B,) int64, lse (B,N) f32}.
+std::vector<at::Tensor> xflow_step(const at::Tensor& logits, const at::Tensor& X, const at::Tensor& t,
+                                   const at::Tensor& embedding, const at::Tensor& mask_embedding,
+                                   const at::Tensor& rho, const std::optional<at::Tensor>& policy_weights,
+                                   int64_t hidden, double kappa_min, double kappa_max,
+                                   const std::optional<at::Tensor>& action, double a_min, double a_max,
+                                   double reedit_margin, double commit_threshold, int64_t k,
+                                   int64_t kummer_terms, at::Tensor& X_out, at::Tensor& t_out);
+
+}  // namespace mdfast

@@ -1,0 +1,13 @@
+"""mdfast: fast decoding for masked diffusion language models.
+
+Fused token statistics over huge logits rows and the x-prediction flow step (SPEC.md), with
+Triton, CUDA, C++ and pure-PyTorch backends behind one dispatch point (``mdfast.ops``).
+"""
+
+from .config import FlowConfig
+from .ops import TokenStats, XFlowStep, token_stats, xflow_step
+from .policy import StepPolicy
+
+__version__ = "0.1.0"
+
+__all__ = ["FlowConfig", "StepPolicy", "TokenStats", "XFlowStep", "token_stats", "xflow_step"]

@@ -1,0 +1,290 @@
+"""The public operations and the one place that picks their backend.
+
+``token_stats`` (SPEC 1) and ``xflow_step`` (SPEC 2) validate their inputs, choose a backend
+(``backend="auto" | "triton" | "cuda" | "cpu" | "torch"``) and return typed results. Bad input
+raises ``TypeError`` (wrong type or dtype) or ``ValueError`` (wrong shape, device, value, or
+non-finite logits) naming the argument and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import backends, reference
+from .config import FlowConfig
+from .policy import StepPolicy
+
+__all__ = ["TokenStats", "XFlowStep", "token_stats", "xflow_step"]
+
+
+@dataclass
+class TokenStats:
+    """SPEC 1 statistics of each logits row; batch shape = ``logits.shape[:-1]``.
+
+    argmax (int64): smallest index among the maximal logits; topk_probs (..., k) float32: the k
+    largest probabilities, descending, ties -> smaller index; topk_ids (..., k) int64: their ids;
+    lse = log sum_v exp(z_v); margin = p(1) - p(2); entropy_topk = H_k; entropy_full = H_full =
+    lse - sum_v p_v z_v (None unless asked). Float fields are float32.
+    """
+
+    argmax: Tensor
+    topk_probs: Tensor
+    topk_ids: Tensor
+    lse: Tensor
+    margin: Tensor
+    entropy_topk: Tensor
+    entropy_full: Tensor | None = None
+
+
+@dataclass
+class XFlowStep:
+    """The result of one x-flow step (SPEC 2) for B sequences of N tokens.
+
+    X (B, N, E), t (B, N): the new state (the inputs themselves when ``inplace``); tokens: x_pred
+    = argmax; confidence: c = p(1); action: the step size a each token drew or was given (also
+    for re-edited tokens, which do not use it); reedited (bool): c - t < -reedit_margin;
+    committed (B,) int64: the token hard-committed this step, -1 if none; log_prob: log pi(y) of
+    the sampled actions (only when ``sample``; differentiable in the policy's weights).
+    """
+
+    X: Tensor
+    t: Tensor
+    tokens: Tensor
+    confidence: Tensor
+    action: Tensor
+    reedited: Tensor
+    committed: Tensor
+    log_prob: Tensor | None = None
+
+
+def token_stats(
+    logits: Tensor,
+    k: int = 4,
+    full_entropy: bool = False,
+    *,
+    backend: str = "auto",
+    check_finite: bool = True,
+) -> TokenStats:
+    """SPEC 1 over the last dimension of ``logits`` (..., V): one streaming pass per row.
+
+    lse = log sum_v exp(z_v); p_v = exp(z_v - lse); argmax; the top-k probabilities (2 <= k <= 8);
+    margin = p(1) - p(2); H_k = -(1/log k) sum_{j<=k} q_j log q_j, q_j = p(j) / sum_{i<=k} p(i);
+    H_full = lse - sum_v p_v z_v when ``full_entropy``.
+
+    ``check_finite`` raises ValueError for rows holding a NaN or +inf, or only -inf (a host
+    synchronisation on CUDA); with False such rows come back with a non-finite ``lse``.
+    """
+    _check_tensor("logits", logits, dims=None, floating=True)
+    if logits.dim() == 0:
+        raise ValueError("logits: expected shape (..., V), got a 0-d tensor")
+    _check_k(k, logits.shape[-1])
+    batch_shape, V = logits.shape[:-1], logits.shape[-1]
+    impl = backends.resolve(backend, logits.device, logits.dtype)
+    rows = _as_rows(logits)
+    if rows.numel() == 0:
+        return _empty_stats(batch_shape, k, full_entropy, logits.device)
+    stats = impl.token_stats(rows, k, bool(full_entropy))
+    if check_finite:
+        _raise_if_not_finite(stats["lse"].reshape(batch_shape), "logits")
+    return TokenStats(**{name: None if value is None else value.reshape((*batch_shape, *value.shape[2:])) for name, value in stats.items()})
+
+
+def xflow_step(
+    logits: Tensor,
+    X: Tensor,
+    t: Tensor,
+    embedding: Tensor,
+    mask_embedding: Tensor,
+    policy: StepPolicy | None = None,
+    rho: float | Tensor = 0.0,
+    *,
+    config: FlowConfig = FlowConfig(),
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+    inplace: bool = False,
+    backend: str = "auto",
+    check_finite: bool = True,
+) -> XFlowStep:
+    """One x-prediction flow step (SPEC 2.2-2.7) from the logits of the N response rows.
+
+    For each token i: x_pred = argmax, c = p(1), state s = [p(1..4), H_4, margin, t_i, rho];
+    action a from ``policy`` (its mean a_min 1F1(alpha; alpha+beta; L ln 2), or a draw y ~
+    Beta(alpha, beta), a = a_min 2^(y L), when ``sample``) or, with ``policy=None``, the heuristic
+    a = a_min^(1-c) a_max^c. Then, with t before the update:
+      re-edit if c - t < -0.1:  X = c E[x_pred] + (1 - c) m,  t = c
+      else the flow update:     X += (E[x_pred] - X) a,       t += a (1 - t)
+    and per sequence the hard commit: among tokens with t < 0.99 the most confident (smallest
+    index on ties) gets X = E[x_pred], t = 1.
+
+    Shapes: logits (B, N, V) float32/bfloat16/float16 (float64 with the torch backend); X (B, N, E)
+    float32; t (B, N) float32; embedding (V, E) any float dtype (the model's input embeddings);
+    mask_embedding (E,); rho = l / max(T-1, 1), a number or a tensor () or (B,). ``inplace`` writes
+    the new X and t into the given tensors (which must then be contiguous). ``sample`` needs a
+    policy; ``generator`` drives its draws. ``check_finite`` as in ``token_stats``: a step with a
+    non-finite row writes no state at all, and raises unless ``check_finite=False``.
+    """
+    _check_tensor("logits", logits, dims=3, floating=True)
+    B, N, V = logits.shape
+    device = logits.device
+    _check_tensor("X", X, dims=3, dtype=torch.float32, device=device)
+    E = X.shape[-1]
+    _check_shape("X", X, (B, N, E), "(B, N, E) with (B, N) from logits")
+    _check_tensor("t", t, dims=2, dtype=torch.float32, device=device)
+    _check_shape("t", t, (B, N), "(B, N) from logits")
+    _check_tensor("embedding", embedding, dims=2, floating=True, device=device)
+    _check_shape("embedding", embedding, (V, E), "(V, E): a row per vocabulary entry of logits and X's width E")
+    _check_tensor("mask_embedding", mask_embedding, dims=1, floating=True, device=device)
+    _check_shape("mask_embedding", mask_embedding, (E,), "(E,) with E from X")
+    if not isinstance(config, FlowConfig):
+        raise TypeError(f"config: expected a FlowConfig, got {type(config).__name__}")
+    _check_k(config.k, V)
+    _check_policy(policy, config)
+    if sample and policy is None:
+        raise ValueError("sample=True needs a policy: the heuristic action a_min^(1-c) a_max^c is deterministic")
+    if generator is not None and not sample:
+        raise ValueError("generator: only used with sample=True")
+    if inplace and not (X.is_contiguous() and t.is_contiguous()):
+        raise ValueError("inplace=True needs contiguous X and t")
+    rho = _rho_tensor(rho, B, device)
+    impl = backends.resolve(backend, device, logits.dtype)
+
+    X_in, t_in = X.contiguous(), t.contiguous()
+    X_out, t_out = (X, t) if inplace else (torch.empty_like(X_in), torch.empty_like(t_in))
+    if B * N == 0:
+        return _empty_step(X_out, t_out, B, N, sample)
+
+    logits = _as_rows(logits)
+    action = log_prob = None
+    if sample:
+        # The draws come from torch with ``generator`` in every backend (SPEC 2.5, sampling).
+        stats = impl.token_stats(logits, config.k, False)
+        if check_finite:
+            _raise_if_not_finite(stats["lse"], "logits")
+        state = reference.policy_state(stats["topk_probs"], stats["entropy_topk"], stats["margin"], t_in, rho)
+        alpha, beta = policy(state)
+        action, log_prob = reference.sample_action(alpha, beta, config.a_min, config.a_max, generator)
+        action = action.detach().float().contiguous()
+
+    args = backends.XFlowArgs(
+        logits=logits, X=X_in, t=t_in, embedding=_unit_stride(embedding), mask_embedding=mask_embedding.float().contiguous(),
+        rho=rho, policy=policy, action=action, a_min=config.a_min, a_max=config.a_max,
+        reedit_margin=config.reedit_margin, commit_threshold=config.commit_threshold, k=config.k,
+        kummer_terms=config.kummer_terms, X_out=X_out, t_out=t_out,
+    )  # fmt: skip
+    out = impl.xflow_step(args)
+    if check_finite:
+        _raise_if_not_finite(out["lse"], "logits")
+    return XFlowStep(
+        X=X_out, t=t_out, tokens=out["tokens"], confidence=out["confidence"], action=out["action"],
+        reedited=out["reedited"], committed=out["committed"], log_prob=log_prob,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# validation and layout
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(x) -> str:
+    if isinstance(x, Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)} on {x.device}"
+    return f"{type(x).__name__}"
+
+
+def _check_tensor(name, x, *, dims=None, dtype=None, floating=False, device=None) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {_describe(x)}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {x.dtype}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+    if dims is not None and x.dim() != dims:
+        raise ValueError(f"{name}: expected a {dims}-d tensor, got shape {tuple(x.shape)}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} (the device of logits), got {x.device}")
+
+
+def _check_shape(name, x: Tensor, shape: tuple, meaning: str) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} = {meaning}, got {tuple(x.shape)}")
+
+
+def _check_k(k, V: int) -> None:
+    if not (isinstance(k, int) and 2 <= k <= 8):
+        raise ValueError(f"k: expected an int in [2, 8], got {k!r}")
+    if V < k:
+        raise ValueError(f"logits: the vocabulary (last dimension, {V}) must hold at least k = {k} entries")
+
+
+def _check_policy(policy, config: FlowConfig) -> None:
+    if policy is None:
+        return
+    if not isinstance(policy, StepPolicy):
+        raise TypeError(f"policy: expected a mdfast.StepPolicy or None, got {type(policy).__name__}")
+    if (policy.k, policy.a_min, policy.a_max) != (config.k, config.a_min, config.a_max):
+        raise ValueError(
+            f"policy: trained with k={policy.k}, a_min={policy.a_min}, a_max={policy.a_max} but config has "
+            f"k={config.k}, a_min={config.a_min}, a_max={config.a_max}; pass "
+            "config=FlowConfig(k=policy.k, a_min=policy.a_min, a_max=policy.a_max)"
+        )
+
+
+def _rho_tensor(rho, B: int, device: torch.device) -> Tensor:
+    if isinstance(rho, Tensor):
+        if rho.dim() > 1 or (rho.dim() == 1 and rho.shape[0] != B):
+            raise ValueError(f"rho: expected a number or a tensor of shape () or ({B},), got shape {tuple(rho.shape)}")
+        return rho.to(device=device, dtype=torch.float32).expand(B).contiguous()
+    if not isinstance(rho, (int, float)):
+        raise TypeError(f"rho: expected a number or a tensor, got {type(rho).__name__}")
+    return torch.full((B,), float(rho), dtype=torch.float32, device=device)
+
+
+def _unit_stride(x: Tensor) -> Tensor:
+    """The kernels walk rows with any stride but need the last dimension dense."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _as_rows(logits: Tensor) -> Tensor:
+    """A (B, N, V) view of ``logits`` (..., V) with a dense last dimension (a copy only if needed)."""
+    logits = _unit_stride(logits)
+    if logits.dim() == 1:
+        return logits.view(1, 1, -1)
+    if logits.dim() == 2:
+        return logits.unsqueeze(0)
+    return logits.flatten(0, -3) if logits.dim() > 3 else logits
+
+
+def _raise_if_not_finite(lse: Tensor, name: str) -> None:
+    bad = ~torch.isfinite(lse)
+    if bool(bad.any()):
+        where = bad.nonzero()
+        first = tuple(where[0].tolist())
+        raise ValueError(
+            f"{name}: {where.shape[0]} row(s) are not a finite distribution (a NaN or +inf entry, or every "
+            f"entry -inf), the first at row index {first}; no state was written"
+        )
+
+
+def _empty_stats(batch_shape, k: int, full_entropy: bool, device) -> TokenStats:
+    f32 = dict(dtype=torch.float32, device=device)
+    i64 = dict(dtype=torch.int64, device=device)
+    return TokenStats(
+        argmax=torch.empty(batch_shape, **i64), topk_probs=torch.empty(*batch_shape, k, **f32),
+        topk_ids=torch.empty(*batch_shape, k, **i64), lse=torch.empty(batch_shape, **f32),
+        margin=torch.empty(batch_shape, **f32), entropy_topk=torch.empty(batch_shape, **f32),
+        entropy_full=torch.empty(batch_shape, **f32) if full_entropy else None,
+    )  # fmt: skip
+
+
+def _empty_step(X_out: Tensor, t_out: Tensor, B: int, N: int, sample: bool) -> XFlowStep:
+    """N = 0 (or B = 0): nothing to update, nothing to commit."""
+    device = t_out.device
+    zeros = torch.zeros(B, N, dtype=torch.float32, device=device)
+    return XFlowStep(
+        X=X_out, t=t_out, tokens=torch.zeros(B, N, dtype=torch.int64, device=device), confidence=zeros,
+        action=zeros.clone(), reedited=torch.zeros(B, N, dtype=torch.bool, device=device),
+        committed=torch.full((B,), -1, dtype=torch.int64, device=device), log_prob=zeros.clone() if sample else None,
+    )  # fmt: skip

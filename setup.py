@@ -1,0 +1,48 @@
+"""Install mdfast.
+
+``triton_kernels/``, ``bench/`` and ``csrc/`` live at the top of the repository (one folder per
+concern) but are installed inside the package as ``mdfast.triton_kernels``, ``mdfast.bench`` and
+``mdfast.csrc``: the top-level name ``triton_kernels`` belongs to other projects.
+
+The native extensions are compiled with ninja on first use and cached. ``MDFAST_BUILD_EXT=1``
+compiles the CPU extension at install time instead (needs torch in the build environment, so
+install with ``pip install --no-build-isolation``).
+"""
+
+import os
+import runpy
+
+from setuptools import setup
+
+package_dir = {
+    "mdfast.triton_kernels": "triton_kernels",
+    "mdfast.bench": "bench",
+    "mdfast.csrc": "csrc",
+}
+packages = ["mdfast", "mdfast.backends", *package_dir]
+package_data = {"mdfast.csrc": ["*.h", "*.cpp", "*/*.h", "*/*.cpp", "*/*.cu", "*/*.cuh"], "mdfast.bench": ["*.md"]}
+
+ext_modules, cmdclass = [], {}
+if os.environ.get("MDFAST_BUILD_EXT", "0") == "1":
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    # The same sources and flags as the just-in-time build (one place states them).
+    native = runpy.run_path(os.path.join("mdfast", "backends", "native.py"))
+    cpu = native["CPU_EXTENSION"]
+    ext_modules.append(
+        CppExtension(
+            "mdfast._cpu_ext",
+            sources=[os.path.join("csrc", s) for s in cpu.sources],
+            extra_compile_args=list(cpu.cflags),
+            extra_link_args=list(cpu.ldflags),
+        )
+    )
+    cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)
+
+setup(
+    packages=packages,
+    package_dir=package_dir,
+    package_data=package_data,
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

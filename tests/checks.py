@@ -1,0 +1,92 @@
+"""Shared test machinery: the backends under test, tolerances, and the float64 comparison.
+
+Tolerances (DEVELOPERS.md): every backend is compared with ``mdfast.reference`` evaluated in
+float64 on the same input values; relative error <= 1e-5 for float32 logits and <= 1e-3 for
+bfloat16/float16 logits, where "relative" is |got - want| / (|want| + scale) and scale is the size
+of the terms a quantity is the difference of (see ``assert_close``); ids and flags exactly equal.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mdfast import backends  # noqa: E402
+
+RTOL = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-3}
+
+# Elements of logits the Triton interpreter gets through in a few seconds.
+INTERPRETER_MAX_ELEMENTS = 60_000
+
+
+def interpreted(name: str) -> bool:
+    return name == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def backend_device(name: str) -> str:
+    """Where a backend's inputs live in these tests."""
+    if name in ("cuda",) or (name == "triton" and not interpreted(name)):
+        return "cuda"
+    return "cpu"
+
+
+def require_backend(name: str) -> str:
+    """Skip (saying why) where ``name`` cannot run; returns the device for its inputs."""
+    reason = backends.get(name).unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"backend {name!r} unavailable here: {reason}")
+    return backend_device(name)
+
+
+def require_size(name: str, elements: int) -> None:
+    if interpreted(name) and elements > INTERPRETER_MAX_ELEMENTS:
+        pytest.skip(f"Triton interpreter on the CPU: {elements} logits elements is too slow (GPU tests cover it)")
+
+
+def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, rtol: float, scale=0.0) -> None:
+    """|got - want| <= rtol * (|want| + scale), elementwise, with a message naming the worst entry.
+
+    ``scale`` (a number or a tensor broadcasting against ``want``) is the magnitude of the terms a
+    quantity is computed as the difference of: p(1) for margin = p(1) - p(2), 1 for entropies in
+    [0, 1], |X| + |E[x]| for the flow update; 0 (pure relative error) for probabilities.
+    """
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    got64, want64 = got.detach().double().cpu(), want.detach().double().cpu()
+    if torch.is_tensor(scale):
+        scale = scale.detach().double().cpu()
+    bound = rtol * (want64.abs() + scale) + 1e-35  # + the float32 denormal floor
+    err = (got64 - want64).abs()
+    both_inf = torch.isinf(got64) & (got64 == want64)
+    bad = (err > bound) & ~both_inf | (torch.isnan(got64) != torch.isnan(want64))
+    if bool(bad.any()):
+        index = tuple(bad.nonzero()[0].tolist())
+        ratio = (err / bound).nan_to_num(posinf=float("inf"))
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {bad.numel()} entries off; first at {index}: got {got64[index].item()!r}, "
+            f"want {want64[index].item()!r} (rtol {rtol}); worst error/bound = {ratio.max().item():.3g}"
+        )
+
+
+def assert_equal(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    got, want = got.cpu(), want.cpu()
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    mismatch = got != want
+    if bool(mismatch.any()):
+        index = tuple(mismatch.nonzero()[0].tolist())
+        raise AssertionError(f"{name}: {int(mismatch.sum())} entries differ; first at {index}: got {got[index].item()}, want {want[index].item()}")
+
+
+def assert_bitwise_equal(name: str, first: torch.Tensor | None, second: torch.Tensor | None) -> None:
+    """The same bytes (NaN payloads included): what two runs on the same input must give."""
+    if first is None or second is None:
+        assert first is None and second is None, f"{name}: one run returned None"
+        return
+    as_bytes = [x.detach().cpu().contiguous().reshape(-1).view(torch.uint8) for x in (first, second)]
+    assert first.dtype == second.dtype and torch.equal(*as_bytes), f"{name}: two runs on the same input differ"
+
+
+def random_logits(shape, dtype=torch.float32, *, device="cpu", scale=3.0, generator=None) -> torch.Tensor:
+    """Fresh random logits in the given dtype (values then exactly representable in float64)."""
+    return (torch.randn(shape, generator=generator, dtype=torch.float32) * scale).to(dtype).to(device)

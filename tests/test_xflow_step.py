@@ -1,0 +1,206 @@
+"""mdfast.xflow_step, every backend against the float64 reference (SPEC 2)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import mdfast
+from mdfast import FlowConfig, StepPolicy, reference
+
+from checks import RTOL, assert_bitwise_equal, assert_close, assert_equal, random_logits, require_backend, require_size
+
+BACKENDS = ["torch", "cpu", "triton", "cuda"]
+
+
+def make_state(B, N, V, E, *, device, logits_dtype=torch.float32, emb_dtype=torch.float32):
+    """Random logits, X, t spread over [0, 1] (so re-edits, updates and finished tokens all
+    occur), an embedding table and a mask embedding."""
+    logits = random_logits((B, N, V), logits_dtype, device=device)
+    logits[..., : N // 3, 0] += 12.0  # a third of the tokens confident: t grows past 0.99
+    X = torch.randn(B, N, E, device=device)
+    t = torch.rand(B, N, device=device)
+    t[..., : N // 5] = 0.995
+    embedding = torch.randn(V, E, device=device).to(emb_dtype)
+    mask_embedding = torch.randn(E, device=device)
+    return logits, X, t, embedding, mask_embedding
+
+
+def random_policy(k=4, hidden=64, seed=0, **constants):
+    """A StepPolicy with weights spread enough that alpha, beta cover the kappa range."""
+    torch.manual_seed(seed)
+    policy = StepPolicy(hidden, k=k, **constants)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.normal_(0, 0.7)
+    return policy
+
+
+def reference_step(logits, X, t, embedding, mask_embedding, policy, rho, config, **kwargs):
+    return reference.xflow_step(
+        logits.double().cpu(), X.double().cpu(), t.double().cpu(), embedding.double().cpu(), mask_embedding.double().cpu(),
+        copy.deepcopy(policy).double().cpu() if policy is not None else None, rho.double().cpu() if torch.is_tensor(rho) else rho,
+        a_min=config.a_min, a_max=config.a_max, reedit_margin=config.reedit_margin,
+        commit_threshold=config.commit_threshold, k=config.k, **kwargs,
+    )  # fmt: skip
+
+
+def check_step(out: mdfast.XFlowStep, want: dict, X_before, embedding, rtol) -> None:
+    assert_equal("tokens", out.tokens, want["tokens"])
+    assert_equal("reedited", out.reedited, want["reedited"])
+    assert_equal("committed", out.committed, want["committed"])
+    assert_close("confidence", out.confidence, want["confidence"], rtol)
+    assert_close("action", out.action, want["action"], rtol)
+    assert_close("t", out.t, want["t"], rtol, scale=1.0)
+    target = embedding.double().cpu()[want["tokens"]]
+    assert_close("X", out.X, want["X"], rtol, scale=X_before.double().cpu().abs() + target.abs())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_policy", [False, True], ids=["heuristic", "policy"])
+@pytest.mark.parametrize(
+    "B, N, V, E",
+    [(1, 1, 111, 8), (3, 7, 111, 16), (2, 99, 32000, 64), (1, 512, 32000, 128), (1, 7, 126464, 32), (8, 64, 4099, 40)],
+)
+def test_matches_reference(backend, with_policy, B, N, V, E):
+    device = require_backend(backend)
+    require_size(backend, B * N * V)
+    config = FlowConfig()
+    policy = random_policy().to(device) if with_policy else None
+    logits, X, t, embedding, m = make_state(B, N, V, E, device=device)
+    rho = torch.rand(B, device=device)
+    X_before = X.clone()
+    out = mdfast.xflow_step(logits, X, t, embedding, m, policy, rho, config=config, backend=backend)
+    want = reference_step(logits, X, t, embedding, m, policy, rho, config)
+    check_step(out, want, X_before, embedding, RTOL[torch.float32])
+    assert torch.equal(X, X_before), "inplace=False must leave X untouched"
+    if N >= 7:
+        assert bool(out.reedited.any()) and bool((~out.reedited).any()), "the test data should exercise both branches"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("logits_dtype, emb_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32), (torch.float32, torch.bfloat16)], ids=str)
+def test_low_precision_inputs(backend, logits_dtype, emb_dtype):
+    device = require_backend(backend)
+    logits, X, t, embedding, m = make_state(2, 37, 1500, 24, device=device, logits_dtype=logits_dtype, emb_dtype=emb_dtype)
+    policy = random_policy().to(device)
+    X_before = X.clone()
+    out = mdfast.xflow_step(logits, X, t, embedding, m, policy, 0.4, backend=backend)
+    want = reference_step(logits, X, t, embedding, m, policy, 0.4, FlowConfig())
+    check_step(out, want, X_before, embedding, RTOL[logits_dtype])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inplace_strided_logits_and_config(backend):
+    """Writes into X and t; logits rows strided; another a_min/a_max, margin, threshold and k."""
+    device = require_backend(backend)
+    config = FlowConfig(a_min=1e-3, a_max=0.5, reedit_margin=0.05, commit_threshold=0.9, k=6)
+    policy = random_policy(k=6, hidden=24, a_min=1e-3, a_max=0.5, kappa_min=1.0, kappa_max=40.0).to(device)
+    wide, X, t, embedding, m = make_state(2, 40, 700, 12, device=device)
+    logits = wide[:, ::2, :650]
+    embedding = embedding[:650]
+    X_before, t_before = X[:, ::2].clone(), t[:, ::2].clone()
+    X, t = X_before.clone(), t_before.clone()
+    want = reference_step(logits, X, t, embedding, m, policy, 0.7, config)
+    out = mdfast.xflow_step(logits, X, t, embedding, m, policy, 0.7, config=config, inplace=True, backend=backend)
+    assert out.X.data_ptr() == X.data_ptr() and out.t.data_ptr() == t.data_ptr()
+    check_step(out, want, X_before, embedding, RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampling_draws_like_the_reference(backend):
+    """sample=True: the same generator seed gives the reference's draws, and log pi(y) carries
+    gradients to the policy's weights."""
+    device = require_backend(backend)
+    policy = random_policy().to(device)
+    logits, X, t, embedding, m = make_state(2, 30, 900, 16, device=device)
+    X_before = X.clone()
+    out = mdfast.xflow_step(logits, X, t, embedding, m, policy, 0.25, sample=True, generator=torch.Generator(device).manual_seed(7), backend=backend)
+    want = reference_step(logits, X, t, embedding, m, policy, 0.25, FlowConfig(), sample=True, generator=torch.Generator(device).manual_seed(7))
+    check_step(out, want, X_before, embedding, RTOL[torch.float32])
+    assert_close("log_prob", out.log_prob, want["log_prob"], 1e-4, scale=1.0)
+    out.log_prob.sum().backward()
+    assert policy.fc1.weight.grad is not None and bool(policy.fc1.weight.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_policy", [False, True], ids=["heuristic", "policy"])
+def test_runs_are_bitwise_equal(backend, with_policy):
+    device = require_backend(backend)
+    policy = random_policy().to(device) if with_policy else None
+    logits, X, t, embedding, m = make_state(3, 45, 2000, 33, device=device)
+    first = mdfast.xflow_step(logits, X, t, embedding, m, policy, 0.5, backend=backend)
+    second = mdfast.xflow_step(logits, X, t, embedding, m, policy, 0.5, backend=backend)
+    for name in ("X", "t", "tokens", "confidence", "action", "reedited", "committed"):
+        assert_bitwise_equal(name, getattr(first, name), getattr(second, name))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_logits_write_nothing(backend):
+    device = require_backend(backend)
+    logits, X, t, embedding, m = make_state(2, 9, 300, 8, device=device)
+    logits[0, 4, 100] = math.nan
+    X_before, t_before = X.clone(), t.clone()
+    with pytest.raises(ValueError, match=r"logits: 1 row\(s\) are not a finite distribution.*\(0, 4\).*no state was written"):
+        mdfast.xflow_step(logits, X, t, embedding, m, inplace=True, backend=backend)
+    assert torch.equal(X, X_before) and torch.equal(t, t_before)
+    mdfast.xflow_step(logits, X, t, embedding, m, inplace=True, backend=backend, check_finite=False)
+    assert torch.equal(X, X_before) and torch.equal(t, t_before)
+
+
+def test_empty_response_is_a_no_op():
+    X, t = torch.randn(2, 0, 8), torch.rand(2, 0)
+    out = mdfast.xflow_step(torch.randn(2, 0, 50), X, t, torch.randn(50, 8), torch.randn(8), inplace=True)
+    assert out.X is X and out.committed.tolist() == [-1, -1] and out.tokens.shape == (2, 0)
+
+
+def _valid():
+    return dict(logits=torch.randn(2, 5, 40), X=torch.randn(2, 5, 6), t=torch.rand(2, 5), embedding=torch.randn(40, 6), mask_embedding=torch.randn(6))
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (dict(logits=torch.randn(5, 40)), ValueError, "logits: expected a 3-d tensor"),
+        (dict(logits=torch.randint(0, 3, (2, 5, 40))), TypeError, "logits: expected a floating-point tensor"),
+        (dict(X=torch.randn(2, 5, 6, dtype=torch.float64)), TypeError, "X: expected dtype torch.float32"),
+        (dict(X=torch.randn(2, 4, 6)), ValueError, r"X: expected shape \(2, 5, 6\)"),
+        (dict(t=torch.rand(2, 5).half()), TypeError, "t: expected dtype torch.float32"),
+        (dict(t=torch.rand(5)), ValueError, "t: expected a 2-d tensor"),
+        (dict(embedding=torch.randn(41, 6)), ValueError, r"embedding: expected shape \(40, 6\) = \(V, E\)"),
+        (dict(embedding=torch.randn(40, 7)), ValueError, r"embedding: expected shape \(40, 6\)"),
+        (dict(mask_embedding=torch.randn(7)), ValueError, r"mask_embedding: expected shape \(6,\)"),
+        (dict(X=torch.randn(2, 5, 6, device="meta")), ValueError, "X: expected a tensor on cpu"),
+        (dict(rho=torch.rand(3)), ValueError, r"rho: expected a number or a tensor of shape \(\) or \(2,\)"),
+        (dict(rho="0.5"), TypeError, "rho: expected a number or a tensor"),
+        (dict(sample=True), ValueError, "sample=True needs a policy"),
+        (dict(generator=torch.Generator()), ValueError, "generator: only used with sample=True"),
+        (dict(policy=torch.nn.Linear(8, 2)), TypeError, "policy: expected a mdfast.StepPolicy"),
+        (dict(policy=StepPolicy(a_min=0.01)), ValueError, "policy: trained with k=4, a_min=0.01"),
+        (dict(config=dict(a_min=0.1)), TypeError, "config: expected a FlowConfig"),
+        (dict(X=torch.randn(2, 6, 5).transpose(1, 2), inplace=True), ValueError, "inplace=True needs contiguous X and t"),
+    ],
+)
+def test_bad_input_is_named(change, error, message):
+    args = {**_valid(), **change}
+    with pytest.raises(error, match=message):
+        mdfast.xflow_step(**args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(a_min=0.0), "a_min"),
+        (dict(a_min=0.5, a_max=0.4), "a_min"),
+        (dict(a_max=1.5), "a_max"),
+        (dict(reedit_margin=-0.1), "reedit_margin"),
+        (dict(commit_threshold=0.0), "commit_threshold"),
+        (dict(k=1), "k must be"),
+    ],
+)
+def test_flow_config_checks_itself(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FlowConfig(**kwargs)
