@@ -5,9 +5,22 @@ Triton, CUDA, C++ and pure-PyTorch backends behind one dispatch point (``mdfast.
 """
 
 from .config import FlowConfig
+from .decode import GenerateOutput, generate
+from .models import patch, unpatch
 from .ops import TokenStats, XFlowStep, token_stats, xflow_step
 from .policy import StepPolicy
 
 __version__ = "0.1.0"
 
-__all__ = ["FlowConfig", "StepPolicy", "TokenStats", "XFlowStep", "token_stats", "xflow_step"]
+__all__ = [
+    "FlowConfig",
+    "GenerateOutput",
+    "StepPolicy",
+    "TokenStats",
+    "XFlowStep",
+    "generate",
+    "patch",
+    "token_stats",
+    "unpatch",
+    "xflow_step",
+]

@@ -1,0 +1,169 @@
+// SPEC 1 on CUDA: the token statistics of every logits row, one streaming pass per row
+// (cuda/row_stats.cuh), no host synchronisation.
+//
+//   lse = log sum_v exp(z_v); argmax x = smallest index among the maximal z;
+//   top-k: the k largest p, descending, ties broken by smaller index; margin = p(1) - p(2);
+//   H_k = -(1/log k) * sum_{j<=k} q_j log q_j; H_full = lse - sum_v p_v z_v.
+//
+// Launches (pass_shape decides):
+// - rows >= 2 x SMs: `stats_row_kernel`, grid (rows,), 256 threads: one block streams a row and
+//   writes its statistics (N = 512 bf16 rows of V = 126464: 512 blocks, one wave at 4 blocks/SM);
+// - fewer rows: `chunk_kernel`, grid (rows x chunks,), 256 threads, writes each chunk's
+//   (m, S, D, top-k) to a workspace, then `stats_merge_kernel`, grid (rows,), 128 threads, merges
+//   the chunks of a row in chunk order and writes its statistics.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <climits>
+
+#include "cuda/row_stats.cuh"
+#include "ops.h"
+
+namespace mdfast {
+namespace {
+
+using namespace gpu;
+
+struct StatsOut {
+  int64_t* argmax;      // (rows)
+  float* topk_probs;    // (rows, k)
+  int64_t* topk_ids;    // (rows, k)
+  float* lse;           // (rows)
+  float* margin;        // (rows)
+  float* entropy_topk;  // (rows)
+  float* entropy_full;  // (rows), with kFull only
+};
+
+// Warp 0 of a block, lanes j < k holding slot j: the row's outputs.
+template <bool kFull>
+__device__ __forceinline__ void write_stats(const RowTail& tail, int64_t row, int k, int lane, const StatsOut& out) {
+  if (lane < k) {
+    out.topk_probs[row * k + lane] = float(tail.p);
+    out.topk_ids[row * k + lane] = tail.id;
+  }
+  if (lane == 0) {
+    out.argmax[row] = tail.id0;
+    out.lse[row] = float(tail.lse);
+    out.margin[row] = float(tail.margin);
+    out.entropy_topk[row] = float(tail.entropy);
+    if (kFull) out.entropy_full[row] = float(tail.entropy_full);
+  }
+}
+
+// Grid (rows,), kRowThreads threads: row r = (r / N, r % N) streamed whole.
+template <class T, bool kFull>
+__global__ void __launch_bounds__(kRowThreads, 4)
+    stats_row_kernel(const typename T::storage* __restrict__ logits, int64_t N, int V, int64_t stride_b,
+                     int64_t stride_n, int k, StatsOut out) {
+  __shared__ CombineScratch<kRowWarps> sh;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t row = blockIdx.x;
+  const typename T::storage* z = logits + (row / N) * stride_b + (row % N) * stride_n;
+
+  ThreadSums<kFull> sums;
+  sums.init();
+  WarpTopK top;
+  top.init();
+  scan_segment<T, kFull, kRowWarps>(z, 0, V, k, warp, lane, sums, top);
+  const RowTotals totals = block_combine<kRowWarps, kFull>(sums.m, sums.sum(), sums.sum_d(), warp, lane, sh);
+  block_merge_topk<kRowWarps>(top, k, warp, lane, sh);
+  if (warp == 0) write_stats<kFull>(row_tail(top, totals, k, lane), row, k, lane, out);
+}
+
+// Grid (rows,), kMergeThreads threads: the chunks of a row (chunk_kernel) merged in chunk order.
+template <bool kFull>
+__global__ void __launch_bounds__(kMergeThreads)
+    stats_merge_kernel(ChunkParts parts, int chunks, int k, StatsOut out) {
+  __shared__ CombineScratch<kMergeWarps> sh;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t row = blockIdx.x;
+  WarpTopK top;
+  const RowTotals totals = merge_chunks<kFull>(parts, row, chunks, k, warp, lane, top, sh);
+  if (warp == 0) write_stats<kFull>(row_tail(top, totals, k, lane), row, k, lane, out);
+}
+
+template <class T, bool kFull>
+void launch_stats(const at::Tensor& logits, int k, const StatsOut& out, cudaStream_t stream) {
+  using storage = typename T::storage;
+  const int64_t B = logits.size(0), N = logits.size(1), rows = B * N;
+  const int V = int(logits.size(2));
+  const auto* data = reinterpret_cast<const storage*>(logits.data_ptr());
+  const PassShape shape = pass_shape(rows, V, multiprocessors(logits.get_device()));
+  if (shape.chunks == 1) {
+    stats_row_kernel<T, kFull><<<unsigned(rows), kRowThreads, 0, stream>>>(data, N, V, logits.stride(0),
+                                                                           logits.stride(1), k, out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const auto options = logits.options();
+  const int64_t parts_count = rows * shape.chunks;
+  at::Tensor m = at::empty({parts_count}, options.dtype(at::kFloat));
+  at::Tensor s = at::empty({parts_count}, options.dtype(at::kDouble));
+  at::Tensor d = at::empty({parts_count}, options.dtype(at::kDouble));
+  at::Tensor v = at::empty({parts_count * k}, options.dtype(at::kFloat));
+  at::Tensor i = at::empty({parts_count * k}, options.dtype(at::kInt));
+  const ChunkParts parts{m.data_ptr<float>(), s.data_ptr<double>(), d.data_ptr<double>(), v.data_ptr<float>(),
+                         i.data_ptr<int>()};
+  chunk_kernel<T, kFull><<<unsigned(parts_count), kRowThreads, 0, stream>>>(
+      data, N, V, logits.stride(0), logits.stride(1), k, shape.chunks, shape.chunk_len, parts);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  stats_merge_kernel<kFull><<<unsigned(rows), kMergeThreads, 0, stream>>>(parts, shape.chunks, k, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <bool kFull>
+void dispatch_stats(const at::Tensor& logits, int k, const StatsOut& out, cudaStream_t stream) {
+  switch (logits.scalar_type()) {
+    case at::kFloat:
+      launch_stats<F32, kFull>(logits, k, out, stream);
+      break;
+    case at::kBFloat16:
+      launch_stats<BF16, kFull>(logits, k, out, stream);
+      break;
+    case at::kHalf:
+      launch_stats<F16, kFull>(logits, k, out, stream);
+      break;
+    default:
+      TORCH_CHECK(false, "token_stats: logits: expected float32, bfloat16 or float16, got ", logits.scalar_type());
+  }
+}
+
+}  // namespace
+
+std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool full_entropy) {
+  TORCH_CHECK(logits.is_cuda(), "token_stats: logits must be a CUDA tensor");
+  TORCH_CHECK(logits.dim() == 3, "token_stats: logits must be (B, N, V), got ", logits.sizes());
+  TORCH_CHECK(logits.stride(2) == 1, "token_stats: logits rows must be contiguous (stride(2) == 1)");
+  TORCH_CHECK(2 <= k && k <= gpu::kMaxTopK, "token_stats: need 2 <= k <= ", gpu::kMaxTopK, ", got ", k);
+  TORCH_CHECK(logits.size(2) >= k, "token_stats: need V >= k, got V = ", logits.size(2), ", k = ", k);
+  TORCH_CHECK(logits.size(2) < gpu::kSentinel - 64, "token_stats: V must be below 2^31 - 64, got ", logits.size(2));
+  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16 ||
+                  logits.scalar_type() == at::kHalf,
+              "token_stats: logits: expected float32, bfloat16 or float16, got ", logits.scalar_type());
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t B = logits.size(0), N = logits.size(1);
+  TORCH_CHECK(B * N <= INT_MAX, "token_stats: at most 2^31 - 1 rows, got ", B * N);
+  const auto f32 = logits.options().dtype(at::kFloat);
+  const auto i64 = logits.options().dtype(at::kLong);
+  at::Tensor argmax = at::empty({B, N}, i64);
+  at::Tensor topk_probs = at::empty({B, N, k}, f32);
+  at::Tensor topk_ids = at::empty({B, N, k}, i64);
+  at::Tensor lse = at::empty({B, N}, f32);
+  at::Tensor margin = at::empty({B, N}, f32);
+  at::Tensor entropy_topk = at::empty({B, N}, f32);
+  at::Tensor entropy_full = full_entropy ? at::empty({B, N}, f32) : at::empty({0}, f32);
+  std::vector<at::Tensor> result{argmax, topk_probs, topk_ids, lse, margin, entropy_topk, entropy_full};
+  if (B * N == 0) return result;
+  const StatsOut out{argmax.data_ptr<int64_t>(), topk_probs.data_ptr<float>(),   topk_ids.data_ptr<int64_t>(),
+                     lse.data_ptr<float>(),      margin.data_ptr<float>(),       entropy_topk.data_ptr<float>(),
+                     full_entropy ? entropy_full.data_ptr<float>() : nullptr};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (full_entropy)
+    dispatch_stats<true>(logits, int(k), out, stream);
+  else
+    dispatch_stats<false>(logits, int(k), out, stream);
+  return result;
+}
+
+}  // namespace mdfast

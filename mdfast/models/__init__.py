@@ -1,0 +1,205 @@
+"""Model families (SPEC 4): how to feed embeddings to a model and read only the logits rows needed.
+
+``adapt(model)`` recognises the family and returns a ``ModelAdapter``; ``patch`` installs one on a
+model (``model.mdfast_generate``), ``unpatch`` removes it. The vocabulary projection is captured by
+swapping the model's output-embedding ``nn.Linear`` for a ``RowSelectingHead`` that projects only
+the hidden rows the current step needs (never the prompt's), so every family's own forward runs
+unchanged otherwise.
+
+Families:
+- ``llada``: LLaDA remote code (``config.model_type == "llada"``): no position ids, always
+  ``use_cache=False`` (transformers 5 no longer sets ``config.use_cache``).
+- ``dream``: Dream remote code (``config.model_type == "Dream"``, a Qwen2 body): shifted logits,
+  row j predicts position j + 1.
+- ``masked_lm``: native transformers masked LMs (BERT, RoBERTa, ModernBERT, DistilBERT, ...):
+  any model with input and output embeddings whose forward takes ``inputs_embeds``; absolute
+  position ids skip the left padding.
+LLaDA2.0 (MoE block diffusion, remote code) is recognised and refused: its forward needs a
+block-causal attention mask mdfast does not build yet.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ModelAdapter", "RowSelectingHead", "adapt", "patch", "release", "unpatch"]
+
+# model_type values of the remote-code families (SPEC 4).
+LLADA_TYPES = ("llada",)
+DREAM_TYPES = ("Dream", "dream")
+LLADA2_TYPES = ("llada2_moe", "llada2", "bailing_moe")
+
+
+class RowSelectingHead(nn.Module):
+    """The model's output ``nn.Linear``, projecting only ``rows`` (a slice of positions) when set.
+
+    Between mdfast calls ``rows`` is None and the head is the original projection, so the patched
+    model's own forward gives the same logits as before.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+        self.rows: slice | None = None
+
+    @property
+    def weight(self) -> Tensor:  # code that reads the head's weight (tying, resizing) still works
+        return self.linear.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.linear.bias
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        if self.rows is not None:
+            hidden = hidden[:, self.rows]
+        return F.linear(hidden, self.linear.weight, self.linear.bias)
+
+
+@dataclass
+class ModelAdapter:
+    """What the decoding loop needs to know about a model.
+
+    family: "llada", "dream" or "masked_lm"; mask_token_id: the [MASK] id; shifted: logits row j
+    predicts position j + 1 (Dream); embed_scale: the factor the input embedding module applies
+    to its table rows; head: the installed RowSelectingHead.
+    """
+
+    model: nn.Module
+    family: str
+    mask_token_id: int
+    shifted: bool
+    embed_scale: float
+    head: RowSelectingHead
+    accepts_position_ids: bool
+
+    @property
+    def embedding(self) -> Tensor:
+        """W_e (V, E): the input embedding table."""
+        return self.model.get_input_embeddings().weight
+
+    def embed(self, token_ids: Tensor) -> Tensor:
+        """The model's input embeddings of ``token_ids`` (the embedding module, scale included)."""
+        return self.model.get_input_embeddings()(token_ids)
+
+    def logits(self, inputs_embeds: Tensor, attention_mask: Tensor | None, positions: slice) -> Tensor:
+        """Logits predicting the token at each position of ``positions`` (B, len, V): one forward
+        on ``inputs_embeds`` (B, L, E), the projection applied to those rows only (shifted one
+        row back for Dream)."""
+        rows = slice(positions.start - 1, positions.stop - 1) if self.shifted else positions
+        kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        if self.accepts_position_ids and attention_mask is not None:
+            kwargs["position_ids"] = position_ids(attention_mask)
+        if self.family == "llada":
+            kwargs["use_cache"] = False
+        self.head.rows = rows
+        try:
+            out = self.model(**kwargs)
+        finally:
+            self.head.rows = None
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return logits
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Absolute positions that skip left padding: 0, 1, 2, ... from each sequence's first real
+    token (pads get 0), so a padded row sees the positions of its solo run."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
+    """Recognise ``model``'s family and capture its output projection (see the module docstring).
+    Raises ValueError, saying why, for a model mdfast cannot drive."""
+    if getattr(model, "mdfast_adapter", None) is not None:
+        return model.mdfast_adapter
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type in LLADA2_TYPES:
+        raise ValueError(
+            f"mdfast.patch: {type(model).__name__} (model_type {model_type!r}, LLaDA2.0 block diffusion) is not "
+            "supported yet: its forward needs a block-causal attention mask"
+        )
+    family = "llada" if model_type in LLADA_TYPES else "dream" if model_type in DREAM_TYPES else "masked_lm"
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    embedding = get_in() if callable(get_in) else None
+    output = get_out() if callable(get_out) else None
+    if not isinstance(embedding, nn.Embedding):
+        raise ValueError(f"mdfast.patch: {type(model).__name__} has no input embedding table (get_input_embeddings() -> nn.Embedding)")
+    if isinstance(output, RowSelectingHead):
+        output = output.linear
+    if not isinstance(output, nn.Linear):
+        raise ValueError(
+            f"mdfast.patch: {type(model).__name__} has no output projection (get_output_embeddings() -> nn.Linear); "
+            f"got {type(output).__name__}"
+        )
+    parameters = inspect.signature(model.forward).parameters
+    if "inputs_embeds" not in parameters:
+        raise ValueError(f"mdfast.patch: {type(model).__name__}.forward takes no inputs_embeds")
+    if mask_token_id is None:
+        mask_token_id = getattr(config, "mask_token_id", None)
+    if mask_token_id is None:
+        raise ValueError(f"mdfast.patch: {type(model).__name__}'s config has no mask_token_id; pass mask_token_id=")
+    if not (0 <= int(mask_token_id) < embedding.num_embeddings):
+        raise ValueError(f"mask_token_id: {mask_token_id} is outside the vocabulary of {embedding.num_embeddings} embeddings")
+    if output.out_features != embedding.num_embeddings:
+        raise ValueError(
+            f"mdfast.patch: the output projection has {output.out_features} rows but the input embedding table "
+            f"{embedding.num_embeddings}: the x-flow step needs one embedding per vocabulary entry"
+        )
+    head = RowSelectingHead(output)
+    _replace_module(model, output, head)
+    scale = getattr(embedding, "embed_scale", 1.0)
+    return ModelAdapter(
+        model=model, family=family, mask_token_id=int(mask_token_id), shifted=family == "dream",
+        embed_scale=float(scale) if not torch.is_tensor(scale) else float(scale.item()), head=head,
+        accepts_position_ids=family != "llada" and "position_ids" in parameters,
+    )  # fmt: skip
+
+
+def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for name, module in model.named_modules():
+        for child_name, child in module.named_children():
+            if child is old:
+                setattr(module, child_name, new)
+                return
+    raise ValueError(f"mdfast.patch: could not find the output projection inside {type(model).__name__}")
+
+
+def patch(model: nn.Module, *, mask_token_id: int | None = None, backend: str = "auto") -> nn.Module:
+    """Install mdfast's decoding loop on ``model`` in place and return it: afterwards
+    ``model.mdfast_generate(input_ids, ...)`` is ``mdfast.generate(model, input_ids, ...)``."""
+    from ..decode import generate
+
+    adapter = adapt(model, mask_token_id)
+    model.mdfast_adapter = adapter
+    model.mdfast_backend = backend
+
+    def mdfast_generate(input_ids, attention_mask=None, **kwargs):
+        kwargs.setdefault("backend", model.mdfast_backend)
+        return generate(model, input_ids, attention_mask, **kwargs)
+
+    model.mdfast_generate = mdfast_generate
+    return model
+
+
+def release(adapter: ModelAdapter) -> None:
+    """Put the model's own output projection back in place of the RowSelectingHead."""
+    _replace_module(adapter.model, adapter.head, adapter.head.linear)
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Undo ``patch``: the original output projection back, the mdfast attributes gone."""
+    adapter = getattr(model, "mdfast_adapter", None)
+    if adapter is None:
+        return model
+    release(adapter)
+    for name in ("mdfast_adapter", "mdfast_backend", "mdfast_generate"):
+        if name in model.__dict__:
+            delattr(model, name)
+    return model
