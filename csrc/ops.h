@@ -28,7 +28,7 @@ std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool fu
 //   mask_embedding (E,) f32 contiguous; rho (B,) f32;
 //   policy_weights: packed f32 [W1 (d,k+4) row-major, b1 (d), W2 (d,d), b2 (d), w_mu (d),
 //   w_kappa (d), b_mu, b_kappa] with d = hidden, or none for the heuristic a_min^(1-c) a_max^c;
-//   action (B,N) f32 or none; rho and action are read through their strides.
+//   action (B,N) f32 contiguous, or none; rho is read through its stride.
 //   kummer_terms counts the series' terms including term_0 = 1 (FlowConfig.kummer_terms).
 // If any row's lse is not finite (NaN or +inf in the row, or the row all -inf), X_out and t_out
 // are left unwritten and committed is -1 (the other outputs are unspecified); the caller raises.

@@ -81,7 +81,7 @@ def token_stats(
     if logits.dim() == 0:
         raise ValueError("logits: expected shape (..., V), got a 0-d tensor")
     _check_k(k, logits.shape[-1])
-    batch_shape, V = logits.shape[:-1], logits.shape[-1]
+    batch_shape = logits.shape[:-1]
     impl = backends.resolve(backend, logits.device, logits.dtype)
     rows = _as_rows(logits)
     if rows.numel() == 0:

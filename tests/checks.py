@@ -8,10 +8,14 @@ of the terms a quantity is the difference of (see ``assert_close``); ids and fla
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
 import torch
+
+import mdfast
+from mdfast import StepPolicy, reference
 
 from mdfast import backends  # noqa: E402
 
@@ -90,3 +94,62 @@ def assert_bitwise_equal(name: str, first: torch.Tensor | None, second: torch.Te
 def random_logits(shape, dtype=torch.float32, *, device="cpu", scale=3.0, generator=None) -> torch.Tensor:
     """Fresh random logits in the given dtype (values then exactly representable in float64)."""
     return (torch.randn(shape, generator=generator, dtype=torch.float32) * scale).to(dtype).to(device)
+
+
+def check_against_reference(stats: mdfast.TokenStats, logits: torch.Tensor, k: int, full_entropy: bool) -> None:
+    """Every field of ``stats`` against the reference on the same values in float64."""
+    want = reference.token_stats(logits.double().cpu(), k, full_entropy)
+    rtol = RTOL[logits.dtype]
+    assert_equal("argmax", stats.argmax, want["argmax"])
+    assert_equal("topk_ids", stats.topk_ids, want["topk_ids"])
+    for name in ("topk_probs", "lse", "margin", "entropy_topk", "entropy_full"):
+        got = getattr(stats, name)
+        if want[name] is None:
+            assert got is None, f"{name}: expected None"
+            continue
+        assert got.dtype == torch.float32, f"{name}: dtype {got.dtype}"
+        scale = {"topk_probs": 0.0, "lse": 1.0, "margin": want["topk_probs"][..., 0], "entropy_topk": 1.0, "entropy_full": 1.0 + want["lse"].abs()}[name]
+        assert_close(name, got, want[name], rtol, scale)
+
+
+def make_state(B, N, V, E, *, device, logits_dtype=torch.float32, emb_dtype=torch.float32):
+    """Random logits, X, t spread over [0, 1] (so re-edits, updates and finished tokens all
+    occur), an embedding table and a mask embedding."""
+    logits = random_logits((B, N, V), logits_dtype, device=device)
+    logits[..., : N // 3, 0] += 12.0  # a third of the tokens confident: t grows past 0.99
+    X = torch.randn(B, N, E, device=device)
+    t = torch.rand(B, N, device=device)
+    t[..., : N // 5] = 0.995
+    embedding = torch.randn(V, E, device=device).to(emb_dtype)
+    mask_embedding = torch.randn(E, device=device)
+    return logits, X, t, embedding, mask_embedding
+
+
+def random_policy(k=4, hidden=64, seed=0, **constants):
+    """A StepPolicy with weights spread enough that alpha, beta cover the kappa range."""
+    torch.manual_seed(seed)
+    policy = StepPolicy(hidden, k=k, **constants)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.normal_(0, 0.7)
+    return policy
+
+
+def reference_step(logits, X, t, embedding, mask_embedding, policy, rho, config, **kwargs):
+    return reference.xflow_step(
+        logits.double().cpu(), X.double().cpu(), t.double().cpu(), embedding.double().cpu(), mask_embedding.double().cpu(),
+        copy.deepcopy(policy).double().cpu() if policy is not None else None, rho.double().cpu() if torch.is_tensor(rho) else rho,
+        a_min=config.a_min, a_max=config.a_max, reedit_margin=config.reedit_margin,
+        commit_threshold=config.commit_threshold, k=config.k, **kwargs,
+    )  # fmt: skip
+
+
+def check_step(out: mdfast.XFlowStep, want: dict, X_before, embedding, rtol) -> None:
+    assert_equal("tokens", out.tokens, want["tokens"])
+    assert_equal("reedited", out.reedited, want["reedited"])
+    assert_equal("committed", out.committed, want["committed"])
+    assert_close("confidence", out.confidence, want["confidence"], rtol)
+    assert_close("action", out.action, want["action"], rtol)
+    assert_close("t", out.t, want["t"], rtol, scale=1.0)
+    target = embedding.double().cpu()[want["tokens"]]
+    assert_close("X", out.X, want["X"], rtol, scale=X_before.double().cpu().abs() + target.abs())

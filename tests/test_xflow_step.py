@@ -2,61 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 
 import mdfast
-from mdfast import FlowConfig, StepPolicy, reference
+from mdfast import FlowConfig, StepPolicy
 
-from checks import RTOL, assert_bitwise_equal, assert_close, assert_equal, random_logits, require_backend, require_size
+from checks import RTOL, assert_bitwise_equal, assert_close, check_step, make_state, random_policy, reference_step, require_backend, require_size
 
 BACKENDS = ["torch", "cpu", "triton", "cuda"]
-
-
-def make_state(B, N, V, E, *, device, logits_dtype=torch.float32, emb_dtype=torch.float32):
-    """Random logits, X, t spread over [0, 1] (so re-edits, updates and finished tokens all
-    occur), an embedding table and a mask embedding."""
-    logits = random_logits((B, N, V), logits_dtype, device=device)
-    logits[..., : N // 3, 0] += 12.0  # a third of the tokens confident: t grows past 0.99
-    X = torch.randn(B, N, E, device=device)
-    t = torch.rand(B, N, device=device)
-    t[..., : N // 5] = 0.995
-    embedding = torch.randn(V, E, device=device).to(emb_dtype)
-    mask_embedding = torch.randn(E, device=device)
-    return logits, X, t, embedding, mask_embedding
-
-
-def random_policy(k=4, hidden=64, seed=0, **constants):
-    """A StepPolicy with weights spread enough that alpha, beta cover the kappa range."""
-    torch.manual_seed(seed)
-    policy = StepPolicy(hidden, k=k, **constants)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.normal_(0, 0.7)
-    return policy
-
-
-def reference_step(logits, X, t, embedding, mask_embedding, policy, rho, config, **kwargs):
-    return reference.xflow_step(
-        logits.double().cpu(), X.double().cpu(), t.double().cpu(), embedding.double().cpu(), mask_embedding.double().cpu(),
-        copy.deepcopy(policy).double().cpu() if policy is not None else None, rho.double().cpu() if torch.is_tensor(rho) else rho,
-        a_min=config.a_min, a_max=config.a_max, reedit_margin=config.reedit_margin,
-        commit_threshold=config.commit_threshold, k=config.k, **kwargs,
-    )  # fmt: skip
-
-
-def check_step(out: mdfast.XFlowStep, want: dict, X_before, embedding, rtol) -> None:
-    assert_equal("tokens", out.tokens, want["tokens"])
-    assert_equal("reedited", out.reedited, want["reedited"])
-    assert_equal("committed", out.committed, want["committed"])
-    assert_close("confidence", out.confidence, want["confidence"], rtol)
-    assert_close("action", out.action, want["action"], rtol)
-    assert_close("t", out.t, want["t"], rtol, scale=1.0)
-    target = embedding.double().cpu()[want["tokens"]]
-    assert_close("X", out.X, want["X"], rtol, scale=X_before.double().cpu().abs() + target.abs())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

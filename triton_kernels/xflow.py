@@ -119,7 +119,7 @@ def _policy_mean_action(
     # kummer_terms terms: term_{n+1} = term_n (alpha + n) / (alpha + beta + n) z / (n + 1).
     term = tl.full([BLOCK_R], 1.0, tl.float32)
     total = tl.full([BLOCK_R], 1.0, tl.float32)
-    for n in range(kummer_terms):
+    for n in range(kummer_terms - 1):  # term_0 is the first of the kummer_terms terms
         term = term * (alpha + n) / (alpha + beta + n) * (log_range / (n + 1))
         total += term
     return tl.minimum(tl.maximum(a_min * total, a_min), a_max)  # clamp to [a_min, a_max]

@@ -183,8 +183,23 @@ __device__ __forceinline__ float warp_kth_largest(float x, int k, int lane) {
 // ------------------------------------------------------------------------------------------------
 
 // (v, i) ranks before (w, j) in SPEC 1's order: "the k largest p, descending, ties broken by
-// smaller index" (p is monotone in z). NaN never ranks before anything.
-__device__ __forceinline__ bool ranks_before(float v, int i, float w, int j) { return v > w || (v == w && i < j); }
+// smaller index" (p is monotone in z). NaN never ranks before anything. The comparisons are written
+// in PTX without .ftz: --use_fast_math compiles float compares with .ftz, under which subnormal
+// logits would tie with 0 (and one another). The filters elsewhere (vmax >= tv, z >= bound) may
+// stay .ftz: flushing is monotone, so they only let more candidates through to this exact test.
+__device__ __forceinline__ bool ranks_before(float v, int i, float w, int j) {
+  unsigned r;
+  asm("{\n\t.reg .pred gt, eq, lt;\n\t"
+      "setp.gt.f32 gt, %1, %2;\n\t"
+      "setp.eq.f32 eq, %1, %2;\n\t"
+      "setp.lt.s32 lt, %3, %4;\n\t"
+      "and.pred eq, eq, lt;\n\t"
+      "or.pred gt, gt, eq;\n\t"
+      "selp.u32 %0, 1, 0, gt;\n\t}"
+      : "=r"(r)
+      : "f"(v), "f"(w), "r"(i), "r"(j));
+  return r != 0;
+}
 
 struct WarpTopK {
   float v;  // this lane's slot (lanes < k): sorted by (value desc, index asc)
@@ -554,7 +569,9 @@ struct ChunkParts {
 };
 
 // Grid (rows * chunks,), kRowThreads threads: the partial (m, S, D, top-k) of logits row
-// [c * chunk_len, min((c + 1) * chunk_len, V)).
+// [c * chunk_len, min((c + 1) * chunk_len, V)). In an unnamed namespace: each .cu that launches it
+// gets its own kernel (no host stub shared between translation units).
+namespace {
 template <class T, bool kFull>
 __global__ void __launch_bounds__(kRowThreads, 4)
     chunk_kernel(const typename T::storage* __restrict__ logits, int64_t N, int V, int64_t stride_b,
@@ -587,6 +604,7 @@ __global__ void __launch_bounds__(kRowThreads, 4)
     }
   }
 }
+}  // namespace
 
 // In a merge block of kMergeThreads threads (chunks <= kMergeThreads): the row's totals (every
 // thread) and its merged top-k (warp 0), chunk by chunk in index order.

@@ -1,0 +1,103 @@
+"""GPU-only checks: the production shapes, CUDA-graph capture of a whole step, no N x V temporaries.
+
+Every test here carries the ``gpu`` marker and skips, saying why, where there is no CUDA device.
+The smaller shapes of every backend are covered by test_token_stats.py and test_xflow_step.py,
+which run the GPU backends too when a device is present.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mdfast
+
+from checks import RTOL, assert_bitwise_equal, check_against_reference, check_step, make_state, random_logits, random_policy, reference_step, require_backend
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+GPU_BACKENDS = ["triton", "cuda"]
+PRODUCTION = [(512, 126464), (2048, 152064), (64, 157184)]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("B", [1, 8])
+@pytest.mark.parametrize("N, V", PRODUCTION)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_token_stats_production_shapes(backend, dtype, N, V, B):
+    require_backend(backend)
+    if B * N * V * 4 > 6 * 2**30:
+        pytest.skip("the float64 reference of this shape needs more host memory than the test allows")
+    logits = random_logits((B, N, V), dtype, device="cuda")
+    stats = mdfast.token_stats(logits, 4, True, backend=backend)
+    check_against_reference(stats, logits, 4, True)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("B", [1, 8])
+def test_xflow_step_llada_shape(backend, B):
+    require_backend(backend)
+    logits, X, t, embedding, m = make_state(B, 512, 126464, 4096, device="cuda", logits_dtype=torch.bfloat16, emb_dtype=torch.bfloat16)
+    policy = random_policy().cuda()
+    X_before = X.clone()
+    out = mdfast.xflow_step(logits, X, t, embedding, m, policy, 0.3, backend=backend)
+    want = reference_step(logits, X, t, embedding, m, policy, 0.3, mdfast.FlowConfig())
+    check_step(out, want, X_before, embedding, RTOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_a_whole_step_replays_from_a_cuda_graph(backend):
+    """Captured once, replayed: the same results as eager calls, and no host synchronisation
+    inside (capture would fail on one)."""
+    require_backend(backend)
+    policy = random_policy().cuda()
+    logits, X, t, embedding, m = make_state(2, 256, 32000, 512, device="cuda", logits_dtype=torch.bfloat16)
+    rho = torch.zeros(2, device="cuda")
+    X0, t0 = X.clone(), t.clone()
+
+    def step():
+        return mdfast.xflow_step(logits, X, t, embedding, m, policy, rho, inplace=True, backend=backend, check_finite=False)
+
+    policy.packed_weights(torch.device("cuda"))  # pack the weights before capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up: compile kernels, allocate
+    torch.cuda.current_stream().wait_stream(stream)
+    X.copy_(X0), t.copy_(t0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+
+    eager_X, eager_t, eager_tokens = [], [], []
+    X.copy_(X0), t.copy_(t0)
+    for s in range(3):
+        rho.fill_(s / 2)
+        out = step()
+        eager_X.append(X.clone()), eager_t.append(t.clone()), eager_tokens.append(out.tokens.clone())
+    X.copy_(X0), t.copy_(t0)
+    for s in range(3):
+        rho.fill_(s / 2)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_bitwise_equal("X", X, eager_X[s])
+        assert_bitwise_equal("t", t, eager_t[s])
+        assert_bitwise_equal("tokens", captured.tokens, eager_tokens[s])
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_no_n_by_v_temporaries(backend):
+    require_backend(backend)
+    B, N, V, E = 1, 512, 126464, 4096
+    logits, X, t, embedding, m = make_state(B, N, V, E, device="cuda", logits_dtype=torch.bfloat16, emb_dtype=torch.bfloat16)
+    mdfast.xflow_step(logits, X, t, embedding, m, backend=backend)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    mdfast.xflow_step(logits, X, t, embedding, m, backend=backend)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < 8 * N * E * 4, f"{extra} bytes of temporaries (limit 8 N E 4 = {8 * N * E * 4})"
