@@ -141,7 +141,7 @@ def xflow_step(
     if not isinstance(config, FlowConfig):
         raise TypeError(f"config: expected a FlowConfig, got {type(config).__name__}")
     _check_k(config.k, V)
-    _check_policy(policy, config)
+    _check_policy(policy, config, device)
     if sample and policy is None:
         raise ValueError("sample=True needs a policy: the heuristic action a_min^(1-c) a_max^c is deterministic")
     if generator is not None and not sample:
@@ -219,11 +219,13 @@ def _check_k(k, V: int) -> None:
         raise ValueError(f"logits: the vocabulary (last dimension, {V}) must hold at least k = {k} entries")
 
 
-def _check_policy(policy, config: FlowConfig) -> None:
+def _check_policy(policy, config: FlowConfig, device: torch.device) -> None:
     if policy is None:
         return
     if not isinstance(policy, StepPolicy):
         raise TypeError(f"policy: expected a mdfast.StepPolicy or None, got {type(policy).__name__}")
+    if policy.fc1.weight.device != device:
+        raise ValueError(f"policy: expected its weights on {device} (the device of logits), got {policy.fc1.weight.device}")
     if (policy.k, policy.a_min, policy.a_max) != (config.k, config.a_min, config.a_max):
         raise ValueError(
             f"policy: trained with k={policy.k}, a_min={policy.a_min}, a_max={policy.a_max} but config has "

@@ -136,6 +136,7 @@ def _valid():
         (dict(generator=torch.Generator()), ValueError, "generator: only used with sample=True"),
         (dict(policy=torch.nn.Linear(8, 2)), TypeError, "policy: expected a mdfast.StepPolicy"),
         (dict(policy=StepPolicy(a_min=0.01)), ValueError, "policy: trained with k=4, a_min=0.01"),
+        (dict(policy=StepPolicy().to("meta")), ValueError, "policy: expected its weights on cpu"),
         (dict(config=dict(a_min=0.1)), TypeError, "config: expected a FlowConfig"),
         (dict(X=torch.randn(2, 6, 5).transpose(1, 2), inplace=True), ValueError, "inplace=True needs contiguous X and t"),
     ],
