@@ -33,6 +33,7 @@ if os.environ.get("MDFAST_BUILD_EXT", "0") == "1":
         CppExtension(
             "mdfast._cpu_ext",
             sources=[os.path.join("csrc", s) for s in cpu.sources],
+            include_dirs=[os.path.abspath("csrc")],
             extra_compile_args=list(cpu.cflags),
             extra_link_args=list(cpu.ldflags),
         )

@@ -17,7 +17,7 @@ from . import backends, reference
 from .config import FlowConfig
 from .policy import StepPolicy
 
-__all__ = ["TokenStats", "XFlowStep", "token_stats", "xflow_step"]
+__all__ = ["TokenStats", "XFlowStep", "rms_norm", "rope_", "swiglu", "token_stats", "xflow_step"]
 
 
 @dataclass
@@ -181,6 +181,71 @@ def xflow_step(
         X=X_out, t=t_out, tokens=out["tokens"], confidence=out["confidence"], action=out["action"],
         reedited=out["reedited"], committed=out["committed"], log_prob=log_prob,
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# SPEC 5: the fused pieces of the LLaDA body (Triton on CUDA tensors, the reference elsewhere)
+# --------------------------------------------------------------------------------------------
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float, *, update: Tensor | None = None, backend: str = "auto"):
+    """RMSNorm(x; w) = (x in float32 times rsqrt(mean(x^2 over d) + eps), cast back to x's dtype) * w.
+
+    With ``update``, fused with the residual add: returns (x + update, RMSNorm(x + update; w)).
+    """
+    _check_tensor("x", x, floating=True)
+    _check_tensor("weight", weight, dims=1, floating=True, device=x.device)
+    _check_shape("weight", weight, (x.shape[-1],), "(d,) with d = x.shape[-1]")
+    if update is not None:
+        _check_tensor("update", update, dtype=x.dtype, device=x.device)
+        _check_shape("update", update, tuple(x.shape), "x's shape")
+    if _body_backend(backend, x) == "torch":
+        summed = x + update if update is not None else x
+        normed = reference.rms_norm(summed, weight, eps)
+        return (summed, normed) if update is not None else normed
+    from .triton_kernels.rmsnorm import rms_norm as kernel
+
+    summed, normed = kernel(x.contiguous(), weight.contiguous(), eps, update.contiguous() if update is not None else None)
+    return (summed, normed) if update is not None else normed
+
+
+def rope_(x: Tensor, theta: float, *, backend: str = "auto") -> Tensor:
+    """RoPE applied in place to x (B, L, H, hd), positions 0..L-1, in float32 (SPEC 5):
+    u' = u cos + rot(u) sin, angles cat(a, a), a = pos * theta^(-2j/hd). Returns x."""
+    _check_tensor("x", x, dims=4, floating=True)
+    if x.shape[-1] % 2 or x.stride(-1) != 1:
+        raise ValueError(f"x: expected (B, L, H, hd) with an even hd and a dense last dimension, got shape {tuple(x.shape)}, strides {x.stride()}")
+    if _body_backend(backend, x) == "torch":
+        return x.copy_(reference.rope(x, theta))
+    from .triton_kernels.rope import rope_ as kernel
+
+    return kernel(x, reference.rope_inv_freq(x.shape[-1], theta, x.device))
+
+
+def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:
+    """SiLU(gate) * up (SPEC 5: SiLU(ff_proj h) * up_proj h)."""
+    _check_tensor("gate", gate, floating=True)
+    _check_tensor("up", up, dtype=gate.dtype, device=gate.device)
+    _check_shape("up", up, tuple(gate.shape), "gate's shape")
+    if _body_backend(backend, gate) == "torch":
+        return reference.swiglu(gate, up)
+    from .triton_kernels.swiglu import swiglu as kernel
+
+    return kernel(gate.contiguous(), up.contiguous())
+
+
+def _body_backend(backend: str, x: Tensor) -> str:
+    """The body kernels exist in Triton only: "auto" takes them on CUDA tensors where Triton runs."""
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend: the body kernels run on 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend == "auto":
+        on_gpu = x.device.type == "cuda" and backends.get("triton").unavailable_reason() is None
+        return "triton" if on_gpu else "torch"
+    if backend == "triton":
+        reason = backends.get("triton").unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"mdfast backend 'triton' is unavailable: {reason}")
+    return backend
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,10 @@ __all__ = [
     "reedit",
     "hard_commit",
     "xflow_step",
+    "rms_norm",
+    "rope_inv_freq",
+    "rope",
+    "swiglu",
 ]
 
 
@@ -276,3 +280,40 @@ def xflow_step(
         "log_prob": log_prob,
         "lse": stats["lse"],
     }
+
+
+# --------------------------------------------------------------------------------------------
+# SPEC 5. The LLaDA body: the pieces the fused kernels implement
+# --------------------------------------------------------------------------------------------
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm(x; w): y = x in float32 times rsqrt(mean(y^2 over d) + eps), cast back to x's
+    dtype, then multiplied by w."""
+    y = x.to(compute_dtype(x))
+    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)
+    return y.to(x.dtype) * weight
+
+
+def rope_inv_freq(head_dim: int, theta: float, device=None, dtype=torch.float32) -> Tensor:
+    """inv_freq_j = theta^(-2j/hd) for j < hd/2."""
+    return theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=dtype) / head_dim)
+
+
+def rope(x: Tensor, theta: float) -> Tensor:
+    """RoPE on x (B, L, H, hd) in float32 (float64 for float64 x), positions 0..L-1:
+    inv_freq_j = theta^(-2j/hd) for j < hd/2, angles a = pos * inv_freq repeated twice
+    (cat(a, a)), rot(u) = cat(-u[hd/2:], u[:hd/2]), u' = u cos + rot(u) sin, cast back."""
+    B, L, H, hd = x.shape
+    dtype = compute_dtype(x)
+    positions = torch.arange(L, device=x.device, dtype=dtype)
+    angles = positions.unsqueeze(-1) * rope_inv_freq(hd, theta, x.device, dtype)
+    angles = torch.cat([angles, angles], dim=-1).unsqueeze(-2)  # (L, 1, hd)
+    u = x.to(dtype)
+    rotated = torch.cat([-u[..., hd // 2 :], u[..., : hd // 2]], dim=-1)
+    return (u * torch.cos(angles) + rotated * torch.sin(angles)).to(x.dtype)
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """SiLU(ff_proj h) * up_proj h, each product rounded to the inputs' dtype as eager torch does."""
+    return F.silu(gate) * up

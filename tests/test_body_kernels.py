@@ -1,0 +1,85 @@
+"""The fused pieces of the LLaDA body (SPEC 5): every backend against the float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mdfast.ops as ops
+from mdfast import reference
+
+from checks import assert_bitwise_equal, assert_close, interpreted, require_backend
+
+BACKENDS = ["torch", "triton"]
+
+
+def dtypes_for(backend):
+    """float32 everywhere; bfloat16 where it is real (not under the Triton interpreter)."""
+    return [torch.float32] if interpreted(backend) else [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 1, 8), (2, 7, 96), (3, 5, 4096)])
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "residual"])
+def test_rms_norm(backend, shape, fused):
+    device = require_backend(backend)
+    for dtype in dtypes_for(backend):
+        x = torch.randn(shape, device=device).to(dtype)
+        update = torch.randn(shape, device=device).to(dtype) if fused else None
+        weight = (1 + 0.1 * torch.randn(shape[-1], device=device)).to(dtype)
+        out = ops.rms_norm(x, weight, 1e-5, update=update, backend=backend)
+        summed = x + update if fused else x
+        if dtype == torch.float32:
+            want = reference.rms_norm(summed.double().cpu(), weight.double().cpu(), 1e-5)
+            normed = out[1] if fused else out
+            assert_close("rms_norm", normed, want, 1e-5, scale=1.0)
+        else:  # bf16: the same roundings as the eager evaluation, to one bf16 step
+            want = reference.rms_norm(summed, weight, 1e-5)
+            normed = out[1] if fused else out
+            assert_close("rms_norm", normed, want.float(), 2**-7, scale=1.0)
+        if fused:
+            assert torch.equal(out[0], summed)
+        again = ops.rms_norm(x, weight, 1e-5, update=update, backend=backend)
+        assert_bitwise_equal("rms_norm", normed, again[1] if fused else again)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 3, 2, 8), (2, 37, 4, 64), (1, 64, 3, 128)])
+def test_rope_in_place(backend, shape):
+    device = require_backend(backend)
+    for dtype in dtypes_for(backend):
+        wide = torch.randn(shape[0], shape[1], shape[2] + 1, shape[3], device=device).to(dtype)
+        x = wide[:, :, 1:]  # strided heads
+        before, untouched = x.clone(), wide[:, :, 0].clone()
+        out = ops.rope_(x, 500000.0, backend=backend)
+        assert out is x
+        if dtype == torch.float32:
+            assert_close("rope", x, reference.rope(before.double().cpu(), 500000.0), 1e-5, scale=1.0)
+        else:
+            assert_close("rope", x, reference.rope(before, 500000.0).float(), 2**-7, scale=1.0)
+        assert torch.equal(wide[:, :, 0], untouched), "only x's heads are rotated"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 1, 5), (2, 9, 333), (1, 4, 3000)])
+def test_swiglu(backend, shape):
+    device = require_backend(backend)
+    for dtype in dtypes_for(backend):
+        gate = (torch.randn(shape, device=device) * 3).to(dtype)
+        up = torch.randn(shape, device=device).to(dtype)
+        out = ops.swiglu(gate, up, backend=backend)
+        if dtype == torch.float32:
+            assert_close("swiglu", out, reference.swiglu(gate.double().cpu(), up.double().cpu()), 1e-5, scale=1e-6)
+        else:
+            assert_close("swiglu", out, reference.swiglu(gate, up).float(), 2**-7, scale=1e-3)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match=r"weight: expected shape \(8,\)"):
+        ops.rms_norm(torch.randn(2, 8), torch.ones(7), 1e-5)
+    with pytest.raises(ValueError, match="even hd"):
+        ops.rope_(torch.randn(1, 2, 3, 5), 10000.0)
+    with pytest.raises(ValueError, match="body kernels run on"):
+        ops.swiglu(torch.randn(3), torch.randn(3), backend="cpu")
+    with pytest.raises(TypeError, match="up: expected dtype"):
+        ops.swiglu(torch.randn(3), torch.randn(3, dtype=torch.float64))
