@@ -7,6 +7,7 @@ Triton, CUDA, C++ and pure-PyTorch backends behind one dispatch point (``mdfast.
 from .config import FlowConfig
 from .decode import GenerateOutput, generate
 from .models import patch, unpatch
+from .models.llada import LLaDAModel, load_llada, save_llada
 from .ops import TokenStats, XFlowStep, token_stats, xflow_step
 from .policy import StepPolicy
 
@@ -15,11 +16,14 @@ __version__ = "0.1.0"
 __all__ = [
     "FlowConfig",
     "GenerateOutput",
+    "LLaDAModel",
     "StepPolicy",
     "TokenStats",
     "XFlowStep",
     "generate",
+    "load_llada",
     "patch",
+    "save_llada",
     "token_stats",
     "unpatch",
     "xflow_step",

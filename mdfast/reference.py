@@ -296,8 +296,9 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 def rope_inv_freq(head_dim: int, theta: float, device=None, dtype=torch.float32) -> Tensor:
-    """inv_freq_j = theta^(-2j/hd) for j < hd/2."""
-    return theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=dtype) / head_dim)
+    """inv_freq_j = theta^(-2j/hd) for j < hd/2, evaluated as 1 / theta^(2j/hd) like LLaDA's
+    remote code (the two can differ in the last bit in float32)."""
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=dtype) / head_dim)
 
 
 def rope(x: Tensor, theta: float) -> Tensor:
