@@ -20,6 +20,33 @@ namespace mdfast {
 //          margin (B,N) f32, entropy_topk (B,N) f32, entropy_full (B,N) f32 or an empty tensor}.
 std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool full_entropy);
 
+// What every token_stats checks and allocates: logits (B, N, V) with stride(2) == 1, 2 <= k <= 8,
+// V >= k; the outputs on logits' device in the order token_stats returns them.
+struct TokenStatsTensors {
+  at::Tensor argmax, topk_probs, topk_ids, lse, margin, entropy_topk, entropy_full;
+
+  TokenStatsTensors(const at::Tensor& logits, int64_t k, bool full_entropy) {
+    TORCH_CHECK(logits.dim() == 3, "token_stats: logits must be (B, N, V), got ", logits.sizes());
+    TORCH_CHECK(logits.stride(2) == 1, "token_stats: logits rows must be contiguous (stride(2) == 1)");
+    TORCH_CHECK(2 <= k && k <= 8, "token_stats: need 2 <= k <= 8, got ", k);
+    TORCH_CHECK(logits.size(2) >= k, "token_stats: need V >= k, got V = ", logits.size(2), ", k = ", k);
+    const int64_t B = logits.size(0), N = logits.size(1);
+    const auto f32 = logits.options().dtype(at::kFloat);
+    const auto i64 = logits.options().dtype(at::kLong);
+    argmax = at::empty({B, N}, i64);
+    topk_probs = at::empty({B, N, k}, f32);
+    topk_ids = at::empty({B, N, k}, i64);
+    lse = at::empty({B, N}, f32);
+    margin = at::empty({B, N}, f32);
+    entropy_topk = at::empty({B, N}, f32);
+    entropy_full = full_entropy ? at::empty({B, N}, f32) : at::empty({0}, f32);
+  }
+
+  std::vector<at::Tensor> list() const {
+    return {argmax, topk_probs, topk_ids, lse, margin, entropy_topk, entropy_full};
+  }
+};
+
 // SPEC 2.2-2.7, one x-flow step, fused: statistics of every row, then the policy state, the
 // action (given `action`, else the policy's Kummer mean, else the heuristic), re-edit or flow
 // update, and the per-sequence hard commit.

@@ -46,7 +46,7 @@ def require_backend(name: str) -> str:
 
 def require_size(name: str, elements: int) -> None:
     if interpreted(name) and elements > INTERPRETER_MAX_ELEMENTS:
-        pytest.skip(f"Triton interpreter on the CPU: {elements} logits elements is too slow (GPU tests cover it)")
+        pytest.skip(f"Triton interpreter on the CPU: {elements} logits elements is too slow (this test runs it on a CUDA device)")
 
 
 def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, rtol: float, scale=0.0) -> None:

@@ -51,24 +51,11 @@ void token_stats_rows(const at::Tensor& logits, int k, const TokenStatsOutputs& 
 
 std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool full_entropy) {
   TORCH_CHECK(logits.device().is_cpu(), "token_stats: logits must be on the CPU");
-  TORCH_CHECK(logits.dim() == 3, "token_stats: logits must be (B, N, V), got ", logits.sizes());
-  TORCH_CHECK(logits.stride(2) == 1, "token_stats: logits rows must be contiguous (stride(2) == 1)");
-  TORCH_CHECK(2 <= k && k <= cpu::kMaxTopK, "token_stats: need 2 <= k <= ", cpu::kMaxTopK, ", got ", k);
-  TORCH_CHECK(logits.size(2) >= k, "token_stats: need V >= k, got V = ", logits.size(2), ", k = ", k);
-  const int64_t B = logits.size(0), N = logits.size(1);
-  const auto f32 = logits.options().dtype(at::kFloat);
-  const auto i64 = logits.options().dtype(at::kLong);
-  at::Tensor argmax = at::empty({B, N}, i64);
-  at::Tensor topk_probs = at::empty({B, N, k}, f32);
-  at::Tensor topk_ids = at::empty({B, N, k}, i64);
-  at::Tensor lse = at::empty({B, N}, f32);
-  at::Tensor margin = at::empty({B, N}, f32);
-  at::Tensor entropy_topk = at::empty({B, N}, f32);
-  at::Tensor entropy_full = full_entropy ? at::empty({B, N}, f32) : at::empty({0}, f32);
-  const TokenStatsOutputs out{argmax.data_ptr<int64_t>(), topk_probs.data_ptr<float>(),
-                              topk_ids.data_ptr<int64_t>(), lse.data_ptr<float>(),
-                              margin.data_ptr<float>(),     entropy_topk.data_ptr<float>(),
-                              full_entropy ? entropy_full.data_ptr<float>() : nullptr};
+  const TokenStatsTensors t(logits, k, full_entropy);
+  const TokenStatsOutputs out{t.argmax.data_ptr<int64_t>(), t.topk_probs.data_ptr<float>(),
+                              t.topk_ids.data_ptr<int64_t>(), t.lse.data_ptr<float>(),
+                              t.margin.data_ptr<float>(),     t.entropy_topk.data_ptr<float>(),
+                              full_entropy ? t.entropy_full.data_ptr<float>() : nullptr};
   cpu::dispatch_float_types(logits.scalar_type(), "token_stats: logits", [&](auto tag) {
     using scalar_t = decltype(tag);
     if (full_entropy)
@@ -76,7 +63,7 @@ std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool fu
     else
       token_stats_rows<false, scalar_t>(logits, int(k), out);
   });
-  return {argmax, topk_probs, topk_ids, lse, margin, entropy_topk, entropy_full};
+  return t.list();
 }
 
 }  // namespace mdfast

@@ -46,6 +46,7 @@
 // so they give the same results with or without --use_fast_math.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -566,6 +567,24 @@ struct ChunkParts {
   double* d;    // (rows, chunks)
   float* v;     // (rows, chunks, k)
   int* i;       // (rows, chunks, k)
+};
+
+// The memory ChunkParts points into, for `count` = rows * chunks partials, on the device of
+// `options`. Freed when it goes out of scope after the launches: the caching allocator reuses it
+// only in stream order, after the kernels that read it.
+struct ChunkWorkspace {
+  at::Tensor m, s, d, v, i;
+
+  ChunkWorkspace(const at::TensorOptions& options, int64_t count, int64_t k)
+      : m(at::empty({count}, options.dtype(at::kFloat))),
+        s(at::empty({count}, options.dtype(at::kDouble))),
+        d(at::empty({count}, options.dtype(at::kDouble))),
+        v(at::empty({count * k}, options.dtype(at::kFloat))),
+        i(at::empty({count * k}, options.dtype(at::kInt))) {}
+
+  ChunkParts parts() const {
+    return {m.data_ptr<float>(), s.data_ptr<double>(), d.data_ptr<double>(), v.data_ptr<float>(), i.data_ptr<int>()};
+  }
 };
 
 // Grid (rows * chunks,), kRowThreads threads: the partial (m, S, D, top-k) of logits row

@@ -96,15 +96,9 @@ void launch_stats(const at::Tensor& logits, int k, const StatsOut& out, cudaStre
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  const auto options = logits.options();
   const int64_t parts_count = rows * shape.chunks;
-  at::Tensor m = at::empty({parts_count}, options.dtype(at::kFloat));
-  at::Tensor s = at::empty({parts_count}, options.dtype(at::kDouble));
-  at::Tensor d = at::empty({parts_count}, options.dtype(at::kDouble));
-  at::Tensor v = at::empty({parts_count * k}, options.dtype(at::kFloat));
-  at::Tensor i = at::empty({parts_count * k}, options.dtype(at::kInt));
-  const ChunkParts parts{m.data_ptr<float>(), s.data_ptr<double>(), d.data_ptr<double>(), v.data_ptr<float>(),
-                         i.data_ptr<int>()};
+  const ChunkWorkspace workspace(logits.options(), parts_count, k);
+  const ChunkParts parts = workspace.parts();
   chunk_kernel<T, kFull><<<unsigned(parts_count), kRowThreads, 0, stream>>>(
       data, N, V, logits.stride(0), logits.stride(1), k, shape.chunks, shape.chunk_len, parts);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -133,10 +127,6 @@ void dispatch_stats(const at::Tensor& logits, int k, const StatsOut& out, cudaSt
 
 std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool full_entropy) {
   TORCH_CHECK(logits.is_cuda(), "token_stats: logits must be a CUDA tensor");
-  TORCH_CHECK(logits.dim() == 3, "token_stats: logits must be (B, N, V), got ", logits.sizes());
-  TORCH_CHECK(logits.stride(2) == 1, "token_stats: logits rows must be contiguous (stride(2) == 1)");
-  TORCH_CHECK(2 <= k && k <= gpu::kMaxTopK, "token_stats: need 2 <= k <= ", gpu::kMaxTopK, ", got ", k);
-  TORCH_CHECK(logits.size(2) >= k, "token_stats: need V >= k, got V = ", logits.size(2), ", k = ", k);
   TORCH_CHECK(logits.size(2) < gpu::kSentinel - 64, "token_stats: V must be below 2^31 - 64, got ", logits.size(2));
   TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16 ||
                   logits.scalar_type() == at::kHalf,
@@ -144,26 +134,17 @@ std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool fu
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t B = logits.size(0), N = logits.size(1);
   TORCH_CHECK(B * N <= INT_MAX, "token_stats: at most 2^31 - 1 rows, got ", B * N);
-  const auto f32 = logits.options().dtype(at::kFloat);
-  const auto i64 = logits.options().dtype(at::kLong);
-  at::Tensor argmax = at::empty({B, N}, i64);
-  at::Tensor topk_probs = at::empty({B, N, k}, f32);
-  at::Tensor topk_ids = at::empty({B, N, k}, i64);
-  at::Tensor lse = at::empty({B, N}, f32);
-  at::Tensor margin = at::empty({B, N}, f32);
-  at::Tensor entropy_topk = at::empty({B, N}, f32);
-  at::Tensor entropy_full = full_entropy ? at::empty({B, N}, f32) : at::empty({0}, f32);
-  std::vector<at::Tensor> result{argmax, topk_probs, topk_ids, lse, margin, entropy_topk, entropy_full};
-  if (B * N == 0) return result;
-  const StatsOut out{argmax.data_ptr<int64_t>(), topk_probs.data_ptr<float>(),   topk_ids.data_ptr<int64_t>(),
-                     lse.data_ptr<float>(),      margin.data_ptr<float>(),       entropy_topk.data_ptr<float>(),
-                     full_entropy ? entropy_full.data_ptr<float>() : nullptr};
+  const TokenStatsTensors t(logits, k, full_entropy);
+  if (B * N == 0) return t.list();
+  const StatsOut out{t.argmax.data_ptr<int64_t>(), t.topk_probs.data_ptr<float>(), t.topk_ids.data_ptr<int64_t>(),
+                     t.lse.data_ptr<float>(),      t.margin.data_ptr<float>(),     t.entropy_topk.data_ptr<float>(),
+                     full_entropy ? t.entropy_full.data_ptr<float>() : nullptr};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (full_entropy)
     dispatch_stats<true>(logits, int(k), out, stream);
   else
     dispatch_stats<false>(logits, int(k), out, stream);
-  return result;
+  return t.list();
 }
 
 }  // namespace mdfast

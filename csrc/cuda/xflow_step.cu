@@ -425,15 +425,9 @@ void launch_step_stats(const at::Tensor& logits, int k, const XflowArgs& args, s
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  const auto options = logits.options();
   const int64_t parts_count = rows * shape.chunks;
-  at::Tensor m = at::empty({parts_count}, options.dtype(at::kFloat));
-  at::Tensor s = at::empty({parts_count}, options.dtype(at::kDouble));
-  at::Tensor d = at::empty({parts_count}, options.dtype(at::kDouble));
-  at::Tensor v = at::empty({parts_count * k}, options.dtype(at::kFloat));
-  at::Tensor i = at::empty({parts_count * k}, options.dtype(at::kInt));
-  const ChunkParts parts{m.data_ptr<float>(), s.data_ptr<double>(), d.data_ptr<double>(), v.data_ptr<float>(),
-                         i.data_ptr<int>()};
+  const ChunkWorkspace workspace(logits.options(), parts_count, k);
+  const ChunkParts parts = workspace.parts();
   chunk_kernel<T, false><<<unsigned(parts_count), kRowThreads, 0, stream>>>(
       data, N, V, logits.stride(0), logits.stride(1), k, shape.chunks, shape.chunk_len, parts);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
