@@ -25,6 +25,17 @@ std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool fu
 struct TokenStatsTensors {
   at::Tensor argmax, topk_probs, topk_ids, lse, margin, entropy_topk, entropy_full;
 
+  // The same outputs as raw pointers, what the kernels write (rows = B * N).
+  struct Pointers {
+    int64_t* argmax;      // (rows)
+    float* topk_probs;    // (rows, k)
+    int64_t* topk_ids;    // (rows, k)
+    float* lse;           // (rows)
+    float* margin;        // (rows)
+    float* entropy_topk;  // (rows)
+    float* entropy_full;  // (rows), or null without full entropy
+  };
+
   TokenStatsTensors(const at::Tensor& logits, int64_t k, bool full_entropy) {
     TORCH_CHECK(logits.dim() == 3, "token_stats: logits must be (B, N, V), got ", logits.sizes());
     TORCH_CHECK(logits.stride(2) == 1, "token_stats: logits rows must be contiguous (stride(2) == 1)");
@@ -40,6 +51,12 @@ struct TokenStatsTensors {
     margin = at::empty({B, N}, f32);
     entropy_topk = at::empty({B, N}, f32);
     entropy_full = full_entropy ? at::empty({B, N}, f32) : at::empty({0}, f32);
+  }
+
+  Pointers pointers() const {
+    return {argmax.data_ptr<int64_t>(), topk_probs.data_ptr<float>(), topk_ids.data_ptr<int64_t>(), lse.data_ptr<float>(),
+            margin.data_ptr<float>(),   entropy_topk.data_ptr<float>(),
+            entropy_full.numel() > 0 ? entropy_full.data_ptr<float>() : nullptr};
   }
 
   std::vector<at::Tensor> list() const {

@@ -6,15 +6,7 @@
 namespace mdfast {
 namespace {
 
-struct TokenStatsOutputs {
-  int64_t* argmax;       // (rows)
-  float* topk_probs;     // (rows, k)
-  int64_t* topk_ids;     // (rows, k)
-  float* lse;            // (rows)
-  float* margin;         // (rows)
-  float* entropy_topk;   // (rows)
-  float* entropy_full;   // (rows), with kFullEntropy only
-};
+using TokenStatsOutputs = TokenStatsTensors::Pointers;
 
 // SPEC 1 per row z = logits[b, n, :]:
 //   lse = log sum_v exp(z_v); argmax x = smallest index among the maximal z;
@@ -52,10 +44,7 @@ void token_stats_rows(const at::Tensor& logits, int k, const TokenStatsOutputs& 
 std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool full_entropy) {
   TORCH_CHECK(logits.device().is_cpu(), "token_stats: logits must be on the CPU");
   const TokenStatsTensors t(logits, k, full_entropy);
-  const TokenStatsOutputs out{t.argmax.data_ptr<int64_t>(), t.topk_probs.data_ptr<float>(),
-                              t.topk_ids.data_ptr<int64_t>(), t.lse.data_ptr<float>(),
-                              t.margin.data_ptr<float>(),     t.entropy_topk.data_ptr<float>(),
-                              full_entropy ? t.entropy_full.data_ptr<float>() : nullptr};
+  const TokenStatsOutputs out = t.pointers();
   cpu::dispatch_float_types(logits.scalar_type(), "token_stats: logits", [&](auto tag) {
     using scalar_t = decltype(tag);
     if (full_entropy)

@@ -25,15 +25,7 @@ namespace {
 
 using namespace gpu;
 
-struct StatsOut {
-  int64_t* argmax;      // (rows)
-  float* topk_probs;    // (rows, k)
-  int64_t* topk_ids;    // (rows, k)
-  float* lse;           // (rows)
-  float* margin;        // (rows)
-  float* entropy_topk;  // (rows)
-  float* entropy_full;  // (rows), with kFull only
-};
+using StatsOut = TokenStatsTensors::Pointers;
 
 // Warp 0 of a block, lanes j < k holding slot j: the row's outputs.
 template <bool kFull>
@@ -136,9 +128,7 @@ std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool fu
   TORCH_CHECK(B * N <= INT_MAX, "token_stats: at most 2^31 - 1 rows, got ", B * N);
   const TokenStatsTensors t(logits, k, full_entropy);
   if (B * N == 0) return t.list();
-  const StatsOut out{t.argmax.data_ptr<int64_t>(), t.topk_probs.data_ptr<float>(), t.topk_ids.data_ptr<int64_t>(),
-                     t.lse.data_ptr<float>(),      t.margin.data_ptr<float>(),     t.entropy_topk.data_ptr<float>(),
-                     full_entropy ? t.entropy_full.data_ptr<float>() : nullptr};
+  const StatsOut out = t.pointers();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (full_entropy)
     dispatch_stats<true>(logits, int(k), out, stream);
