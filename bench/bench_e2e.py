@@ -2,6 +2,15 @@
 
     python bench/bench_e2e.py                 # CPU: a small random BERT-style masked LM
     python bench/bench_e2e.py --preset llada8b   # GPU: LLaDA-8B shapes with random weights
+    python bench/bench_e2e.py --preset llada8b --body llada   # the native LLaDA body (SPEC 5)
+
+``--body modernbert`` (default): a ModernBERT-style bidirectional masked LM for both loops, so the
+comparison is of the loops alone. ``--body llada``: an eager, unfused port of SPEC 5
+(``bench/llada_eager.py``, the way LLaDA's remote code computes it) with random weights, patched
+by ``mdfast.patch``, which drives mdfast's native fused body (``mdfast.models.llada``) on the
+same weight tensors, whole steps replayed from CUDA graphs on a GPU; the eager loops run the
+port's own forward. A forward table (native body against the port, B x (prompt + new) tokens)
+comes first, and the x-flow rows report the median step time from ``step_times``.
 
 Generated tokens per second = B x new tokens / wall time of the whole call (the prompt is not
 counted). Per decoder:
@@ -12,8 +21,10 @@ counted). Per decoder:
   ``mdfast.reference.xflow_step`` for x-flow; the same schedule and the same model;
 - ``eager+compile`` (GPU): the eager loop with its per-step sampling under ``torch.compile``.
 "outside model" is the share of the call spent outside the transformer body and the vocabulary
-projection of the response rows (one such forward, timed alone, times the number of forwards). Writes the table (and a plot when matplotlib is
-installed) to ``--out``.
+projection of the response rows (one such forward, timed alone, times the number of forwards;
+for the eager loops on the LLaDA port, one forward of the port). "step ms" is the median of
+mdfast's per-step CUDA-event times (call time / steps for the eager loops). Writes the table (and
+a plot when matplotlib is installed) to ``--out``.
 """
 
 from __future__ import annotations
@@ -39,7 +50,16 @@ PRESETS = {
 MASK = 4
 
 
-def random_model(p, device, dtype):
+def random_model(p, device, dtype, body):
+    if body == "llada":
+        from mdfast.bench.llada_eager import EagerLLaDA, EagerLLaDAConfig
+
+        config = EagerLLaDAConfig(
+            d_model=p["hidden"], n_layers=p["layers"], n_heads=p["heads"], mlp_hidden_size=p["intermediate"],
+            vocab_size=p["vocab"], mask_token_id=MASK, eos_token_id=2,
+        )  # fmt: skip
+        with torch.device(device):
+            return EagerLLaDA(config).to(dtype).eval()
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
     config = ModernBertConfig(
@@ -114,6 +134,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=PRESETS, default=None, help="default: llada8b on a GPU, tiny on the CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--body", choices=("modernbert", "llada"), default="modernbert")
     parser.add_argument("--decoders", default="xflow,low_confidence,topk_margin,entropy,rcr,soft_mask,threshold")
     parser.add_argument("--steps", default=None, help="comma-separated step counts (default: the preset's)")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default: the preset's)")
@@ -128,7 +149,7 @@ def main(argv=None) -> int:
     steps_list = [int(s) for s in args.steps.split(",")] if args.steps else p["steps"]
     batches = [int(b) for b in args.batches.split(",")] if args.batches else p["batches"]
     torch.manual_seed(0)
-    model = random_model(p, device, dtype)
+    model = random_model(p, device, dtype, args.body)
     mdfast.patch(model, mask_token_id=MASK)
     compiled = {}
     if device.type == "cuda" and not args.no_compile:
@@ -136,15 +157,23 @@ def main(argv=None) -> int:
 
     header = f"# mdfast {mdfast.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, %d threads' % torch.get_num_threads()}, {datetime.date.today()}"
     command = "python bench/bench_e2e.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [header, f"# command: {command.strip()}", f"# model: {p['layers']} layers, {p['hidden']} wide, V={p['vocab']}, {dtype}; prompt {p['prompt']}, {p['new']} new tokens; median of {args.repeat}", "",
-             "| decoder | B | steps | loop | tokens/s | s/call | vs eager | outside model |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    points = []
-    for B in batches:
-        ids = torch.randint(5, p["vocab"], (B, p["prompt"]), device=device)
+    lines = [header, f"# command: {command.strip()}", f"# model: {args.body} body, {p['layers']} layers, {p['hidden']} wide, V={p['vocab']}, {dtype}; prompt {p['prompt']}, {p['new']} new tokens; median of {args.repeat}", ""]  # fmt: skip
+    adapter = model.mdfast_adapter
+    inputs = {B: torch.randint(5, p["vocab"], (B, p["prompt"]), device=device) for B in batches}
+    model_s, eager_forward_s = {}, {}
+    for B, ids in inputs.items():
         full = torch.cat([ids, torch.full((B, p["new"]), MASK, device=device)], 1)
-        adapter = model.mdfast_adapter
         with torch.no_grad():  # the model's share of a step: body + projection of the N response rows
-            model_s = wall(lambda: adapter.logits(adapter.embed(full), None, slice(p["prompt"], p["prompt"] + p["new"])), device, args.repeat)
+            model_s[B] = wall(lambda: adapter.logits(adapter.embed(full), None, slice(p["prompt"], p["prompt"] + p["new"])), device, args.repeat)
+            eager_forward_s[B] = wall(lambda: model(input_ids=full), device, args.repeat) if args.body == "llada" else model_s[B]
+    if args.body == "llada":
+        lines += ["| forward | B x tokens | native body ms | eager port ms | speed-up |", "|---|---|---|---|---|"]
+        for B in batches:
+            lines.append(f"| LLaDA | {B} x {p['prompt'] + p['new']} | {1e3 * model_s[B]:.2f} | {1e3 * eager_forward_s[B]:.2f} | {eager_forward_s[B] / model_s[B]:.2f}x |")
+        lines.append("")
+    lines += ["| decoder | B | steps | loop | tokens/s | s/call | step ms | vs eager | outside model |", "|---|---|---|---|---|---|---|---|---|"]
+    points = []
+    for B, ids in inputs.items():
         for steps in steps_list:
             for name in args.decoders.split(","):
                 runs = {"mdfast": lambda: model.mdfast_generate(ids, max_new_tokens=p["new"], steps=steps, decoder=name)}
@@ -159,13 +188,15 @@ def main(argv=None) -> int:
                 eager_s = None
                 for loop, fn in sorted(runs.items(), key=lambda kv: kv[0] != "eager"):
                     result = fn()  # warm-up (and compilation)
-                    nfe = result.nfe if isinstance(result, mdfast.GenerateOutput) else steps
+                    mdfast_run = isinstance(result, mdfast.GenerateOutput)
+                    nfe = result.nfe if mdfast_run else steps
                     seconds = wall(fn, device, args.repeat)
                     eager_s = seconds if loop == "eager" else eager_s
-                    outside = max(0.0, 1 - nfe * model_s / seconds)
+                    outside = max(0.0, 1 - nfe * (model_s[B] if mdfast_run else eager_forward_s[B]) / seconds)
                     tps = B * p["new"] / seconds
                     ratio = f"{eager_s / seconds:.2f}x" if eager_s else "-"
-                    lines.append(f"| {name} | {B} | {steps} | {loop} | {tps:.1f} | {seconds:.3f} | {ratio} | {100 * outside:.1f}% |")
+                    step_ms = f"{1e3 * statistics.median(result.step_times):.2f}" if mdfast_run else f"{1e3 * seconds / steps:.2f}"
+                    lines.append(f"| {name} | {B} | {steps} | {loop} | {tps:.1f} | {seconds:.3f} | {step_ms} | {ratio} | {100 * outside:.1f}% |")
                     points.append((name, loop, B, steps, tps))
                     print(lines[-1], flush=True)
     text = "\n".join(lines)

@@ -12,8 +12,15 @@ cd "$(dirname "$0")/.."
 
 pip install --no-deps --no-build-isolation -e . > "$out/install.log" 2>&1 || { tail -20 "$out/install.log"; exit 1; }
 mdfast info | tee "$out/info.txt"
-python -m pytest -q -ra tests/test_gpu.py tests/test_token_stats.py tests/test_xflow_step.py tests/test_body_kernels.py \
-    -k "triton or cuda" 2>&1 | tee "$out/tests.log" | tail -25
+{ python -m pytest -q -ra tests/test_gpu.py
+  python -m pytest -q -ra tests/test_token_stats.py tests/test_xflow_step.py tests/test_body_kernels.py -k "triton or cuda"
+} 2>&1 | tee "$out/tests.log" | grep -E "passed|failed|FAILED|Error" | tail -25
 python bench/bench_step.py 2>&1 | tee "$out/bench_step.md"
-python bench/bench_e2e.py --preset llada8b --batches 1,8 --steps 128 --decoders xflow,low_confidence \
-    --repeat 3 --out "$out/bench_e2e.md" 2>&1 | tail -12
+# issue 4: the loops alone (the same ModernBERT-style body under both), LLaDA-8B shapes
+python bench/bench_e2e.py --preset llada8b --batches 1 --steps 128 --decoders xflow,low_confidence \
+    --repeat 3 --out "$out/e2e_loops.md" 2>&1 | tail -8
+# issue 5: the native fused LLaDA body + whole-step CUDA graphs against the eager, unfused port
+python bench/bench_e2e.py --preset llada8b --body llada --batches 1 --steps 128,512 --decoders xflow,low_confidence \
+    --repeat 1 --out "$out/e2e_llada_b1.md" 2>&1 | tail -12
+python bench/bench_e2e.py --preset llada8b --body llada --batches 8 --steps 128 --decoders xflow \
+    --repeat 1 --no-compile --out "$out/e2e_llada_b8.md" 2>&1 | tail -8

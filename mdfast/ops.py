@@ -46,8 +46,10 @@ class XFlowStep:
     X (B, N, E), t (B, N): the new state (the inputs themselves when ``inplace``); tokens: x_pred
     = argmax; confidence: c = p(1); action: the step size a each token drew or was given (also
     for re-edited tokens, which do not use it); reedited (bool): c - t < -reedit_margin;
-    committed (B,) int64: the token hard-committed this step, -1 if none; log_prob: log pi(y) of
-    the sampled actions (only when ``sample``; differentiable in the policy's weights).
+    committed (B,) int64: the token hard-committed this step, -1 if none; lse (B, N): log sum_v
+    exp(z_v) (not finite for a row that is no distribution, seen only with ``check_finite=False``);
+    log_prob: log pi(y) of the sampled actions (only when ``sample``; differentiable in the
+    policy's weights).
     """
 
     X: Tensor
@@ -57,6 +59,7 @@ class XFlowStep:
     action: Tensor
     reedited: Tensor
     committed: Tensor
+    lse: Tensor
     log_prob: Tensor | None = None
 
 
@@ -179,7 +182,7 @@ def xflow_step(
         _raise_if_not_finite(out["lse"], "logits")
     return XFlowStep(
         X=X_out, t=t_out, tokens=out["tokens"], confidence=out["confidence"], action=out["action"],
-        reedited=out["reedited"], committed=out["committed"], log_prob=log_prob,
+        reedited=out["reedited"], committed=out["committed"], lse=out["lse"], log_prob=log_prob,
     )  # fmt: skip
 
 
@@ -223,7 +226,12 @@ def rope_(x: Tensor, theta: float, *, backend: str = "auto") -> Tensor:
 
 
 def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:
-    """SiLU(gate) * up (SPEC 5: SiLU(ff_proj h) * up_proj h)."""
+    """SiLU(gate) * up (SPEC 5: SiLU(ff_proj h) * up_proj h), a new contiguous tensor.
+
+    gate and up may be strided views, e.g. the two halves ``gu[..., :F]``, ``gu[..., F:]`` of one
+    fused gate/up product: with a dense last dimension and leading dimensions that flatten to rows
+    of one stride, the Triton kernel reads them in place (no copy).
+    """
     _check_tensor("gate", gate, floating=True)
     _check_tensor("up", up, dtype=gate.dtype, device=gate.device)
     _check_shape("up", up, tuple(gate.shape), "gate's shape")
@@ -231,7 +239,10 @@ def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:
         return reference.swiglu(gate, up)
     from .triton_kernels.swiglu import swiglu as kernel
 
-    return kernel(gate.contiguous(), up.contiguous())
+    def rows(x: Tensor) -> Tensor:  # (..., n) as (rows, n), a copy only where the layout needs one
+        return _unit_stride(torch.atleast_2d(x)).flatten(0, -2)
+
+    return kernel(rows(gate), rows(up)).view(gate.shape)
 
 
 def _body_backend(backend: str, x: Tensor) -> str:
@@ -353,5 +364,6 @@ def _empty_step(X_out: Tensor, t_out: Tensor, B: int, N: int, sample: bool) -> X
     return XFlowStep(
         X=X_out, t=t_out, tokens=torch.zeros(B, N, dtype=torch.int64, device=device), confidence=zeros,
         action=zeros.clone(), reedited=torch.zeros(B, N, dtype=torch.bool, device=device),
-        committed=torch.full((B,), -1, dtype=torch.int64, device=device), log_prob=zeros.clone() if sample else None,
+        committed=torch.full((B,), -1, dtype=torch.int64, device=device), lse=zeros.clone(),
+        log_prob=zeros.clone() if sample else None,
     )  # fmt: skip

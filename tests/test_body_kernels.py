@@ -74,6 +74,35 @@ def test_swiglu(backend, shape):
             assert_close("swiglu", out, reference.swiglu(gate, up).float(), 2**-7, scale=1e-3)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 1, 5), (2, 9, 333), (1, 4, 3000)])
+def test_swiglu_strided(backend, shape, monkeypatch):
+    """gate and up as the two halves of one fused product (gu[..., :F], gu[..., F:]), and up as a
+    slice of a wider buffer (another row stride and offset): the Triton kernel reads them in
+    place, no copy; a last dimension that is not dense is copied first. All against the reference."""
+    device = require_backend(backend)
+    *lead, F = shape
+    if backend == "triton":  # the kernel must receive the views themselves
+        import mdfast.triton_kernels.swiglu as kernel_module
+
+        seen, kernel = [], kernel_module.swiglu
+        monkeypatch.setattr(kernel_module, "swiglu", lambda gate, up: seen.append((gate.data_ptr(), up.data_ptr())) or kernel(gate, up))
+    for dtype in dtypes_for(backend):
+        gu = (torch.randn(*lead, 2 * F, device=device) * 3).to(dtype)
+        wide = torch.randn(*lead, F + 7, device=device).to(dtype)
+        cases = [gu.chunk(2, dim=-1), (gu[..., :F], wide[..., 3 : F + 3]), (gu[..., ::2], gu[..., 1::2])]
+        for gate, up in cases:
+            out = ops.swiglu(gate, up, backend=backend)
+            assert out.shape == gate.shape and out.is_contiguous()
+            if dtype == torch.float32:
+                assert_close("swiglu", out, reference.swiglu(gate.double().cpu(), up.double().cpu()), 1e-5, scale=1e-6)
+            else:
+                assert_close("swiglu", out, reference.swiglu(gate, up).float(), 2**-7, scale=1e-3)
+        if backend == "triton":
+            element = gu.element_size()
+            assert seen[-3:-1] == [(gu.data_ptr(), gu.data_ptr() + F * element), (gu.data_ptr(), wide.data_ptr() + 3 * element)]
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"weight: expected shape \(8,\)"):
         ops.rms_norm(torch.randn(2, 8), torch.ones(7), 1e-5)

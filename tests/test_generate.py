@@ -15,6 +15,7 @@ import torch
 
 import mdfast
 from mdfast import reference
+from mdfast.decode.schedule import top_positions
 
 from checks import assert_close
 
@@ -326,6 +327,62 @@ def test_bad_inputs_are_named():
         mdfast.patch(tiny_bert())
     with pytest.raises(ValueError, match="outside the vocabulary"):
         mdfast.patch(tiny_bert(), mask_token_id=64)
+
+
+def test_non_finite_logits_are_reported_not_decoded():
+    """A NaN in one step's logits raises ValueError after the loop: no tokens come back."""
+    model = mdfast.patch(tiny_bert(), mask_token_id=MASK)
+    with torch.no_grad():
+        model.cls.predictions.decoder.bias[7] = float("nan")
+    for decoder in ["xflow", "low_confidence", "entropy", "soft_mask"]:
+        with pytest.raises(ValueError, match="not a finite distribution"):
+            model.mdfast_generate(torch.randint(5, 64, (2, 4)), max_new_tokens=4, steps=4, decoder=decoder)
+
+
+def test_top_positions_reads_its_count_from_a_tensor():
+    """The selection rule with ties (stable: smaller index first), for an int and a (1,) tensor."""
+    score = torch.tensor([[0.5, 0.9, 0.5, 0.1, 0.9], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    for count, want in [(1, [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]), (3, [[1, 1, 0, 0, 1], [1, 1, 1, 0, 0]]), (0, [[0] * 5] * 2)]:
+        assert top_positions(score, count).tolist() == [[bool(v) for v in row] for row in want]
+        assert torch.equal(top_positions(score, torch.tensor([count])), top_positions(score, count))
+
+
+@pytest.mark.parametrize("decoder", ["xflow", *DISCRETE])
+def test_a_step_writes_only_into_existing_tensors(decoder):
+    """What lets a CUDA graph replay a step (decode/graphs.py): ``write_inputs`` and ``step``
+    rebind no attribute of the decoder (they write into the tensors that exist when the block
+    starts) and the step number comes from the device counter, so replaying the same calls walks
+    the schedule: the same tokens as the loop."""
+    from mdfast.decode.loop import DECODERS
+    from mdfast.models import adapt, release
+
+    model = tiny_bert(6)
+    ids = torch.randint(5, 64, (2, 5))
+    want = mdfast.generate(model, ids, max_new_tokens=8, steps=4, decoder=decoder, block_length=4, mask_token_id=MASK)
+    adapter = adapt(model, MASK)
+    try:
+        dec = DECODERS[decoder](adapter, 2, 8, backend="auto", generator=None, temperature=0.0)
+        assert dec.graphable
+        inputs = torch.empty(2, 13, 32)
+        inputs[:, :5] = adapter.embed(ids)
+        for start in (0, 4):
+            dec.start_block(start, start + 4, 2)
+            before = dict(vars(dec))
+            step = 0
+            while True:
+                dec.write_inputs(inputs[:, 5:])
+                with torch.no_grad():
+                    logits = adapter.logits(inputs, None, slice(5 + start, 9 + start))
+                dec.step(logits)
+                rebound = sorted(name for name, value in vars(dec).items() if before.get(name) is not value)
+                assert not rebound, f"{decoder}: a step rebound {rebound}"
+                if dec.block_finished(step):
+                    break
+                step += 1
+            assert int(dec.step_index) == step + 1
+        assert torch.equal(dec.tokens(), want.sequences[:, 5:])
+    finally:
+        release(adapter)
 
 
 def test_unsupported_models_are_refused_with_a_reason():

@@ -7,6 +7,8 @@ which run the GPU backends too when a device is present.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -101,3 +103,80 @@ def test_no_n_by_v_temporaries(backend):
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     assert extra < 8 * N * E * 4, f"{extra} bytes of temporaries (limit 8 N E 4 = {8 * N * E * 4})"
+
+
+GRAPHABLE = ["xflow", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr", "soft_mask", "threshold"]
+
+
+def _tiny_native_llada(device):
+    from mdfast.models.llada import LLaDAConfig, LLaDAModel
+
+    config = LLaDAConfig.from_dict({
+        "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "mlp_hidden_size": 96, "vocab_size": 80,
+        "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "include_bias": False, "weight_tying": False,
+        "scale_logits": False, "input_emb_norm": False, "max_sequence_length": 128, "mask_token_id": 79,
+        "eos_token_id": 78,
+    })  # fmt: skip
+    torch.manual_seed(0)
+    model = LLaDAModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(1.0, 0.3) if p.dim() == 1 else p.normal_(0.0, 2.0 / p.shape[1] ** 0.5)
+    return model.to(device)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["no_padding", "left_padding"])
+@pytest.mark.parametrize("decoder", GRAPHABLE)
+def test_generate_replays_whole_steps_from_cuda_graphs(decoder, padded):
+    """The native LLaDA body is captured with its step (graphed_blocks > 0, so no host sync
+    inside a step) and gives exactly the tokens, and for x-flow exactly the states, of the eager
+    steps."""
+    model = _tiny_native_llada("cuda")
+    ids = torch.randint(0, 78, (3, 9), device="cuda")
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, :2] = mask[2, :4] = 0
+    kwargs = dict(max_new_tokens=16, steps=8, decoder=decoder, block_length=8, return_history=True)
+    eager = mdfast.generate(model, ids, mask, cuda_graph=False, **kwargs)
+    graphed = mdfast.generate(model, ids, mask, **kwargs)
+    assert eager.graphed_blocks == 0 and graphed.graphed_blocks == 2
+    assert torch.equal(graphed.sequences, eager.sequences)
+    for a, b in zip(graphed.history, eager.history):
+        for name in a:
+            assert_bitwise_equal(name, a[name], b[name])
+
+
+def test_a_model_that_cannot_be_captured_falls_back_with_a_warning():
+    """A forward that reads a tensor back to the host cannot be captured: one warning, eager
+    steps, the same tokens."""
+    model = _tiny_native_llada("cuda")
+    forward = model.forward
+
+    def syncing_forward(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        float(out.logits.sum())  # a host synchronisation
+        return out
+
+    model.forward = syncing_forward
+    ids = torch.randint(0, 78, (2, 5), device="cuda")
+    eager = mdfast.generate(model, ids, max_new_tokens=8, steps=8, decoder="xflow", cuda_graph=False)
+    with pytest.warns(RuntimeWarning, match="could not be captured in a CUDA graph"):
+        fallback = mdfast.generate(model, ids, max_new_tokens=8, steps=8, decoder="xflow")
+    assert fallback.graphed_blocks == 0
+    assert torch.equal(fallback.sequences, eager.sequences)
+
+
+@pytest.mark.parametrize("decoder", ["xflow", "low_confidence"])
+def test_generate_with_a_transformers_model_on_cuda(decoder):
+    """A transformers masked LM: captured or (if its forward synchronises) eager, the same tokens."""
+    transformers = pytest.importorskip("transformers", reason="builds a tiny BERT from transformers classes")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, initializer_range=0.5)
+    model = transformers.BertForMaskedLM(config).eval().cuda()
+    ids = torch.randint(5, 64, (2, 6), device="cuda")
+    kwargs = dict(max_new_tokens=8, steps=8, decoder=decoder, mask_token_id=4)
+    eager = mdfast.generate(model, ids, cuda_graph=False, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        graphed = mdfast.generate(model, ids, **kwargs)
+    assert torch.equal(graphed.sequences, eager.sequences)

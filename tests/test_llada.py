@@ -8,6 +8,12 @@ embedding table; its state dict must carry exactly SPEC 5's keys; sharded checkp
 trip through save_llada / load_llada bit for bit and bad checkpoints or configs must raise
 ValueError naming the problem; mdfast.generate must decode the loaded model like the original,
 and a left-padded batch like the solo runs.
+
+The fused projections (qkv_proj, gate_up_proj) must stay invisible in the state dict: checkpoint
+keys only, row views of the fused weights, and load errors naming checkpoint keys. The eager port
+in bench/llada_eager.py stands in for LLaDA's remote code: it must match SPEC 5 too, and
+mdfast.patch on it must drive a native body on the same tensors (no second copy) that decodes
+exactly like a native model with those weights, leaving the stand-in's own forward unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 import mdfast
+from mdfast.bench.llada_eager import EagerLLaDA, EagerLLaDAConfig
 from mdfast.models import RowSelectingHead
 from mdfast.models.llada import LLaDAConfig, LLaDAModel, load_llada, padding_bias, save_llada
 
@@ -70,6 +77,13 @@ def tiny_llada(**overrides) -> LLaDAModel:
             else:
                 p.normal_(0.0, 1.0 / math.sqrt(p.shape[1]))
     return model
+
+
+def eager_llada(model: LLaDAModel, **overrides) -> EagerLLaDA:
+    """The stand-in for LLaDA's remote code (bench/llada_eager.py) with a copy of ``model``'s weights."""
+    remote = EagerLLaDA(EagerLLaDAConfig(**{**TINY, **overrides})).eval()
+    remote.load_state_dict(model.state_dict())
+    return remote
 
 
 def left_padded(batch: int, length: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,6 +162,19 @@ def test_forward_matches_spec(variant, padded):
     assert_close("float64 logits", exact, want, 1e-12, scale=1.0)
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left_padded"])
+def test_eager_port_matches_spec(variant, padded):
+    """bench/llada_eager.py (the benchmark's baseline and the remote-code stand-in) is SPEC 5 too."""
+    overrides = VARIANTS[variant]
+    model = tiny_llada(**overrides)
+    ids, mask = left_padded(3, 11, 50)
+    mask = mask if padded else None
+    with torch.no_grad():
+        got = eager_llada(model, **overrides)(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    assert_close("eager logits", got, spec_logits(model.state_dict(), {**TINY, **overrides}, ids, mask), 1e-5, scale=1.0)
+
+
 def test_padding_mask_changes_logits_and_all_ones_is_no_mask():
     model = tiny_llada()
     ids, mask = left_padded(3, 9, 50)
@@ -156,8 +183,9 @@ def test_padding_mask_changes_logits_and_all_ones_is_no_mask():
         ones = model(input_ids=ids, attention_mask=torch.ones_like(mask)).logits
         masked = model(input_ids=ids, attention_mask=mask).logits
         embeds = model(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=mask).logits
-    assert torch.equal(plain, ones), "an attention mask without zeros must mean no mask at all"
-    assert torch.equal(plain[0], masked[0]), "row 0 has no padding"
+    # an all-zero bias: the attention of no mask at all, up to the rounding of another kernel
+    assert_close("all-ones mask", ones, plain, 1e-6, scale=1.0)
+    assert_close("row 0 (no padding)", masked[0], plain[0], 1e-6, scale=1.0)
     assert not torch.allclose(plain[1:], masked[1:]), "the padding mask must change the padded rows"
     assert torch.equal(masked, embeds), "inputs_embeds = wte[input_ids] must give the same logits"
 
@@ -177,13 +205,16 @@ def test_left_padding_equals_solo_rows():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_padding_bias_is_finite(dtype):
     """SPEC 5's (1 - mask) * float32.min, in the model dtype: float32.min overflows to -inf in
-    bfloat16 and float16 and becomes that dtype's most negative finite value (as in the remote code)."""
+    bfloat16 and float16 and becomes that dtype's most negative finite value (as in the remote code).
+    A mask without zeros gives an all-zero bias (built without a look at the values, so without a
+    device sync); only None means no mask."""
     mask = left_padded(3, 6, 50)[1]
     bias = padding_bias(mask, dtype)
     assert bias.shape == (3, 1, 1, 6) and bias.dtype == dtype
     want = torch.where(mask == 0, torch.finfo(dtype).min, 0.0).to(dtype)[:, None, None, :]
     assert torch.equal(bias, want)
-    assert padding_bias(torch.ones_like(mask), dtype) is None and padding_bias(None, dtype) is None
+    assert torch.equal(padding_bias(torch.ones_like(mask), dtype), torch.zeros(3, 1, 1, 6, dtype=dtype))
+    assert padding_bias(None, dtype) is None
 
 
 def test_bfloat16_forward():
@@ -236,6 +267,48 @@ def spec_keys(cfg: dict) -> dict[str, tuple[int, ...]]:
 def test_state_dict_keys_are_spec_keys(cfg):
     model = LLaDAModel(LLaDAConfig.from_dict(cfg), device="meta")
     assert {key: tuple(value.shape) for key, value in model.state_dict().items()} == spec_keys(cfg)
+
+
+def test_state_dict_lists_fused_weights_as_views():
+    """qkv_proj and gate_up_proj appear as their checkpoint parts, in SPEC 5's order, as row views
+    of the fused weights (no copy)."""
+    model = tiny_llada()
+    state = model.state_dict()
+    for i, block in enumerate(model.transformer["blocks"]):
+        prefix = f"model.transformer.blocks.{i}."
+        assert [key for key in state if key.startswith(prefix)] == [f"{prefix}{name}.weight" for name in BLOCK_WEIGHTS]
+        for fused, parts in (("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("ff_proj", "up_proj"))):
+            weight = getattr(block, fused).weight
+            views = [state[f"{prefix}{part}.weight"] for part in parts]
+            assert all(view.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr() for view in views), fused
+            assert views[0].data_ptr() == weight.data_ptr() and torch.equal(torch.cat(views), weight), fused
+
+
+def test_load_state_dict_names_checkpoint_keys():
+    """load_state_dict takes checkpoint state dicts (strict, or assign=True onto the meta device)
+    and reports a missing, unexpected or misshapen part of a fused weight by its checkpoint key."""
+    model = tiny_llada()
+    state = dict(model.state_dict())
+    ids = torch.randint(0, 50, (2, 7))
+    meta = LLaDAModel(tiny_config(), device="meta")
+    meta.load_state_dict(state, strict=True, assign=True)
+    fresh = LLaDAModel(tiny_config())
+    fresh.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        assert torch.equal(meta(input_ids=ids).logits, want) and torch.equal(fresh(input_ids=ids).logits, want)
+
+    key = "model.transformer.blocks.1.k_proj.weight"
+    without = {k: v for k, v in state.items() if k != key}
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "model.transformer.blocks.1.k_proj.weight"\.') as error:
+        LLaDAModel(tiny_config()).load_state_dict(without)
+    assert "qkv_proj" not in str(error.value) and "Unexpected" not in str(error.value)
+    result = LLaDAModel(tiny_config()).load_state_dict(without, strict=False)
+    assert (result.missing_keys, result.unexpected_keys) == ([key], [])
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\) in state_dict: "model.transformer.blocks.0.up_proj.bias"'):
+        LLaDAModel(tiny_config()).load_state_dict({**state, "model.transformer.blocks.0.up_proj.bias": torch.zeros(48)})
+    with pytest.raises(RuntimeError, match=r"size mismatch for model.transformer.blocks.0.up_proj.weight: .* shape torch.Size\(\[47, 32\]\)"):
+        LLaDAModel(tiny_config()).load_state_dict({**state, "model.transformer.blocks.0.up_proj.weight": torch.zeros(47, 32)})
 
 
 def test_config_from_dict():
@@ -372,6 +445,58 @@ def test_generate_padded_batch_equals_solo(decoder):
     for b in range(3):
         solo = mdfast.generate(model, ids[b : b + 1, 2 * b :], max_new_tokens=8, steps=4, decoder=decoder).sequences
         assert_equal(f"row {b}", batch[b : b + 1, 7:], solo[:, 7 - 2 * b :])
+
+
+def test_patch_remote_code_drives_a_native_body_on_the_same_weights():
+    """mdfast.patch on a LLaDA model that is not native (the remote-code stand-in): the adapter
+    drives a native LLaDAModel whose parameters are the stand-in's tensors (one copy of the
+    weights); the stand-in's own forward is unchanged; decoding equals the native model's."""
+    model = tiny_llada()
+    remote = eager_llada(model)
+    ids, mask = left_padded(3, 9, 48)
+    with torch.no_grad():
+        before = remote(input_ids=ids, attention_mask=mask).logits
+    unpatched = mdfast.generate(remote, ids, mask, max_new_tokens=8, steps=4).sequences  # adapted for this call only
+    assert not hasattr(remote, "mdfast_adapter")
+
+    assert mdfast.patch(remote) is remote
+    body = remote.mdfast_adapter.model
+    assert isinstance(body, LLaDAModel) and body is not remote
+    assert isinstance(remote.get_output_embeddings(), torch.nn.Linear), "the head is swapped in the native body only"
+    remote_state = remote.state_dict()
+    native_state = {key.replace("ff_out.linear.", "ff_out."): value for key, value in body.state_dict().items()}  # the head, wrapped
+    assert native_state.keys() == remote_state.keys()
+    for key, value in remote_state.items():
+        assert value.data_ptr() == native_state[key].data_ptr() and torch.equal(value, model.state_dict()[key]), key
+    storages = {p.untyped_storage().data_ptr() for p in body.parameters()}
+    assert {p.untyped_storage().data_ptr() for p in remote.parameters()} == storages, "no second copy of the weights"
+
+    with torch.no_grad():
+        assert_close("remote logits after patch", remote(input_ids=ids, attention_mask=mask).logits, before, 1e-6)
+    want = mdfast.generate(model, ids, mask, max_new_tokens=8, steps=4).sequences
+    assert_equal("patched", remote.mdfast_generate(ids, mask, max_new_tokens=8, steps=4).sequences, want)
+    assert_equal("mdfast.generate", mdfast.generate(remote, ids, mask, max_new_tokens=8, steps=4, decoder="low_confidence").sequences,
+                 mdfast.generate(model, ids, mask, max_new_tokens=8, steps=4, decoder="low_confidence").sequences)  # fmt: skip
+    assert_equal("unpatched", unpatched, want)
+
+    mdfast.unpatch(remote)
+    assert not hasattr(remote, "mdfast_generate") and isinstance(remote.get_output_embeddings(), torch.nn.Linear)
+    with torch.no_grad():
+        assert_close("remote logits after unpatch", remote(input_ids=ids, attention_mask=mask).logits, before, 1e-6)
+
+
+def test_patch_remote_code_falls_back_with_a_warning():
+    """A LLaDA model whose config the native body does not implement: mdfast drives its own forward."""
+    model = tiny_llada()
+    remote = eager_llada(model, rope_full_precision=False)  # a remote-code switch SPEC 5 fixes to true
+    with pytest.warns(UserWarning, match="driving EagerLLaDA's own forward.*rope_full_precision"):
+        mdfast.patch(remote)
+    assert remote.mdfast_adapter.model is remote and isinstance(remote.get_output_embeddings(), RowSelectingHead)
+    ids = torch.randint(0, 48, (2, 5))
+    want = mdfast.generate(model, ids, max_new_tokens=8, steps=4).sequences
+    assert_equal("sequences", remote.mdfast_generate(ids, max_new_tokens=8, steps=4).sequences, want)
+    mdfast.unpatch(remote)
+    assert isinstance(remote.get_output_embeddings(), torch.nn.Linear)
 
 
 def test_patch_swaps_the_head():

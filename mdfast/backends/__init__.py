@@ -104,9 +104,9 @@ class TorchBackend(Backend):
                 a_min=args.a_min, a_max=args.a_max, reedit_margin=args.reedit_margin,
                 commit_threshold=args.commit_threshold, k=args.k, action=args.action,
             )  # fmt: skip
-        if bool(torch.isfinite(out["lse"]).all()):  # the contract: no write when a row is not finite
-            args.X_out.copy_(out["X"])
-            args.t_out.copy_(out["t"])
+        finite = torch.isfinite(out["lse"]).all()  # the contract: no write when a row is not finite
+        args.X_out.copy_(torch.where(finite, out["X"], args.X))  # (decided on the device: no sync)
+        args.t_out.copy_(torch.where(finite, out["t"], args.t))
         return {name: _as_float32(out[name]) for name in XFLOW_FIELDS}
 
 

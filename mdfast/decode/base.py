@@ -18,6 +18,12 @@ class Decoder:
     Per block ``[start, stop)`` of the response the loop calls ``start_block``, then for each step
     ``write_inputs`` (the response's input embeddings for the next forward) and ``step`` (the
     logits of the block's rows), until ``block_finished``; ``tokens`` gives the response tokens.
+
+    A step may be captured in a CUDA graph and replayed (``graphable``), so ``write_inputs`` and
+    ``step`` only write into tensors that exist before the step (no attribute is rebound, nothing
+    is read back to the host) and learn the step number from the device counter ``step_index``.
+    Non-finite logits rows raise nowhere inside a step: they set the device flag ``nonfinite``,
+    which ``check_finite`` turns into a ValueError once the loop is over.
     """
 
     full_entropy = False
@@ -27,14 +33,27 @@ class Decoder:
         self.adapter, self.B, self.N = adapter, B, N
         self.backend, self.generator, self.temperature = backend, generator, float(temperature)
         self.device = adapter.embedding.device
+        self.step_index = torch.zeros((), dtype=torch.long, device=self.device)  # 0-based step of the block
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+
+    @property
+    def graphable(self) -> bool:
+        """Whether a step may be replayed from a CUDA graph: not when it draws random numbers."""
+        return self.temperature == 0.0
 
     def start_block(self, start: int, stop: int, steps: int) -> None:
         self.block, self.steps = slice(start, stop), steps
+        self.step_index.zero_()
 
     def write_inputs(self, out: Tensor) -> None:
         raise NotImplementedError
 
-    def step(self, logits: Tensor, step: int) -> None:
+    def step(self, logits: Tensor) -> None:
+        """One decoding step on the block's logits (B, block, V), then the step counter moves on."""
+        self.update(logits)
+        self.step_index.add_(1)
+
+    def update(self, logits: Tensor) -> None:
         raise NotImplementedError
 
     def block_finished(self, step: int) -> bool:
@@ -50,7 +69,25 @@ class Decoder:
         return {"tokens": self.tokens().clone()}
 
     def stats(self, logits: Tensor) -> ops.TokenStats:
-        return ops.token_stats(logits, self.k, self.full_entropy, backend=self.backend)
+        stats = ops.token_stats(logits, self.k, self.full_entropy, backend=self.backend, check_finite=False)
+        self.flag_nonfinite(stats.lse)
+        return stats
+
+    def flag_nonfinite(self, lse: Tensor) -> None:
+        self.nonfinite |= ~torch.isfinite(lse).all()
+
+    def check_finite(self) -> None:
+        """Raise ValueError if any step's logits held a row that is not a finite distribution (one
+        host synchronisation, after the loop: the tokens of such a run are never returned)."""
+        if bool(self.nonfinite):
+            raise ValueError(
+                "logits: the model produced a row that is not a finite distribution (a NaN or +inf entry, or "
+                "every entry -inf); no tokens are returned"
+            )
+
+    def at_step(self, schedule: Tensor) -> Tensor:
+        """``schedule[step]`` for the current step, as a (1,) tensor read on the device."""
+        return schedule.gather(0, self.step_index.view(1))
 
 
 class MaskedTokens(Decoder):
@@ -72,8 +109,16 @@ class MaskedTokens(Decoder):
 
     def start_block(self, start, stop, steps) -> None:
         super().start_block(start, stop, steps)
-        n_masked = stop - start
-        self.counts = transfer_counts(n_masked, steps)
+        self.counts = self.schedule(stop - start, steps)
+
+    def schedule(self, n_masked: int, steps: int) -> Tensor:
+        """``transfer_counts`` as a device tensor, made once: every block has the same length and
+        number of steps, and a host-to-device copy waits for the device."""
+        cached = getattr(self, "_schedule", None)
+        if cached is None or cached[0] != (n_masked, steps):
+            counts = torch.tensor(transfer_counts(n_masked, steps), dtype=torch.long, device=self.device)
+            self._schedule = cached = ((n_masked, steps), counts)
+        return cached[1]
 
     def write_inputs(self, out: Tensor) -> None:
         out.copy_(self.adapter.embed(self.ids))
@@ -103,17 +148,17 @@ class MaskedTokens(Decoder):
     def confidence(self, p_x0: Tensor, stats: ops.TokenStats) -> Tensor:
         return p_x0
 
-    def step(self, logits: Tensor, step: int) -> None:
+    def update(self, logits: Tensor) -> None:
         x0, p_x0, stats = self.predict(logits)
         masked = self.masked()
         score = torch.where(masked, self.confidence(p_x0, stats), torch.full_like(p_x0, -math.inf))
-        chosen = self.select(score, masked, step)
+        chosen = self.select(score, masked)
         self.commit(chosen, x0)
         self.after_step(stats, masked & ~chosen)
 
-    def select(self, score: Tensor, masked: Tensor, step: int) -> Tensor:
+    def select(self, score: Tensor, masked: Tensor) -> Tensor:
         """SPEC 3 (LLaDA): the counts[step] most confident still-masked tokens of the block."""
-        return top_positions(score, self.counts[step]) & masked
+        return top_positions(score, self.at_step(self.counts)) & masked
 
     def after_step(self, stats: ops.TokenStats, still_masked: Tensor) -> None:
         """A hook for decoders that shape the next inputs (soft-masking)."""

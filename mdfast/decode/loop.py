@@ -1,13 +1,15 @@
 """The decoding loop: one generic, sync-free step loop for every decoder.
 
     for each block [start, stop) of the response (block_length; steps split evenly):
-        for each step:
+        for each step:              # on CUDA: captured once per block, then replayed (graphs.py)
             inputs  = [prompt embeddings ; decoder.write_inputs(response)]
             logits  = model forward, projected for the block's rows only
             decoder.step(logits)        # one statistics pass (mdfast.ops), selection on device
 
-Nothing inside a step waits on the device: schedules are known on the host, selections are
-tensor ops, progress output counts steps. Step times come from CUDA events read after the loop.
+Nothing inside a step waits on the device: schedules live on the device and are indexed by a
+device step counter, selections are tensor ops, non-finite logits set a device flag read once
+after the loop, progress output counts steps. Step times come from CUDA events read after the
+loop.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor
 
 from ..models import ModelAdapter, adapt, release
 from .base import Decoder
+from .graphs import StepGraphs
 from .rcr import RunningConfidenceRemasking
 from .remasking import Entropy, LowConfidence, MaskGitPlus, Threshold, TopKMargin
 from .soft_mask import SoftMask
@@ -43,13 +46,15 @@ class GenerateOutput:
     """sequences (B, prompt + max_new_tokens): prompt then response; nfe: model forwards;
     history: the decoder's state after every step (``return_history``: "tokens" (B, N), and for
     x-flow "X" (B, N, E) and "t" (B, N)); step_times: seconds per step; log_probs: the x-flow
-    policy's log pi(y) per step when sampling."""
+    policy's log pi(y) per step when sampling; graphed_blocks: how many blocks replayed their step
+    from a CUDA graph."""
 
     sequences: Tensor
     nfe: int
     history: list[dict[str, Tensor]] | None = None
     step_times: list[float] = field(default_factory=list)
     log_probs: list[Tensor] | None = None
+    graphed_blocks: int = 0
 
 
 def generate(
@@ -69,6 +74,7 @@ def generate(
     generator: torch.Generator | None = None,
     backend: str = "auto",
     mask_token_id: int | None = None,
+    cuda_graph: bool = True,
     **decoder_options,
 ) -> GenerateOutput:
     """Generate ``max_new_tokens`` tokens after each (left-padded) prompt of ``input_ids`` (B, P).
@@ -79,20 +85,26 @@ def generate(
     ``block_length`` (default: the whole response) must divide ``max_new_tokens``, and the number
     of blocks must divide ``steps``. Tokens after an EOS (``eos_token_id``, one id or several) are
     set to that EOS. A model that was not ``mdfast.patch``-ed is adapted for this call only.
+
+    On a CUDA device, with ``cuda_graph`` (the default) and a decoder that draws no random numbers
+    (temperature 0, x-flow without ``sample``), each block's whole step (input embeddings, forward,
+    decoder step) is captured in a CUDA graph once and replayed (``decode/graphs.py``); a model
+    that cannot be captured falls back to eager steps with a warning. Logits rows that are not a
+    finite distribution raise ValueError after the loop.
     """
     patched = getattr(model, "mdfast_adapter", None) is not None
     adapter = adapt(model, mask_token_id)
     try:
         return _generate(
             adapter, input_ids, attention_mask, max_new_tokens, steps, decoder, block_length, policy, temperature,
-            eos_token_id, return_history, progress, generator, backend, decoder_options,
+            eos_token_id, return_history, progress, generator, backend, cuda_graph, decoder_options,
         )  # fmt: skip
     finally:
         if not patched:
             release(adapter)
 
 
-def _run(adapter, decoder, prompt_embeds, full_mask, N, block_length, steps_per_block, return_history, progress):
+def _run(adapter, decoder, prompt_embeds, full_mask, N, block_length, steps_per_block, return_history, progress, graphs):
     B, P, E = prompt_embeds.shape
     inputs = torch.empty(B, P + N, E, dtype=prompt_embeds.dtype, device=prompt_embeds.device)
     inputs[:, :P] = prompt_embeds
@@ -103,12 +115,18 @@ def _run(adapter, decoder, prompt_embeds, full_mask, N, block_length, steps_per_
     for b in range(n_blocks):
         start, stop = b * block_length, (b + 1) * block_length
         decoder.start_block(start, stop, steps_per_block)
-        step = 0
-        while True:
+        rows = slice(P + start, P + stop)
+
+        def step_once(rows=rows):
             decoder.write_inputs(inputs[:, P:])
             with torch.no_grad():
-                logits = adapter.logits(inputs, full_mask, slice(P + start, P + stop))
-            decoder.step(logits, step)
+                logits = adapter.logits(inputs, full_mask, rows)
+            decoder.step(logits)  # (with grad: a sampling policy's log pi(y) keeps its graph)
+
+        graphs.start_block(step_once, steps_per_block)
+        step = 0
+        while True:
+            graphs()
             nfe += 1
             clock.tick()
             if history is not None:
@@ -124,7 +142,7 @@ def _run(adapter, decoder, prompt_embeds, full_mask, N, block_length, steps_per_
 
 
 def _generate(adapter: ModelAdapter, input_ids, attention_mask, N, steps, decoder_name, block_length, policy, temperature,
-              eos_token_id, return_history, progress, generator, backend, options) -> GenerateOutput:  # fmt: skip
+              eos_token_id, return_history, progress, generator, backend, cuda_graph, options) -> GenerateOutput:  # fmt: skip
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         raise TypeError(f"input_ids: expected an int64 tensor (B, P), got {_describe(input_ids)}")
     B, P = input_ids.shape
@@ -161,16 +179,20 @@ def _generate(adapter: ModelAdapter, input_ids, attention_mask, N, steps, decode
         raise TypeError(f"decoder {decoder_name!r}: {error}") from None
 
     full_mask = None
-    if attention_mask is not None:
+    if attention_mask is not None and not bool(attention_mask.all()):  # no padding: no mask at all
         full_mask = torch.cat([attention_mask, attention_mask.new_ones(B, N)], dim=1)
     with torch.no_grad():
         prompt_embeds = adapter.embed(input_ids)
-    nfe, history, step_times = _run(adapter, decoder, prompt_embeds, full_mask, N, block_length, steps // n_blocks, return_history, progress)
+    graphs = StepGraphs(cuda_graph and device.type == "cuda" and decoder.graphable)
+    nfe, history, step_times = _run(
+        adapter, decoder, prompt_embeds, full_mask, N, block_length, steps // n_blocks, return_history, progress, graphs
+    )
+    decoder.check_finite()
     response = decoder.tokens()
     if eos_token_id is not None:
         response = fill_after_eos(response, eos_token_id)
     log_probs = getattr(decoder, "log_probs", None) or None
-    return GenerateOutput(torch.cat([input_ids, response], dim=1), nfe, history, step_times, log_probs)
+    return GenerateOutput(torch.cat([input_ids, response], dim=1), nfe, history, step_times, log_probs, graphs.captured)
 
 
 def fill_after_eos(response: Tensor, eos_token_id: int | list[int]) -> Tensor:

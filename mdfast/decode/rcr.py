@@ -9,7 +9,6 @@ A decoded token can thus be taken back while a more confident one appears elsewh
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -25,14 +24,14 @@ class RunningConfidenceRemasking(MaskedTokens):
 
     def start_block(self, start, stop, steps) -> None:
         super().start_block(start, stop, steps)
-        self.decoded_after = list(itertools.accumulate(self.counts))  # tokens decoded after each step
+        self.decoded_after = self.counts.cumsum(0)  # tokens decoded after each step
 
-    def step(self, logits, step):
+    def update(self, logits):
         x0, p_x0, _ = self.predict(logits)
         masked = self.masked()
         self.commit(masked, x0)  # fill every masked position
         running = torch.where(masked, torch.maximum(self.running_max[:, self.block], p_x0), self.running_max[:, self.block])
         self.running_max[:, self.block] = running
-        remask = ~top_positions(running, self.decoded_after[step])
+        remask = ~top_positions(running, self.at_step(self.decoded_after))
         self.ids[:, self.block] = torch.where(remask, self.adapter.mask_token_id, self.ids[:, self.block])
         self.decoded[:, self.block] &= ~remask

@@ -53,7 +53,7 @@ class Threshold(MaskedTokens):
         super().__init__(adapter, B, N, **kwargs)
         self.tau = float(tau)
 
-    def select(self, score, masked, step):
+    def select(self, score, masked):
         return ((score > self.tau) | top_positions(score, 1)) & masked
 
     def block_finished(self, step):

@@ -14,9 +14,14 @@ def transfer_counts(n_masked: int, steps: int) -> list[int]:
     return [base + (1 if s < extra else 0) for s in range(steps)]
 
 
-def top_positions(score: Tensor, count: int) -> Tensor:
+def top_positions(score: Tensor, count: int | Tensor) -> Tensor:
     """A (B, n) boolean mask of each row's ``count`` largest scores, ties -> smaller index (a
-    stable descending sort: the rule every decoder's selection follows)."""
-    order = torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :count]
-    chosen = torch.zeros_like(score, dtype=torch.bool)
-    return chosen.scatter_(-1, order, True)
+    stable descending sort: the rule every decoder's selection follows).
+
+    ``count`` is an int or an int64 tensor of shape (1,) (the same count for every row), so a
+    step can read it from a device-side schedule without a host synchronisation.
+    """
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+    positions = torch.arange(score.shape[-1], device=score.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, positions)  # rank[i]: place of score i in the order
+    return rank < count

@@ -25,18 +25,17 @@ class SoftMask(MaskedTokens):
             raise ValueError(f"k: expected an int in [2, 8] tokens to mix, got {k!r}")
         super().__init__(adapter, B, N, **kwargs)
         self.k, self.w_s, self.w_a, self.w_b = k, float(w_s), float(w_a), float(w_b)
-        self.soft: torch.Tensor | None = None  # (B, block, E) inputs of the still-masked positions
-        self.soft_rows: torch.Tensor | None = None  # (B, block) where they apply
 
     def start_block(self, start, stop, steps) -> None:
         super().start_block(start, stop, steps)
-        self.soft = self.soft_rows = None
+        E = self.adapter.embedding.shape[1]
+        self.soft = torch.zeros(self.B, stop - start, E, device=self.device)  # inputs of the still-masked positions
+        self.soft_rows = torch.zeros(self.B, stop - start, dtype=torch.bool, device=self.device)  # where they apply
 
     def write_inputs(self, out):
         super().write_inputs(out)
-        if self.soft is not None:
-            block = out[:, self.block]
-            block.copy_(torch.where(self.soft_rows.unsqueeze(-1), self.soft.to(out.dtype), block))
+        block = out[:, self.block]
+        block.copy_(torch.where(self.soft_rows.unsqueeze(-1), self.soft.to(out.dtype), block))
 
     def after_step(self, stats, still_masked):
         W_e = self.adapter.embedding
@@ -44,5 +43,5 @@ class SoftMask(MaskedTokens):
         q = stats.topk_probs / stats.topk_probs.sum(-1, keepdim=True)
         mixture = torch.einsum("bnk,bnke->bne", q, W_e[stats.topk_ids].float())
         lam = (self.w_s * torch.sigmoid(self.w_a * (-stats.entropy_full - self.w_b))).unsqueeze(-1)
-        self.soft = ((1 - lam) * m + lam * mixture) * self.adapter.embed_scale
-        self.soft_rows = still_masked
+        self.soft.copy_(((1 - lam) * m + lam * mixture) * self.adapter.embed_scale)
+        self.soft_rows.copy_(still_masked)

@@ -42,16 +42,21 @@ class XFlow(Decoder):
         self.X_block = self.X[:, self.block].contiguous()
         self.t_block = self.t[:, self.block].contiguous()
 
+    @property
+    def graphable(self):
+        return not self.sample
+
     def write_inputs(self, out):
         out.copy_(self.X * self.adapter.embed_scale)
 
-    def step(self, logits, step):
-        rho = step / max(self.steps - 1, 1)
+    def update(self, logits):
+        rho = self.step_index / max(self.steps - 1, 1)  # l / max(T - 1, 1), on the device
         result = ops.xflow_step(
             logits, self.X_block, self.t_block, self.adapter.embedding.detach(), self.mask_embedding, self.policy, rho,
             config=self.config, sample=self.sample, generator=self.generator if self.sample else None,
-            inplace=True, backend=self.backend,
+            inplace=True, backend=self.backend, check_finite=False,
         )  # fmt: skip
+        self.flag_nonfinite(result.lse)
         self.ids[:, self.block] = result.tokens
         self.X[:, self.block] = self.X_block
         self.t[:, self.block] = self.t_block

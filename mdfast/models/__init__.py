@@ -2,13 +2,21 @@
 
 ``adapt(model)`` recognises the family and returns a ``ModelAdapter``; ``patch`` installs one on a
 model (``model.mdfast_generate``), ``unpatch`` removes it. The vocabulary projection is captured by
-swapping the model's output-embedding ``nn.Linear`` for a ``RowSelectingHead`` that projects only
-the hidden rows the current step needs (never the prompt's), so every family's own forward runs
-unchanged otherwise.
+swapping the output-embedding ``nn.Linear`` of the module that computes the logits (the adapter's
+``model``) for a ``RowSelectingHead`` that projects only the hidden rows the current step needs
+(never the prompt's), so every family's own forward runs unchanged otherwise.
 
 Families:
-- ``llada``: LLaDA remote code (``config.model_type == "llada"``): no position ids, always
-  ``use_cache=False`` (transformers 5 no longer sets ``config.use_cache``).
+- ``llada`` (``config.model_type == "llada"``): no position ids, always ``use_cache=False``
+  (transformers 5 no longer sets ``config.use_cache``). A native ``LLaDAModel`` is driven as it
+  is. For any other LLaDA model (LLaDA's remote code) the adapter drives a native body instead,
+  ``llada.from_remote(model)``: the same weights, not a second copy (the remote model's
+  projection parameters become views of the native fused weights, and its own forward still gives
+  the same logits); ``patch`` still installs ``mdfast_generate`` on the remote model itself. The
+  body is built by each ``adapt`` (its fused weights concatenated anew): patch a remote model to
+  build it once rather than at every ``mdfast.generate`` call. Where the native body cannot take
+  the model (its config or state dict is not SPEC 5's), mdfast drives the remote model's own
+  forward and says why in a warning.
 - ``dream``: Dream remote code (``config.model_type == "Dream"``, a Qwen2 body): shifted logits,
   row j predicts position j + 1.
 - ``masked_lm``: native transformers masked LMs (BERT, RoBERTa, ModernBERT, DistilBERT, ...):
@@ -21,11 +29,14 @@ block-causal attention mask mdfast does not build yet.
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .llada import LLaDAModel, from_remote
 
 __all__ = ["ModelAdapter", "RowSelectingHead", "adapt", "patch", "release", "unpatch"]
 
@@ -65,9 +76,11 @@ class RowSelectingHead(nn.Module):
 class ModelAdapter:
     """What the decoding loop needs to know about a model.
 
-    family: "llada", "dream" or "masked_lm"; mask_token_id: the [MASK] id; shifted: logits row j
-    predicts position j + 1 (Dream); embed_scale: the factor the input embedding module applies
-    to its table rows; head: the installed RowSelectingHead.
+    model: the module whose forward computes the logits (the patched model itself, or for a
+    LLaDA remote-code model the native body sharing its weights); family: "llada", "dream" or
+    "masked_lm"; mask_token_id: the [MASK] id; shifted: logits row j predicts position j + 1
+    (Dream); embed_scale: the factor the input embedding module applies to its table rows; head:
+    the RowSelectingHead installed in ``model``.
     """
 
     model: nn.Module
@@ -125,6 +138,8 @@ def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
             "supported yet: its forward needs a block-causal attention mask"
         )
     family = "llada" if model_type in LLADA_TYPES else "dream" if model_type in DREAM_TYPES else "masked_lm"
+    if family == "llada":
+        model = _llada_body(model)
     get_in = getattr(model, "get_input_embeddings", None)
     get_out = getattr(model, "get_output_embeddings", None)
     embedding = get_in() if callable(get_in) else None
@@ -160,6 +175,19 @@ def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
         embed_scale=float(scale) if not torch.is_tensor(scale) else float(scale.item()), head=head,
         accepts_position_ids=family != "llada" and "position_ids" in parameters,
     )  # fmt: skip
+
+
+def _llada_body(model: nn.Module) -> nn.Module:
+    """The module to drive for a LLaDA model: a native LLaDAModel as it is, else a native body
+    sharing its weights (``llada.from_remote``), else (config or weights not SPEC 5's) the model's
+    own forward, with the reason in a warning (Python shows it once per call site)."""
+    if isinstance(model, LLaDAModel):
+        return model
+    try:
+        return from_remote(model)
+    except ValueError as error:
+        warnings.warn(f"mdfast: driving {type(model).__name__}'s own forward, not mdfast's native LLaDA body: {error}", stacklevel=4)
+        return model
 
 
 def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:

@@ -11,6 +11,20 @@ function that computes it:
   kernels on CUDA tensors, their references in ``mdfast/reference.py`` elsewhere).
 - ``load_llada`` / ``save_llada``: sharded safetensors checkpoints (``model-0000k-of-0000n.safetensors``
   plus ``model.safetensors.index.json``, or one ``model.safetensors``), read by exact key names.
+- ``from_remote``: a native body over the weights of another LLaDA implementation (LLaDA's remote
+  code), sharing its tensors; ``mdfast.patch`` drives remote-code LLaDA models through it.
+
+Fused projections: each block computes q, k, v with one matrix product (``qkv_proj``, weight
+(d + 2 n_kv_heads hd, d) = cat(Wq, Wk, Wv) by rows) and gate, up with one (``gate_up_proj``,
+weight (2F, d) = cat(W_ff_proj, W_up_proj)); q, k, v and gate, up are views of the fused outputs
+(no copies: ``ops.rope_`` rotates the q and k views in place, ``ops.swiglu`` reads the two halves
+in place). The state dict still has exactly the checkpoint's keys: a state-dict post-hook
+(``_split_fused``) lists each fused weight as its checkpoint parts ``q_proj.weight``,
+``k_proj.weight``, ``v_proj.weight`` (``ff_proj.weight``, ``up_proj.weight``), row views of the
+fused weight (no copy), in SPEC 5's order; a load-state-dict pre-hook (``_fuse_parts``)
+concatenates those parts into the fused weight (one copy), so ``load_state_dict`` (strict, and
+with ``assign=True`` onto a meta-device model) takes checkpoint state dicts, and a missing or
+misshapen part is reported under its checkpoint key.
 
 Choices where SPEC 5 is silent (made to match LLaDA's remote code, ``modeling_llada.py``):
 - grouped query: kv head g serves query heads g*r .. g*r + r - 1, r = n_heads / n_kv_heads
@@ -30,6 +44,8 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +63,7 @@ __all__ = [
     "LLaDAOutput",
     "RMSNorm",
     "checkpoint_shapes",
+    "from_remote",
     "load_llada",
     "padding_bias",
     "save_llada",
@@ -188,8 +205,13 @@ def padding_bias(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | 
     """The additive attention mask over keys, (B, 1, 1, L), in ``dtype``. SPEC 5: "if attention_mask
     has a 0, an additive mask (1 - mask) * float32.min over keys, shape (B, 1, 1, L); otherwise no
     mask at all". Cast to the model dtype, float32.min overflows to -inf in bfloat16/float16 and is
-    replaced by that dtype's most negative finite value (as the remote code does)."""
-    if attention_mask is None or not bool((attention_mask == 0).any()):
+    replaced by that dtype's most negative finite value (as the remote code does).
+
+    Built from any given mask without reading its values, so the forward never waits for the device
+    (a CUDA graph can capture it): a mask without zeros gives an all-zero bias, the same attention
+    as no mask up to rounding. Callers pass ``attention_mask=None`` when there is no padding (as
+    mdfast's decoding loop does); only then does attention run without a mask."""
+    if attention_mask is None:
         return None
     mask = attention_mask.to(torch.float32)[:, None, None, :]
     bias = (1.0 - mask) * torch.finfo(torch.float32).min
@@ -210,7 +232,12 @@ class RMSNorm(nn.Module):
 
 
 class LLaDABlock(nn.Module):
-    """One LLaDA transformer block (SPEC 5 "block"); submodules named as the checkpoint keys."""
+    """One LLaDA transformer block (SPEC 5 "block") with fused projections: ``qkv_proj`` holds
+    cat(Wq, Wk, Wv), ``gate_up_proj`` cat(W_ff_proj, W_up_proj) (rows); the other submodules are
+    named as the checkpoint keys, and the state-dict hooks below translate the fused ones."""
+
+    # fused module -> the checkpoint modules whose weights it stacks, in order
+    FUSED: ClassVar[dict[str, tuple[str, ...]]] = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("ff_proj", "up_proj")}
 
     def __init__(self, config: LLaDAConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -218,21 +245,22 @@ class LLaDABlock(nn.Module):
         factory = {"device": device, "dtype": dtype, "bias": False}
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.rope_theta = config.rope_theta
+        # rows of each fused weight (and columns of its output) per checkpoint part
+        self.split_sizes = {"qkv_proj": (d, kv, kv), "gate_up_proj": (F_, F_)}
         self.attn_norm = RMSNorm(d, config.rms_norm_eps, device=device, dtype=dtype)
-        self.q_proj = nn.Linear(d, d, **factory)
-        self.k_proj = nn.Linear(d, kv, **factory)
-        self.v_proj = nn.Linear(d, kv, **factory)
+        self.qkv_proj = nn.Linear(d, d + 2 * kv, **factory)
         self.attn_out = nn.Linear(d, d, **factory)
         self.ff_norm = RMSNorm(d, config.rms_norm_eps, device=device, dtype=dtype)
-        self.ff_proj = nn.Linear(d, F_, **factory)
-        self.up_proj = nn.Linear(d, F_, **factory)
+        self.gate_up_proj = nn.Linear(d, 2 * F_, **factory)
         self.ff_out = nn.Linear(F_, d, **factory)
+        self.register_state_dict_post_hook(_split_fused)
+        self.register_load_state_dict_pre_hook(_fuse_parts)
 
     def _heads(self, y: Tensor, heads: int, rope: bool) -> Tensor:
-        """(B, L, heads*hd) -> (B, heads, L, hd): "split into heads of size hd", with RoPE applied
-        in place first (``mdfast.ops.rope_``: float32 math, positions 0..L-1) when ``rope``."""
-        B, L, _ = y.shape
-        y = y.view(B, L, heads, self.head_dim)
+        """(B, L, heads*hd) -> (B, heads, L, hd): "split into heads of size hd" (views of the fused
+        output), with RoPE applied in place first (``mdfast.ops.rope_``: float32 math, positions
+        0..L-1) when ``rope``."""
+        y = y.unflatten(-1, (heads, self.head_dim))
         if rope:
             ops.rope_(y, self.rope_theta)
         return y.transpose(1, 2)
@@ -241,11 +269,14 @@ class LLaDABlock(nn.Module):
         """SPEC 5: "q, k, v = h Wq^T, h Wk^T, h Wv^T split into heads of size hd; RoPE on q and k in
         float32 ...; k, v heads repeated to n_heads (grouped query); attention is bidirectional (no
         causal mask), scale 1/sqrt(hd), plus the padding mask". Returns the merged heads (B, L, d),
-        before attn_out. kv head g serves query heads g*r .. g*r + r - 1 (``repeat_interleave``)."""
+        before attn_out. q, k, v are column slices of one product h cat(Wq, Wk, Wv)^T (slices, not
+        ``split``: autograd lets RoPE rotate those in place). kv head g serves query heads
+        g*r .. g*r + r - 1 (``repeat_interleave``)."""
         B, L, d = h.shape
-        q = self._heads(self.q_proj(h), self.n_heads, rope=True)
-        k = self._heads(self.k_proj(h), self.n_kv_heads, rope=True)
-        v = self._heads(self.v_proj(h), self.n_kv_heads, rope=False)
+        qkv, kv = self.qkv_proj(h), self.n_kv_heads * self.head_dim
+        q = self._heads(qkv[..., :d], self.n_heads, rope=True)
+        k = self._heads(qkv[..., d : d + kv], self.n_kv_heads, rope=True)
+        v = self._heads(qkv[..., d + kv :], self.n_kv_heads, rope=False)
         repeats = self.n_heads // self.n_kv_heads
         if repeats > 1:
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
@@ -255,9 +286,47 @@ class LLaDABlock(nn.Module):
     def forward(self, x: Tensor, bias: Tensor | None) -> Tensor:
         """SPEC 5: "h = RMSNorm(x; attn_norm); ... x = x + attn_out(merged heads);
         h = RMSNorm(x; ff_norm); x = x + ff_out(SiLU(ff_proj h) * up_proj h)", the residual add
-        and the second RMSNorm fused (``ops.rms_norm(..., update=)``), SiLU(.) * . as ``ops.swiglu``."""
+        and the second RMSNorm fused (``ops.rms_norm(..., update=)``), SiLU(.) * . as ``ops.swiglu``
+        on the two halves of one product h cat(W_ff_proj, W_up_proj)^T."""
         x, h = ops.rms_norm(x, self.ff_norm.weight, self.ff_norm.eps, update=self.attn_out(self.attention(self.attn_norm(x), bias)))
-        return x + self.ff_out(ops.swiglu(self.ff_proj(h), self.up_proj(h)))
+        gate, up = self.gate_up_proj(h).split(self.split_sizes["gate_up_proj"], dim=-1)
+        return x + self.ff_out(ops.swiglu(gate, up))
+
+
+def _split_fused(block: LLaDABlock, state_dict: dict[str, Tensor], prefix: str, local_metadata: dict) -> None:
+    """State-dict post-hook of LLaDABlock: each fused weight replaced by its checkpoint parts, row
+    views of it (no copy); the block's keys re-inserted in order, so they follow SPEC 5's order."""
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        value = state_dict.pop(key)
+        name = key[len(prefix) :].removesuffix(".weight")
+        if name in block.FUSED:
+            parts = value.split(block.split_sizes[name])
+            state_dict.update({f"{prefix}{part}.weight": view for part, view in zip(block.FUSED[name], parts)})
+        else:
+            state_dict[key] = value
+
+
+def _fuse_parts(block: LLaDABlock, state_dict: dict[str, Tensor], prefix: str, local_metadata: dict, strict: bool,
+                missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:  # fmt: skip
+    """Load-state-dict pre-hook of LLaDABlock: the checkpoint parts of each fused weight (popped
+    from the block's state dict) concatenated into it. A fused weight loads from all of its parts
+    or keeps its value: absent parts are reported as missing keys and misshapen ones as size
+    mismatches, under their checkpoint keys."""
+    for name, part_names in block.FUSED.items():
+        linear = getattr(block, name)
+        parts = []
+        for part, rows in zip(part_names, block.split_sizes[name]):
+            key, shape = f"{prefix}{part}.weight", torch.Size((rows, linear.in_features))
+            tensor = state_dict.pop(key, None)
+            if tensor is None:
+                missing_keys.append(key)
+            elif tensor.shape != shape:
+                error_msgs.append(
+                    f"size mismatch for {key}: copying a param with shape {tensor.shape} from checkpoint, the shape in current model is {shape}."
+                )
+            else:
+                parts.append(tensor)
+        state_dict[f"{prefix}{name}.weight"] = torch.cat(parts) if len(parts) == len(part_names) else linear.weight
 
 
 @dataclass
@@ -353,20 +422,36 @@ def load_llada(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, dev
     mode. Nothing is downloaded and no remote code runs. Every checkpoint key must be one of
     ``checkpoint_shapes(config)`` with that shape and every one of those must be present, or a
     ValueError lists the missing, unexpected and misshapen keys. The module is built on the meta
-    device and the tensors are read straight onto ``device`` (one copy)."""
+    device and the tensors are read straight onto ``device``, one block at a time (one copy, plus
+    one block's projections while they are fused)."""
     from safetensors import safe_open
 
     folder = Path(path)
     config = LLaDAConfig.from_json_file(folder / CONFIG_FILE)
     located = _locate_keys(folder, checkpoint_shapes(config))
-    device = torch.device(device)
-    state = {}
-    for file in sorted(set(located.values())):
-        with safe_open(str(file), framework="pt", device=str(device)) as f:
-            state.update({key: f.get_tensor(key).to(dtype) for key in f.keys()})
+    device = str(torch.device(device))
     model = LLaDAModel(config, device="meta")
-    model.load_state_dict(state, strict=True, assign=True)
+    with ExitStack() as stack:
+        files = {file: stack.enter_context(safe_open(str(file), framework="pt", device=device)) for file in set(located.values())}
+        _assign_by_block(model, lambda key: files[located[key]].get_tensor(key).to(dtype))
     return model.eval()
+
+
+def _assign_by_block(model: LLaDAModel, take: Callable[[str], Tensor], loaded: Callable[[str, LLaDABlock], None] | None = None) -> None:
+    """Give the meta-device ``model`` the tensor ``take(key)`` of every checkpoint key
+    (``load_state_dict(..., assign=True)``), one block at a time: fusing a block's projections
+    copies them, and their parts are dropped before the next block is read, so no more than one
+    block's projections exist twice. ``loaded(prefix, block)`` is called after each block."""
+    keys = checkpoint_shapes(model.config)
+    for i, block in enumerate(model.transformer["blocks"]):
+        prefix = f"model.transformer.blocks.{i}."
+        block.load_state_dict({key.removeprefix(prefix): take(key) for key in keys if key.startswith(prefix)}, assign=True)
+        if loaded is not None:
+            loaded(prefix, block)
+    for key in keys:
+        if not key.startswith("model.transformer.blocks."):  # wte, ln_f, ff_out
+            module, name = key.rsplit(".", 1)
+            model.get_submodule(module).load_state_dict({name: take(key)}, assign=True)
 
 
 def _checkpoint_files(folder: Path) -> tuple[list[Path], set[str] | None]:
@@ -402,16 +487,22 @@ def _locate_keys(folder: Path, expected: dict[str, tuple[int, ...]]) -> dict[str
                 located[key], shapes[key] = file, tuple(f.get_slice(key).get_shape())
     if indexed is not None and indexed != shapes.keys():
         problems.append(f"{INDEX_FILE} and its shards disagree on keys: {sorted(indexed ^ shapes.keys())}")
-    missing = sorted(expected.keys() - shapes.keys())
-    unexpected = sorted(shapes.keys() - expected.keys())
-    if missing:
-        problems.append(f"missing keys: {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
-    problems += [f"{key}: shape {shapes[key]}, expected {shape}" for key, shape in expected.items() if key in shapes and shapes[key] != shape]
+    problems += _key_problems(shapes, expected)
     if problems:
         raise ValueError(f"{folder}: the checkpoint does not match its config.json (SPEC 5 keys):\n  " + "\n  ".join(problems))
     return located
+
+
+def _key_problems(shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> list[str]:
+    """How a state dict's ``shapes`` (key -> shape) differ from ``expected``: the missing, the
+    unexpected and the misshapen keys (empty when they match)."""
+    missing = sorted(expected.keys() - shapes.keys())
+    unexpected = sorted(shapes.keys() - expected.keys())
+    problems = [f"missing keys: {missing}"] if missing else []
+    if unexpected:
+        problems.append(f"unexpected keys: {unexpected}")
+    misshapen = [key for key, shape in expected.items() if key in shapes and shapes[key] != shape]
+    return problems + [f"{key}: shape {shapes[key]}, expected {expected[key]}" for key in misshapen]
 
 
 def save_llada(model: LLaDAModel, path: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> None:
@@ -443,3 +534,32 @@ def save_llada(model: LLaDAModel, path: str | os.PathLike, max_shard_bytes: int 
     total = sum(t.numel() * t.element_size() for t in state.values())
     (folder / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (folder / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2))
+
+
+def from_remote(remote: nn.Module) -> LLaDAModel:
+    """A native LLaDAModel over the weights of ``remote``, a LLaDA model of another implementation
+    (LLaDA's remote code, ``modeling_llada.py``) whose state dict has the checkpoint keys: built on
+    the meta device from ``remote.config`` and given ``remote``'s tensors (``assign=True``).
+
+    The fused projections concatenate q, k, v (ff_proj, up_proj) into one new tensor each, so
+    ``remote``'s own q_proj ... up_proj parameters are then re-pointed at row views of those
+    (``assign=True`` again), block by block: one copy of the weights remains, shared by both
+    modules (at most one block's projections exist twice meanwhile), and ``remote``'s forward
+    computes what it did. Parameters of ``remote`` held elsewhere (an optimizer) are no longer its
+    parameters afterwards. ValueError, before anything changes, when
+    ``remote.config`` is not SPEC 5's (``LLaDAConfig.from_dict``) or its state dict is not
+    exactly ``checkpoint_shapes(config)``.
+    """
+    config = LLaDAConfig.from_dict(remote.config.to_dict())
+    state = remote.state_dict()
+    problems = _key_problems({key: tuple(value.shape) for key, value in state.items()}, checkpoint_shapes(config))
+    if problems:
+        raise ValueError(f"{type(remote).__name__}: the state dict is not a LLaDA checkpoint's (SPEC 5 keys):\n  " + "\n  ".join(problems))
+    native = LLaDAModel(config, device="meta")
+
+    def repoint(prefix: str, block: LLaDABlock) -> None:
+        remote.get_submodule(prefix[:-1]).load_state_dict(block.state_dict(), assign=True)
+
+    # popped, so that remote's separate q, k, v ... tensors are freed once it is re-pointed
+    _assign_by_block(native, state.pop, repoint)
+    return native.eval()
