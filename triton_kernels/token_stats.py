@@ -50,10 +50,17 @@ class StatsConfig:
     split: int  # programs per row; 1: a single program streams the whole row
 
 
+# Multiprocessors assumed for "meta" tensors, which plan GPU launches without a device (an H100 SXM:
+# tests/compile_kernels.py compiles the kernels for sm_90 from the launches the wrappers make).
+META_MULTIPROCESSORS = 132
+
+
 @functools.lru_cache(maxsize=None)
 def _multiprocessors(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
+    if device.type == "meta":
+        return META_MULTIPROCESSORS
     return 4  # the interpreter: a few, so that small test shapes take the split path
 
 
@@ -61,12 +68,12 @@ def stats_config(n_rows: int, V: int, device: torch.device) -> StatsConfig:
     """The one place that tunes the statistics pass.
 
     On the GPU, tiles of 2048 logits over 8 warps: 8 per thread, one 16-byte load of bf16 (two of
-    float32), with the next tile in flight; about 80 registers, so 3 programs fit on a
-    multiprocessor. With fewer than 2 rows per multiprocessor, rows are split to give about 4
-    programs per multiprocessor, in chunks of whole tiles. Under the interpreter the tiles are
-    small (256) so that short test rows still take several tiles and chunks.
+    float32), with the next tile in flight; 88 registers for sm_90 (``tests/compile_kernels.py``,
+    Triton 3.9), so 2 programs fit on a multiprocessor. With fewer than 2 rows per multiprocessor, rows are split to give about 4
+    programs per multiprocessor, in chunks of whole tiles. Under the interpreter (CPU tensors) the
+    tiles are small (256) so that short test rows still take several tiles and chunks.
     """
-    block_v = min(2048 if device.type == "cuda" else 256, triton.next_power_of_2(V))
+    block_v = min(256 if device.type == "cpu" else 2048, triton.next_power_of_2(V))
     num_warps = max(1, min(8, block_v // 256))
     sms = _multiprocessors(device)
     split = 1 if n_rows >= 2 * sms else min(triton.cdiv(V, block_v), triton.cdiv(4 * sms, n_rows))
