@@ -202,7 +202,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, *, update: Tensor | None = N
     if update is not None:
         _check_tensor("update", update, dtype=x.dtype, device=x.device)
         _check_shape("update", update, tuple(x.shape), "x's shape")
-    if _body_backend(backend, x) == "torch":
+    if _body_backend(backend, x, weight, update) == "torch":
         summed = x + update if update is not None else x
         normed = reference.rms_norm(summed, weight, eps)
         return (summed, normed) if update is not None else normed
@@ -235,7 +235,7 @@ def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:
     _check_tensor("gate", gate, floating=True)
     _check_tensor("up", up, dtype=gate.dtype, device=gate.device)
     _check_shape("up", up, tuple(gate.shape), "gate's shape")
-    if _body_backend(backend, gate) == "torch":
+    if _body_backend(backend, gate, up) == "torch":
         return reference.swiglu(gate, up)
     from .triton_kernels.swiglu import swiglu as kernel
 
@@ -245,17 +245,21 @@ def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:
     return kernel(rows(gate), rows(up)).view(gate.shape)
 
 
-def _body_backend(backend: str, x: Tensor) -> str:
-    """The body kernels exist in Triton only: "auto" takes them on CUDA tensors where Triton runs."""
+def _body_backend(backend: str, *tensors: Tensor | None) -> str:
+    """The body kernels exist in Triton only, forward only: "auto" takes them on CUDA tensors where
+    Triton runs and no gradient is wanted (else the reference, which autograd differentiates)."""
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend: the body kernels run on 'auto', 'triton' or 'torch', got {backend!r}")
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if backend == "auto":
-        on_gpu = x.device.type == "cuda" and backends.get("triton").unavailable_reason() is None
-        return "triton" if on_gpu else "torch"
+        on_gpu = tensors[0].device.type == "cuda" and backends.get("triton").unavailable_reason() is None
+        return "triton" if on_gpu and not wants_grad else "torch"
     if backend == "triton":
         reason = backends.get("triton").unavailable_reason()
         if reason is not None:
             raise RuntimeError(f"mdfast backend 'triton' is unavailable: {reason}")
+        if wants_grad:
+            raise ValueError("backend='triton': the body kernels have no backward; use backend='auto' or 'torch' when gradients are needed")
     return backend
 
 

@@ -112,3 +112,16 @@ def test_bad_input_is_named():
         ops.swiglu(torch.randn(3), torch.randn(3), backend="cpu")
     with pytest.raises(TypeError, match="up: expected dtype"):
         ops.swiglu(torch.randn(3), torch.randn(3, dtype=torch.float64))
+
+
+def test_gradients_take_the_reference():
+    """The Triton body kernels have no backward: "auto" takes the differentiable reference when a
+    gradient is wanted, and an explicit "triton" refuses rather than cut the graph."""
+    require_backend("triton")
+    gate, up = torch.randn(3, 8, requires_grad=True), torch.randn(3, 8)
+    ops.swiglu(gate, up).sum().backward()
+    assert gate.grad is not None and torch.isfinite(gate.grad).all()
+    with pytest.raises(ValueError, match="no backward"):
+        ops.swiglu(gate, up, backend="triton")
+    with torch.no_grad():
+        ops.swiglu(gate, up, backend="triton")  # no gradient wanted: the kernel runs

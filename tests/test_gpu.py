@@ -147,8 +147,10 @@ def test_generate_replays_whole_steps_from_cuda_graphs(decoder, padded):
 
 
 def test_a_model_that_cannot_be_captured_falls_back_with_a_warning():
-    """A forward that reads a tensor back to the host cannot be captured: one warning, eager
-    steps, the same tokens."""
+    """A forward that reads a tensor back to the host cannot be captured: the warm-up step finds
+    that out before any capture, one warning, eager steps, the same tokens; the patched model
+    remembers it (no second warning), and the process is left as it was (default stream, a
+    working allocator, later captures of other models)."""
     model = _tiny_native_llada("cuda")
     forward = model.forward
 
@@ -158,12 +160,21 @@ def test_a_model_that_cannot_be_captured_falls_back_with_a_warning():
         return out
 
     model.forward = syncing_forward
+    mdfast.patch(model)
     ids = torch.randint(0, 78, (2, 5), device="cuda")
-    eager = mdfast.generate(model, ids, max_new_tokens=8, steps=8, decoder="xflow", cuda_graph=False)
-    with pytest.warns(RuntimeWarning, match="could not be captured in a CUDA graph"):
-        fallback = mdfast.generate(model, ids, max_new_tokens=8, steps=8, decoder="xflow")
-    assert fallback.graphed_blocks == 0
+    eager = model.mdfast_generate(ids, max_new_tokens=8, steps=8, decoder="xflow", cuda_graph=False)
+    with pytest.warns(RuntimeWarning, match="cannot be captured in a CUDA graph"):
+        fallback = model.mdfast_generate(ids, max_new_tokens=8, steps=8, decoder="xflow")
+    assert fallback.graphed_blocks == 0 and "synchroniz" in model.mdfast_adapter.capture_failure
     assert torch.equal(fallback.sequences, eager.sequences)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        again = model.mdfast_generate(ids, max_new_tokens=8, steps=8, decoder="xflow")
+    assert again.graphed_blocks == 0 and torch.equal(again.sequences, eager.sequences)
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    torch.cuda.empty_cache()
+    other = _tiny_native_llada("cuda")
+    assert mdfast.generate(other, ids, max_new_tokens=8, steps=8, decoder="xflow").graphed_blocks == 1
 
 
 @pytest.mark.parametrize("decoder", ["xflow", "low_confidence"])

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .. import ops
+from .. import backends, ops
 from ..models import ModelAdapter
 from .schedule import top_positions, transfer_counts
 
@@ -38,8 +38,15 @@ class Decoder:
 
     @property
     def graphable(self) -> bool:
-        """Whether a step may be replayed from a CUDA graph: not when it draws random numbers."""
-        return self.temperature == 0.0
+        """Whether a step may be replayed from a CUDA graph: not when it draws random numbers, nor on
+        the torch backend (the reference reads values back to the host)."""
+        logits_dtype = self.adapter.head.linear.weight.dtype
+        return self.temperature == 0.0 and backends.resolve(self.backend, self.device, logits_dtype).name != "torch"
+
+    @property
+    def keeps_graph(self) -> bool:
+        """Whether a step records autograd history (x-flow sampling keeps log pi(y)'s graph)."""
+        return False
 
     def start_block(self, start: int, stop: int, steps: int) -> None:
         self.block, self.steps = slice(start, stop), steps

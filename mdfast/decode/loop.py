@@ -14,6 +14,7 @@ loop.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -118,10 +119,11 @@ def _run(adapter, decoder, prompt_embeds, full_mask, N, block_length, steps_per_
         rows = slice(P + start, P + stop)
 
         def step_once(rows=rows):
-            decoder.write_inputs(inputs[:, P:])
-            with torch.no_grad():
-                logits = adapter.logits(inputs, full_mask, rows)
-            decoder.step(logits)  # (with grad: a sampling policy's log pi(y) keeps its graph)
+            with torch.set_grad_enabled(decoder.keeps_graph):  # a sampling policy's log pi(y) keeps its graph
+                decoder.write_inputs(inputs[:, P:])
+                with torch.no_grad():
+                    logits = adapter.logits(inputs, full_mask, rows)
+                decoder.step(logits)
 
         graphs.start_block(step_once, steps_per_block)
         step = 0
@@ -183,10 +185,12 @@ def _generate(adapter: ModelAdapter, input_ids, attention_mask, N, steps, decode
         full_mask = torch.cat([attention_mask, attention_mask.new_ones(B, N)], dim=1)
     with torch.no_grad():
         prompt_embeds = adapter.embed(input_ids)
-    graphs = StepGraphs(cuda_graph and device.type == "cuda" and decoder.graphable)
-    nfe, history, step_times = _run(
-        adapter, decoder, prompt_embeds, full_mask, N, block_length, steps // n_blocks, return_history, progress, graphs
-    )
+    on_gpu = device.type == "cuda"
+    with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():  # streams and graphs on the model's GPU
+        graphs = StepGraphs(adapter, cuda_graph and on_gpu and decoder.graphable)
+        nfe, history, step_times = _run(
+            adapter, decoder, prompt_embeds, full_mask, N, block_length, steps // n_blocks, return_history, progress, graphs
+        )
     decoder.check_finite()
     response = decoder.tokens()
     if eos_token_id is not None:

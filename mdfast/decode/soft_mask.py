@@ -38,7 +38,7 @@ class SoftMask(MaskedTokens):
         block.copy_(torch.where(self.soft_rows.unsqueeze(-1), self.soft.to(out.dtype), block))
 
     def after_step(self, stats, still_masked):
-        W_e = self.adapter.embedding
+        W_e = self.adapter.embedding.detach()
         m = W_e[self.adapter.mask_token_id].float()
         q = stats.topk_probs / stats.topk_probs.sum(-1, keepdim=True)
         mixture = torch.einsum("bnk,bnke->bne", q, W_e[stats.topk_ids].float())

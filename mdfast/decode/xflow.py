@@ -44,7 +44,11 @@ class XFlow(Decoder):
 
     @property
     def graphable(self):
-        return not self.sample
+        return not self.sample and super().graphable
+
+    @property
+    def keeps_graph(self):
+        return self.sample
 
     def write_inputs(self, out):
         out.copy_(self.X * self.adapter.embed_scale)

@@ -80,7 +80,8 @@ class ModelAdapter:
     LLaDA remote-code model the native body sharing its weights); family: "llada", "dream" or
     "masked_lm"; mask_token_id: the [MASK] id; shifted: logits row j predicts position j + 1
     (Dream); embed_scale: the factor the input embedding module applies to its table rows; head:
-    the RowSelectingHead installed in ``model``.
+    the RowSelectingHead installed in ``model``; capture_failure: why a decoding step of this
+    model could not be captured in a CUDA graph (``decode/graphs.py``), once that happened.
     """
 
     model: nn.Module
@@ -90,6 +91,7 @@ class ModelAdapter:
     embed_scale: float
     head: RowSelectingHead
     accepts_position_ids: bool
+    capture_failure: str | None = None
 
     @property
     def embedding(self) -> Tensor:
