@@ -88,34 +88,27 @@ def test_every_call_runs_one_step(monkeypatch, steps):
     assert runner.captured == fake.captures == captured
 
 
-def test_a_synchronising_step_falls_back_before_capture(monkeypatch):
-    fake = FakeCuda(sync_in_warm_up=True)
-    fake.install(monkeypatch)
-    model = adapter()
-    runner = graphs.StepGraphs(model, enabled=True)
-    log = []
-    runner.start_block(fake.step_function(log), 5)
-    with pytest.warns(RuntimeWarning, match="cannot be captured in a CUDA graph.*synchronizing"):
-        for _ in range(5):
-            runner()
-    assert log == list(range(5)) and fake.captures == 0 and runner.captured == 0
-    assert fake.sync_mode == 0, "sync debug mode restored"
-    assert "synchronizing" in model.capture_failure
-    assert not graphs.StepGraphs(model, enabled=True).enabled, "the adapter remembers"
-
-
-def test_a_failed_capture_falls_back(monkeypatch):
-    fake = FakeCuda(fail_capture=True)
+@pytest.mark.parametrize(
+    "failure, captures, message",
+    [({"sync_in_warm_up": True}, 0, "synchronizing"), ({"fail_capture": True}, 1, "not permitted")],
+    ids=["synchronising_step", "failed_capture"],
+)
+def test_a_step_that_cannot_be_captured_falls_back(monkeypatch, failure, captures, message):
+    """A step that synchronises fails in warm-up, before any capture; a capture that fails anyway
+    falls back the same way: every step still runs once, one warning, remembered on the adapter."""
+    fake = FakeCuda(**failure)
     fake.install(monkeypatch)
     model = adapter()
     runner = graphs.StepGraphs(model, enabled=True)
     log = []
     runner.start_block(fake.step_function(log), 6)
-    with pytest.warns(RuntimeWarning, match="cannot be captured"):
+    with pytest.warns(RuntimeWarning, match=f"cannot be captured in a CUDA graph.*{message}"):
         for _ in range(6):
             runner()
-    assert log == list(range(6)) and fake.captures == 1 and runner.captured == 0
-    assert model.capture_failure is not None
+    assert log == list(range(6)) and fake.captures == captures and runner.captured == 0
+    assert fake.sync_mode == 0, "sync debug mode restored"
+    assert message in model.capture_failure
+    assert not graphs.StepGraphs(model, enabled=True).enabled, "the adapter remembers"
 
 
 def test_a_real_error_in_warm_up_is_raised(monkeypatch):

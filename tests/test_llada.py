@@ -145,34 +145,26 @@ def spec_logits(weights: dict[str, torch.Tensor], cfg: dict, ids: torch.Tensor, 
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("body", ["native", "eager_port"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left_padded"])
-def test_forward_matches_spec(variant, padded):
+def test_forward_matches_spec(variant, padded, body):
+    """The native body, and bench/llada_eager.py (the benchmark's baseline and the remote-code
+    stand-in) on the same weights, against SPEC 5 in float64."""
     overrides = VARIANTS[variant]
     model = tiny_llada(**overrides)
     ids, mask = left_padded(3, 11, 50)
     mask = mask if padded else None
+    run = model if body == "native" else eager_llada(model, **overrides)
     with torch.no_grad():
-        got = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        got = run(input_ids=ids, attention_mask=mask, use_cache=False).logits
     want = spec_logits(model.state_dict(), {**TINY, **overrides}, ids, mask)
     assert got.dtype == torch.float32
-    assert_close("logits", got, want, 1e-5, scale=1.0)
-    with torch.no_grad():  # the same code in float64: the formulas exactly, without float32 rounding
-        exact = model.double()(input_ids=ids, attention_mask=mask).logits
-    assert_close("float64 logits", exact, want, 1e-12, scale=1.0)
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left_padded"])
-def test_eager_port_matches_spec(variant, padded):
-    """bench/llada_eager.py (the benchmark's baseline and the remote-code stand-in) is SPEC 5 too."""
-    overrides = VARIANTS[variant]
-    model = tiny_llada(**overrides)
-    ids, mask = left_padded(3, 11, 50)
-    mask = mask if padded else None
-    with torch.no_grad():
-        got = eager_llada(model, **overrides)(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    assert_close("eager logits", got, spec_logits(model.state_dict(), {**TINY, **overrides}, ids, mask), 1e-5, scale=1.0)
+    assert_close(f"{body} logits", got, want, 1e-5, scale=1.0)
+    if body == "native":
+        with torch.no_grad():  # the same code in float64: the formulas exactly, without float32 rounding
+            exact = model.double()(input_ids=ids, attention_mask=mask).logits
+        assert_close("float64 logits", exact, want, 1e-12, scale=1.0)
 
 
 def test_padding_mask_changes_logits_and_all_ones_is_no_mask():
