@@ -47,6 +47,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -690,6 +691,34 @@ inline int multiprocessors(int device) {
   }
   return cache[device];
 }
+
+// The statistics pass over logits (B, N, V): one block per row (`row_launch(data, N, V, rows)`),
+// or with few rows the split path, chunk_kernel into a workspace, then
+// `merge_launch(parts, chunks, rows)`. token_stats and xflow_step differ only in those two
+// kernels. In the unnamed namespace, like chunk_kernel, which it launches.
+namespace {
+template <class T, bool kFull, class RowLaunch, class MergeLaunch>
+void launch_pass(const at::Tensor& logits, int k, cudaStream_t stream, RowLaunch&& row_launch,
+                 MergeLaunch&& merge_launch) {
+  const int64_t B = logits.size(0), N = logits.size(1), rows = B * N;
+  const int V = int(logits.size(2));
+  const auto* data = reinterpret_cast<const typename T::storage*>(logits.data_ptr());
+  const PassShape shape = pass_shape(rows, V, multiprocessors(logits.get_device()));
+  if (shape.chunks == 1) {
+    row_launch(data, N, V, rows);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const int64_t parts_count = rows * shape.chunks;
+  const ChunkWorkspace workspace(logits.options(), parts_count, k);
+  const ChunkParts parts = workspace.parts();
+  chunk_kernel<T, kFull><<<unsigned(parts_count), kRowThreads, 0, stream>>>(
+      data, N, V, logits.stride(0), logits.stride(1), k, shape.chunks, shape.chunk_len, parts);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  merge_launch(parts, shape.chunks, rows);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+}  // namespace
 
 }  // namespace gpu
 }  // namespace mdfast

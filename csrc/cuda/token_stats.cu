@@ -77,25 +77,15 @@ __global__ void __launch_bounds__(kMergeThreads)
 
 template <class T, bool kFull>
 void launch_stats(const at::Tensor& logits, int k, const StatsOut& out, cudaStream_t stream) {
-  using storage = typename T::storage;
-  const int64_t B = logits.size(0), N = logits.size(1), rows = B * N;
-  const int V = int(logits.size(2));
-  const auto* data = reinterpret_cast<const storage*>(logits.data_ptr());
-  const PassShape shape = pass_shape(rows, V, multiprocessors(logits.get_device()));
-  if (shape.chunks == 1) {
-    stats_row_kernel<T, kFull><<<unsigned(rows), kRowThreads, 0, stream>>>(data, N, V, logits.stride(0),
-                                                                           logits.stride(1), k, out);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return;
-  }
-  const int64_t parts_count = rows * shape.chunks;
-  const ChunkWorkspace workspace(logits.options(), parts_count, k);
-  const ChunkParts parts = workspace.parts();
-  chunk_kernel<T, kFull><<<unsigned(parts_count), kRowThreads, 0, stream>>>(
-      data, N, V, logits.stride(0), logits.stride(1), k, shape.chunks, shape.chunk_len, parts);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  stats_merge_kernel<kFull><<<unsigned(rows), kMergeThreads, 0, stream>>>(parts, shape.chunks, k, out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_pass<T, kFull>(
+      logits, k, stream,
+      [&](const typename T::storage* data, int64_t N, int V, int64_t rows) {
+        stats_row_kernel<T, kFull>
+            <<<unsigned(rows), kRowThreads, 0, stream>>>(data, N, V, logits.stride(0), logits.stride(1), k, out);
+      },
+      [&](const ChunkParts& parts, int chunks, int64_t rows) {
+        stats_merge_kernel<kFull><<<unsigned(rows), kMergeThreads, 0, stream>>>(parts, chunks, k, out);
+      });
 }
 
 template <bool kFull>

@@ -414,25 +414,15 @@ bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t
 
 template <class T>
 void launch_step_stats(const at::Tensor& logits, int k, const XflowArgs& args, size_t smem, cudaStream_t stream) {
-  using storage = typename T::storage;
-  const int64_t B = logits.size(0), N = logits.size(1), rows = B * N;
-  const int V = int(logits.size(2));
-  const auto* data = reinterpret_cast<const storage*>(logits.data_ptr());
-  const PassShape shape = pass_shape(rows, V, multiprocessors(logits.get_device()));
-  if (shape.chunks == 1) {
-    xflow_row_kernel<T><<<unsigned(rows), kRowThreads, smem, stream>>>(data, N, V, logits.stride(0),
-                                                                       logits.stride(1), k, args);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return;
-  }
-  const int64_t parts_count = rows * shape.chunks;
-  const ChunkWorkspace workspace(logits.options(), parts_count, k);
-  const ChunkParts parts = workspace.parts();
-  chunk_kernel<T, false><<<unsigned(parts_count), kRowThreads, 0, stream>>>(
-      data, N, V, logits.stride(0), logits.stride(1), k, shape.chunks, shape.chunk_len, parts);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  xflow_merge_kernel<<<unsigned(rows), kMergeThreads, smem, stream>>>(parts, shape.chunks, N, k, args);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_pass<T, false>(
+      logits, k, stream,
+      [&](const typename T::storage* data, int64_t N, int V, int64_t rows) {
+        xflow_row_kernel<T>
+            <<<unsigned(rows), kRowThreads, smem, stream>>>(data, N, V, logits.stride(0), logits.stride(1), k, args);
+      },
+      [&](const ChunkParts& parts, int chunks, int64_t rows) {
+        xflow_merge_kernel<<<unsigned(rows), kMergeThreads, smem, stream>>>(parts, chunks, logits.size(1), k, args);
+      });
 }
 
 template <class T>
