@@ -558,6 +558,20 @@ __device__ __forceinline__ RowTail row_tail(const WarpTopK& top, const RowTotals
   return tail;
 }
 
+// A block of kWarps warps streams z[lo, hi): returns the segment's (M, S, D) totals (every thread)
+// and leaves its merged top-k in `top` (warp 0). What every row and chunk kernel starts with.
+template <class T, bool kFull, int kWarps>
+__device__ __forceinline__ RowTotals scan_block(const typename T::storage* z, int lo, int hi, int k, int warp, int lane,
+                                                WarpTopK& top, CombineScratch<kWarps>& sh) {
+  ThreadSums<kFull> sums;
+  sums.init();
+  top.init();
+  scan_segment<T, kFull, kWarps>(z, lo, hi, k, warp, lane, sums, top);
+  const RowTotals totals = block_combine<kWarps, kFull>(sums.m, sums.sum(), sums.sum_d(), warp, lane, sh);
+  block_merge_topk<kWarps>(top, k, warp, lane, sh);
+  return totals;
+}
+
 // ------------------------------------------------------------------------------------------------
 // The split path: chunks of a row stream into a workspace, a merge kernel combines them.
 // ------------------------------------------------------------------------------------------------
@@ -604,13 +618,8 @@ __global__ void __launch_bounds__(kRowThreads, 4)
   const int lo = c * chunk_len;
   const int hi = min(lo + chunk_len, V);
 
-  ThreadSums<kFull> sums;
-  sums.init();
   WarpTopK top;
-  top.init();
-  scan_segment<T, kFull, kRowWarps>(z, lo, hi, k, warp, lane, sums, top);
-  const RowTotals totals = block_combine<kRowWarps, kFull>(sums.m, sums.sum(), sums.sum_d(), warp, lane, sh);
-  block_merge_topk<kRowWarps>(top, k, warp, lane, sh);
+  const RowTotals totals = scan_block<T, kFull, kRowWarps>(z, lo, hi, k, warp, lane, top, sh);
   const int64_t at = row * chunks + c;
   if (warp == 0) {
     if (lane < k) {

@@ -53,13 +53,8 @@ __global__ void __launch_bounds__(kRowThreads, 4)
   const int64_t row = blockIdx.x;
   const typename T::storage* z = logits + (row / N) * stride_b + (row % N) * stride_n;
 
-  ThreadSums<kFull> sums;
-  sums.init();
   WarpTopK top;
-  top.init();
-  scan_segment<T, kFull, kRowWarps>(z, 0, V, k, warp, lane, sums, top);
-  const RowTotals totals = block_combine<kRowWarps, kFull>(sums.m, sums.sum(), sums.sum_d(), warp, lane, sh);
-  block_merge_topk<kRowWarps>(top, k, warp, lane, sh);
+  const RowTotals totals = scan_block<T, kFull, kRowWarps>(z, 0, V, k, warp, lane, top, sh);
   if (warp == 0) write_stats<kFull>(row_tail(top, totals, k, lane), row, k, lane, out);
 }
 

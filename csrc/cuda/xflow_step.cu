@@ -231,13 +231,8 @@ __global__ void __launch_bounds__(kRowThreads, 4)
   const int64_t row = blockIdx.x;
   const typename T::storage* z = logits + (row / N) * stride_b + (row % N) * stride_n;
 
-  ThreadSums<false> sums;
-  sums.init();
   WarpTopK top;
-  top.init();
-  scan_segment<T, false, kRowWarps>(z, 0, V, k, warp, lane, sums, top);
-  const RowTotals totals = block_combine<kRowWarps, false>(sums.m, sums.sum(), 0.0, warp, lane, sh);
-  block_merge_topk<kRowWarps>(top, k, warp, lane, sh);
+  const RowTotals totals = scan_block<T, false, kRowWarps>(z, 0, V, k, warp, lane, top, sh);
   xflow_tail<kRowWarps>(row, N, top, totals, k, warp, lane, args, xs, h1);
 }
 
