@@ -43,9 +43,29 @@ from mdfast.decode.schedule import transfer_counts
 
 PRESETS = {
     # a small bidirectional masked LM, for the CPU
-    "tiny": dict(hidden=256, layers=4, heads=4, intermediate=768, vocab=32000, batches=(1, 4), prompt=32, new=64, steps=(16, 32, 64)),
+    "tiny": dict(
+        hidden=256,
+        layers=4,
+        heads=4,
+        intermediate=768,
+        vocab=32000,
+        batches=(1, 4),
+        prompt=32,
+        new=64,
+        steps=(16, 32, 64),
+    ),
     # LLaDA-8B shapes: 32 layers, 4096 wide, GLU MLP 12288, V = 126464, bidirectional (ModernBERT body)
-    "llada8b": dict(hidden=4096, layers=32, heads=32, intermediate=12288, vocab=126464, batches=(1, 8), prompt=128, new=512, steps=(128, 256, 512)),
+    "llada8b": dict(
+        hidden=4096,
+        layers=32,
+        heads=32,
+        intermediate=12288,
+        vocab=126464,
+        batches=(1, 8),
+        prompt=128,
+        new=512,
+        steps=(128, 256, 512),
+    ),
 }
 MASK = 4
 
@@ -55,18 +75,33 @@ def random_model(p, device, dtype, body):
         from mdfast.bench.llada_eager import EagerLLaDA, EagerLLaDAConfig
 
         config = EagerLLaDAConfig(
-            d_model=p["hidden"], n_layers=p["layers"], n_heads=p["heads"], mlp_hidden_size=p["intermediate"],
-            vocab_size=p["vocab"], mask_token_id=MASK, eos_token_id=2,
-        )  # fmt: skip
+            d_model=p["hidden"],
+            n_layers=p["layers"],
+            n_heads=p["heads"],
+            mlp_hidden_size=p["intermediate"],
+            vocab_size=p["vocab"],
+            mask_token_id=MASK,
+            eos_token_id=2,
+        )
         with torch.device(device):
             return EagerLLaDA(config).to(dtype).eval()
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
     config = ModernBertConfig(
-        vocab_size=p["vocab"], hidden_size=p["hidden"], num_hidden_layers=p["layers"], num_attention_heads=p["heads"],
-        intermediate_size=p["intermediate"], global_attn_every_n_layers=1, max_position_embeddings=4096,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, mask_token_id=MASK,
-    )  # fmt: skip
+        vocab_size=p["vocab"],
+        hidden_size=p["hidden"],
+        num_hidden_layers=p["layers"],
+        num_attention_heads=p["heads"],
+        intermediate_size=p["intermediate"],
+        global_attn_every_n_layers=1,
+        max_position_embeddings=4096,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        cls_token_id=1,
+        sep_token_id=2,
+        mask_token_id=MASK,
+    )
     with torch.device(device):
         model = ModernBertForMaskedLM(config).to(dtype).eval()
     return model
@@ -155,32 +190,55 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not args.no_compile:
         compiled = {"low_confidence": torch.compile(_low_confidence_step), "xflow": torch.compile(_xflow_step)}
 
-    header = f"# mdfast {mdfast.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, %d threads' % torch.get_num_threads()}, {datetime.date.today()}"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    header = f"# mdfast {mdfast.__version__}, torch {torch.__version__}, {where}, {datetime.date.today()}"
     command = "python bench/bench_e2e.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [header, f"# command: {command.strip()}", f"# model: {args.body} body, {p['layers']} layers, {p['hidden']} wide, V={p['vocab']}, {dtype}; prompt {p['prompt']}, {p['new']} new tokens; median of {args.repeat}", ""]  # fmt: skip
+    lines = [
+        header,
+        f"# command: {command.strip()}",
+        f"# model: {args.body} body, {p['layers']} layers, {p['hidden']} wide, V={p['vocab']}, {dtype}; "
+        f"prompt {p['prompt']}, {p['new']} new tokens; median of {args.repeat}",
+        "",
+    ]
     adapter = model.mdfast_adapter
     inputs = {B: torch.randint(5, p["vocab"], (B, p["prompt"]), device=device) for B in batches}
     model_s, eager_forward_s = {}, {}
     for B, ids in inputs.items():
         full = torch.cat([ids, torch.full((B, p["new"]), MASK, device=device)], 1)
         with torch.no_grad():  # the model's share of a step: body + projection of the N response rows
-            model_s[B] = wall(lambda: adapter.logits(adapter.embed(full), None, slice(p["prompt"], p["prompt"] + p["new"])), device, args.repeat)
-            eager_forward_s[B] = wall(lambda: model(input_ids=full), device, args.repeat) if args.body == "llada" else model_s[B]
+            model_s[B] = wall(
+                lambda: adapter.logits(adapter.embed(full), None, slice(p["prompt"], p["prompt"] + p["new"])),
+                device,
+                args.repeat,
+            )
+            eager_forward_s[B] = (
+                wall(lambda: model(input_ids=full), device, args.repeat) if args.body == "llada" else model_s[B]
+            )
     if args.body == "llada":
         lines += ["| forward | B x tokens | native body ms | eager port ms | speed-up |", "|---|---|---|---|---|"]
         for B in batches:
-            lines.append(f"| LLaDA | {B} x {p['prompt'] + p['new']} | {1e3 * model_s[B]:.2f} | {1e3 * eager_forward_s[B]:.2f} | {eager_forward_s[B] / model_s[B]:.2f}x |")
+            lines.append(
+                f"| LLaDA | {B} x {p['prompt'] + p['new']} | {1e3 * model_s[B]:.2f} | {1e3 * eager_forward_s[B]:.2f} "
+                f"| {eager_forward_s[B] / model_s[B]:.2f}x |"
+            )
         lines.append("")
-    lines += ["| decoder | B | steps | loop | tokens/s | s/call | step ms | vs eager | outside model |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| decoder | B | steps | loop | tokens/s | s/call | step ms | vs eager | outside model |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     points = []
     for B, ids in inputs.items():
         for steps in steps_list:
             for name in args.decoders.split(","):
-                runs = {"mdfast": lambda: model.mdfast_generate(ids, max_new_tokens=p["new"], steps=steps, decoder=name)}
+                runs = {
+                    "mdfast": lambda: model.mdfast_generate(ids, max_new_tokens=p["new"], steps=steps, decoder=name)
+                }
                 if name == "low_confidence":
                     runs["eager"] = lambda: eager_low_confidence(model, ids, p["new"], steps)
                     if "low_confidence" in compiled:
-                        runs["eager+compile"] = lambda: eager_low_confidence(model, ids, p["new"], steps, compiled["low_confidence"])
+                        runs["eager+compile"] = lambda: eager_low_confidence(
+                            model, ids, p["new"], steps, compiled["low_confidence"]
+                        )
                 if name == "xflow":
                     runs["eager"] = lambda: eager_xflow(model, ids, p["new"], steps)
                     if "xflow" in compiled:
@@ -195,8 +253,15 @@ def main(argv=None) -> int:
                     outside = max(0.0, 1 - nfe * (model_s[B] if mdfast_run else eager_forward_s[B]) / seconds)
                     tps = B * p["new"] / seconds
                     ratio = f"{eager_s / seconds:.2f}x" if eager_s else "-"
-                    step_ms = f"{1e3 * statistics.median(result.step_times):.2f}" if mdfast_run else f"{1e3 * seconds / steps:.2f}"
-                    lines.append(f"| {name} | {B} | {steps} | {loop} | {tps:.1f} | {seconds:.3f} | {step_ms} | {ratio} | {100 * outside:.1f}% |")
+                    step_ms = (
+                        f"{1e3 * statistics.median(result.step_times):.2f}"
+                        if mdfast_run
+                        else f"{1e3 * seconds / steps:.2f}"
+                    )
+                    lines.append(
+                        f"| {name} | {B} | {steps} | {loop} | {tps:.1f} | {seconds:.3f} | {step_ms} | {ratio} "
+                        f"| {100 * outside:.1f}% |"
+                    )
                     points.append((name, loop, B, steps, tps))
                     print(lines[-1], flush=True)
     text = "\n".join(lines)

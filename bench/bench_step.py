@@ -121,7 +121,20 @@ def bench_shape(B, N, V, E, dtype, policy_kinds, device, backend_names, measure,
             eager = seconds if name == "torch" else eager
             gb_s = nbytes / seconds / 1e9
             speedup = eager / seconds if eager is not None else None
-            rows.append(Row(op, shape, dtype_name, policy_kind, name, seconds * 1e3, gb_s, gb_s / copy_gb_s, speedup, peak_extra_mib(device, fn)))
+            rows.append(
+                Row(
+                    op,
+                    shape,
+                    dtype_name,
+                    policy_kind,
+                    name,
+                    seconds * 1e3,
+                    gb_s,
+                    gb_s / copy_gb_s,
+                    speedup,
+                    peak_extra_mib(device, fn),
+                )
+            )
 
     runs = [(name, lambda name=name: mdfast.token_stats(logits, 4, backend=name)) for name in backend_names]
     if compile_reference:
@@ -132,12 +145,21 @@ def bench_shape(B, N, V, E, dtype, policy_kinds, device, backend_names, measure,
     for policy_kind in policy_kinds:
         policy = random_policy(device) if policy_kind == "random" else None
         runs = [
-            (name, lambda name=name: mdfast.xflow_step(logits, X, t, embedding, mask_embedding, policy, rho, backend=name))
+            (
+                name,
+                lambda name=name: mdfast.xflow_step(logits, X, t, embedding, mask_embedding, policy, rho, backend=name),
+            )
             for name in backend_names
         ]
         if compile_reference:
             compiled_step = torch.compile(reference.xflow_step, dynamic=False)
-            runs.insert(1, ("torch.compile(reference)", lambda: compiled_step(logits, X, t, embedding, mask_embedding, policy, rho)))
+            runs.insert(
+                1,
+                (
+                    "torch.compile(reference)",
+                    lambda: compiled_step(logits, X, t, embedding, mask_embedding, policy, rho),
+                ),
+            )
         time_all("xflow_step", policy_kind, step_bytes, runs)
     return rows
 
@@ -149,7 +171,8 @@ def format_table(rows: list[Row]) -> str:
         speedup = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
         peak = f"{r.peak_extra_mib:.1f}" if r.peak_extra_mib is not None else "-"
         lines.append(
-            f"| {r.op} | {r.shape} | {r.dtype} | {r.policy} | {r.backend} | {r.median_ms:.3f} | {r.gb_per_s:.1f} | {100 * r.copy_fraction:.0f}% | {speedup} | {peak} |"
+            f"| {r.op} | {r.shape} | {r.dtype} | {r.policy} | {r.backend} | {r.median_ms:.3f} | {r.gb_per_s:.1f} "
+            f"| {100 * r.copy_fraction:.0f}% | {speedup} | {peak} |"
         )
     return "\n".join(lines)
 
@@ -161,12 +184,21 @@ def describe_device(device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mdfast bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mdfast bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shape", type=parse_shape, action="append", help="B,N,V,E (repeatable); default: per device")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="logits and embedding dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="logits and embedding dtype (default: bfloat16 on GPU, float32 on CPU)",
+    )
     parser.add_argument("--policy", choices=["heuristic", "random", "both"], default="both")
-    parser.add_argument("--backends", default=None, help="comma-separated; default: torch plus every backend available for the device")
+    parser.add_argument(
+        "--backends", default=None, help="comma-separated; default: torch plus every backend available for the device"
+    )
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference (GPU)")
@@ -182,14 +214,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.backends:
         names = args.backends.split(",")
     else:
-        names = ["torch"] + [n for n in ("triton", "cuda") if on_gpu and available[n] is None] + (["cpu"] if not on_gpu and available["cpu"] is None else [])
+        names = (
+            ["torch"]
+            + [n for n in ("triton", "cuda") if on_gpu and available[n] is None]
+            + (["cpu"] if not on_gpu and available["cpu"] is None else [])
+        )
     for name, reason in available.items():
         if reason is not None:
             print(f"# backend {name}: unavailable ({reason})", file=sys.stderr)
     policies = ["heuristic", "random"] if args.policy == "both" else [args.policy]
     measure = timer(device, warmup, repeat)
 
-    print(f"# mdfast {mdfast.__version__}, torch {torch.__version__}, {describe_device(device)}, {datetime.date.today()}")
+    print(
+        f"# mdfast {mdfast.__version__}, torch {torch.__version__}, {describe_device(device)}, {datetime.date.today()}"
+    )
     print(f"# command: mdfast bench {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     print(f"# medians of {repeat} calls after {warmup} warm-up calls")
     rows: list[Row] = []

@@ -165,7 +165,7 @@ class EagerLLaDA(nn.Module):
 
     def get_output_embeddings(self) -> nn.Linear | None:
         """The head ``ff_out``; None with weight tying (the logits then use wte's weight)."""
-        return self.model.transformer["ff_out"] if "ff_out" in self.model.transformer else None
+        return self.model.transformer["ff_out"] if "ff_out" in self.model.transformer else None  # noqa: SIM401
 
     def forward(
         self,
@@ -190,7 +190,9 @@ class EagerLLaDA(nn.Module):
             mask = attention_mask.to(torch.float)[:, None, None, :]
             bias = ((1.0 - mask) * torch.finfo(mask.dtype).min).to(x.dtype)
             bias.masked_fill_(bias == float("-inf"), torch.finfo(bias.dtype).min)
-        sin, cos = rotary_tables(x.shape[1], self.config.d_model // self.config.n_heads, self.config.rope_theta, x.device)
+        sin, cos = rotary_tables(
+            x.shape[1], self.config.d_model // self.config.n_heads, self.config.rope_theta, x.device
+        )
         for block in transformer["blocks"]:
             x = block(x, bias, sin, cos)
         x = transformer["ln_f"](x)

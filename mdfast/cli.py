@@ -51,7 +51,9 @@ def generate(argv: list[str]) -> int:
     import mdfast
     from mdfast.decode import DECODERS
 
-    parser = argparse.ArgumentParser(prog="mdfast generate", description="Decode a prompt with a masked diffusion LM from disk.")
+    parser = argparse.ArgumentParser(
+        prog="mdfast generate", description="Decode a prompt with a masked diffusion LM from disk."
+    )
     parser.add_argument("--model", required=True, help="a local model folder (the hub is not reached)")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--decoder", choices=sorted(DECODERS), default="xflow")
@@ -70,7 +72,11 @@ def generate(argv: list[str]) -> int:
 
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    dtype = (
+        getattr(torch, args.dtype)
+        if args.dtype
+        else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    )
     common = {"local_files_only": True, "trust_remote_code": args.trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(args.model, **common)
     config = AutoConfig.from_pretrained(args.model, **common)
@@ -81,14 +87,21 @@ def generate(argv: list[str]) -> int:
 
     text = args.prompt
     if args.chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
     input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=not args.chat)["input_ids"].to(args.device)
     policy = mdfast.StepPolicy.load(args.policy, args.device) if args.policy else None
     out = model.mdfast_generate(
-        input_ids, max_new_tokens=args.max_new_tokens, steps=args.steps, decoder=args.decoder,
-        block_length=args.block_length, temperature=args.temperature, policy=policy,
+        input_ids,
+        max_new_tokens=args.max_new_tokens,
+        steps=args.steps,
+        decoder=args.decoder,
+        block_length=args.block_length,
+        temperature=args.temperature,
+        policy=policy,
         eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
+    )
     print(tokenizer.decode(out.sequences[0, input_ids.shape[1] :], skip_special_tokens=True))
     total = sum(out.step_times)
     print(f"# {out.nfe} forwards, {total:.3f} s, {args.max_new_tokens / total:.1f} tokens/s", file=sys.stderr)

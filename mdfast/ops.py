@@ -92,7 +92,12 @@ def token_stats(
     stats = impl.token_stats(rows, k, bool(full_entropy))
     if check_finite:
         _raise_if_not_finite(stats["lse"].reshape(batch_shape), "logits")
-    return TokenStats(**{name: None if value is None else value.reshape((*batch_shape, *value.shape[2:])) for name, value in stats.items()})
+    return TokenStats(
+        **{
+            name: None if value is None else value.reshape((*batch_shape, *value.shape[2:]))
+            for name, value in stats.items()
+        }
+    )
 
 
 def xflow_step(
@@ -172,18 +177,37 @@ def xflow_step(
         action = action.detach().float().contiguous()
 
     args = backends.XFlowArgs(
-        logits=logits, X=X_in, t=t_in, embedding=_unit_stride(embedding), mask_embedding=mask_embedding.float().contiguous(),
-        rho=rho, policy=policy, action=action, a_min=config.a_min, a_max=config.a_max,
-        reedit_margin=config.reedit_margin, commit_threshold=config.commit_threshold, k=config.k,
-        kummer_terms=config.kummer_terms, X_out=X_out, t_out=t_out,
-    )  # fmt: skip
+        logits=logits,
+        X=X_in,
+        t=t_in,
+        embedding=_unit_stride(embedding),
+        mask_embedding=mask_embedding.float().contiguous(),
+        rho=rho,
+        policy=policy,
+        action=action,
+        a_min=config.a_min,
+        a_max=config.a_max,
+        reedit_margin=config.reedit_margin,
+        commit_threshold=config.commit_threshold,
+        k=config.k,
+        kummer_terms=config.kummer_terms,
+        X_out=X_out,
+        t_out=t_out,
+    )
     out = impl.xflow_step(args)
     if check_finite:
         _raise_if_not_finite(out["lse"], "logits")
     return XFlowStep(
-        X=X_out, t=t_out, tokens=out["tokens"], confidence=out["confidence"], action=out["action"],
-        reedited=out["reedited"], committed=out["committed"], lse=out["lse"], log_prob=log_prob,
-    )  # fmt: skip
+        X=X_out,
+        t=t_out,
+        tokens=out["tokens"],
+        confidence=out["confidence"],
+        action=out["action"],
+        reedited=out["reedited"],
+        committed=out["committed"],
+        lse=out["lse"],
+        log_prob=log_prob,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +232,9 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, *, update: Tensor | None = N
         return (summed, normed) if update is not None else normed
     from .triton_kernels.rmsnorm import rms_norm as kernel
 
-    summed, normed = kernel(x.contiguous(), weight.contiguous(), eps, update.contiguous() if update is not None else None)
+    summed, normed = kernel(
+        x.contiguous(), weight.contiguous(), eps, update.contiguous() if update is not None else None
+    )
     return (summed, normed) if update is not None else normed
 
 
@@ -217,7 +243,10 @@ def rope_(x: Tensor, theta: float, *, backend: str = "auto") -> Tensor:
     u' = u cos + rot(u) sin, angles cat(a, a), a = pos * theta^(-2j/hd). Returns x."""
     _check_tensor("x", x, dims=4, floating=True)
     if x.shape[-1] % 2 or x.stride(-1) != 1:
-        raise ValueError(f"x: expected (B, L, H, hd) with an even hd and a dense last dimension, got shape {tuple(x.shape)}, strides {x.stride()}")
+        raise ValueError(
+            f"x: expected (B, L, H, hd) with an even hd and a dense last dimension, got shape {tuple(x.shape)}, "
+            f"strides {x.stride()}"
+        )
     if _body_backend(backend, x) == "torch":
         return x.copy_(reference.rope(x, theta))
     from .triton_kernels.rope import rope_ as kernel
@@ -259,7 +288,10 @@ def _body_backend(backend: str, *tensors: Tensor | None) -> str:
         if reason is not None:
             raise RuntimeError(f"mdfast backend 'triton' is unavailable: {reason}")
         if wants_grad:
-            raise ValueError("backend='triton': the body kernels have no backward; use backend='auto' or 'torch' when gradients are needed")
+            raise ValueError(
+                "backend='triton': the body kernels have no backward; "
+                "use backend='auto' or 'torch' when gradients are needed"
+            )
     return backend
 
 
@@ -295,7 +327,7 @@ def _check_shape(name, x: Tensor, shape: tuple, meaning: str) -> None:
 def _check_k(k, V: int) -> None:
     if not (isinstance(k, int) and 2 <= k <= 8):
         raise ValueError(f"k: expected an int in [2, 8], got {k!r}")
-    if V < k:
+    if k > V:
         raise ValueError(f"logits: the vocabulary (last dimension, {V}) must hold at least k = {k} entries")
 
 
@@ -305,7 +337,9 @@ def _check_policy(policy, config: FlowConfig, device: torch.device) -> None:
     if not isinstance(policy, StepPolicy):
         raise TypeError(f"policy: expected a mdfast.StepPolicy or None, got {type(policy).__name__}")
     if policy.fc1.weight.device != device:
-        raise ValueError(f"policy: expected its weights on {device} (the device of logits), got {policy.fc1.weight.device}")
+        raise ValueError(
+            f"policy: expected its weights on {device} (the device of logits), got {policy.fc1.weight.device}"
+        )
     if (policy.k, policy.a_min, policy.a_max) != (config.k, config.a_min, config.a_max):
         raise ValueError(
             f"policy: trained with k={policy.k}, a_min={policy.a_min}, a_max={policy.a_max} but config has "
@@ -354,11 +388,14 @@ def _empty_stats(batch_shape, k: int, full_entropy: bool, device) -> TokenStats:
     f32 = dict(dtype=torch.float32, device=device)
     i64 = dict(dtype=torch.int64, device=device)
     return TokenStats(
-        argmax=torch.empty(batch_shape, **i64), topk_probs=torch.empty(*batch_shape, k, **f32),
-        topk_ids=torch.empty(*batch_shape, k, **i64), lse=torch.empty(batch_shape, **f32),
-        margin=torch.empty(batch_shape, **f32), entropy_topk=torch.empty(batch_shape, **f32),
+        argmax=torch.empty(batch_shape, **i64),
+        topk_probs=torch.empty(*batch_shape, k, **f32),
+        topk_ids=torch.empty(*batch_shape, k, **i64),
+        lse=torch.empty(batch_shape, **f32),
+        margin=torch.empty(batch_shape, **f32),
+        entropy_topk=torch.empty(batch_shape, **f32),
         entropy_full=torch.empty(batch_shape, **f32) if full_entropy else None,
-    )  # fmt: skip
+    )
 
 
 def _empty_step(X_out: Tensor, t_out: Tensor, B: int, N: int, sample: bool) -> XFlowStep:
@@ -366,8 +403,13 @@ def _empty_step(X_out: Tensor, t_out: Tensor, B: int, N: int, sample: bool) -> X
     device = t_out.device
     zeros = torch.zeros(B, N, dtype=torch.float32, device=device)
     return XFlowStep(
-        X=X_out, t=t_out, tokens=torch.zeros(B, N, dtype=torch.int64, device=device), confidence=zeros,
-        action=zeros.clone(), reedited=torch.zeros(B, N, dtype=torch.bool, device=device),
-        committed=torch.full((B,), -1, dtype=torch.int64, device=device), lse=zeros.clone(),
+        X=X_out,
+        t=t_out,
+        tokens=torch.zeros(B, N, dtype=torch.int64, device=device),
+        confidence=zeros,
+        action=zeros.clone(),
+        reedited=torch.zeros(B, N, dtype=torch.bool, device=device),
+        committed=torch.full((B,), -1, dtype=torch.int64, device=device),
+        lse=zeros.clone(),
         log_prob=zeros.clone() if sample else None,
-    )  # fmt: skip
+    )

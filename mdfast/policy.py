@@ -103,7 +103,16 @@ class StepPolicy(nn.Module):
         """The weights as one float32 vector, the layout the kernels read (csrc/ops.h):
         [W1 (d, k+4) row-major, b1 (d), W2 (d, d), b2 (d), w_mu (d), w_kappa (d), b_mu, b_kappa].
         Cached until a parameter changes (in place or replaced) or another device is asked for."""
-        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.mu_head.weight, self.kappa_head.weight, self.mu_head.bias, self.kappa_head.bias)
+        params = (
+            self.fc1.weight,
+            self.fc1.bias,
+            self.fc2.weight,
+            self.fc2.bias,
+            self.mu_head.weight,
+            self.kappa_head.weight,
+            self.mu_head.bias,
+            self.kappa_head.bias,
+        )
         key = (torch.device(device), *((p.data_ptr(), p._version) for p in params))
         if self._packed is None or self._packed[0] != key:
             with torch.no_grad():
@@ -119,16 +128,19 @@ class StepPolicy(nn.Module):
         save_file(tensors, os.fspath(path), metadata={"format": _FORMAT, "constants": json.dumps(self.constants())})
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "StepPolicy":
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> StepPolicy:
         """Read a file written by ``save``; a missing or unexpected weight is an error."""
         from safetensors import safe_open
 
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             if metadata.get("format") != _FORMAT:
-                raise ValueError(f"{os.fspath(path)}: not a StepPolicy file (metadata format {metadata.get('format')!r}, expected {_FORMAT!r})")
+                raise ValueError(
+                    f"{os.fspath(path)}: not a StepPolicy file "
+                    f"(metadata format {metadata.get('format')!r}, expected {_FORMAT!r})"
+                )
             constants = json.loads(metadata["constants"])
-            state = {name: f.get_tensor(name) for name in f.keys()}
+            state = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open is not iterable
         hidden = constants.pop("hidden")
         policy = cls(hidden, **constants)
         policy.load_state_dict(state, strict=True)

@@ -16,24 +16,24 @@ from torch import Tensor
 
 __all__ = [
     "compute_dtype",
-    "top_k",
-    "token_stats",
-    "entropy_topk",
     "entropy_full",
-    "policy_state",
-    "step_policy",
-    "kummer_1f1",
+    "entropy_topk",
     "expected_action",
-    "sample_action",
-    "heuristic_action",
     "flow_update",
-    "reedit",
     "hard_commit",
-    "xflow_step",
+    "heuristic_action",
+    "kummer_1f1",
+    "policy_state",
+    "reedit",
     "rms_norm",
-    "rope_inv_freq",
     "rope",
+    "rope_inv_freq",
+    "sample_action",
+    "step_policy",
     "swiglu",
+    "token_stats",
+    "top_k",
+    "xflow_step",
 ]
 
 
@@ -122,7 +122,13 @@ def policy_state(topk_probs: Tensor, entropy_topk: Tensor, margin: Tensor, t: Te
     rho = torch.as_tensor(rho, dtype=dtype, device=t.device)
     if rho.dim() == 1:
         rho = rho.unsqueeze(-1)
-    columns = [topk_probs, entropy_topk.unsqueeze(-1), margin.unsqueeze(-1), t.unsqueeze(-1), rho.expand(t.shape).unsqueeze(-1)]
+    columns = [
+        topk_probs,
+        entropy_topk.unsqueeze(-1),
+        margin.unsqueeze(-1),
+        t.unsqueeze(-1),
+        rho.expand(t.shape).unsqueeze(-1),
+    ]
     return torch.cat([c.to(dtype) for c in columns], dim=-1)
 
 
@@ -172,7 +178,9 @@ def expected_action(alpha: Tensor, beta: Tensor, a_min: float, a_max: float) -> 
     return (a_min * kummer_1f1(alpha, alpha + beta, z)).clamp(a_min, a_max)
 
 
-def sample_action(alpha: Tensor, beta: Tensor, a_min: float, a_max: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def sample_action(
+    alpha: Tensor, beta: Tensor, a_min: float, a_max: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """SPEC 2.5, sampling: y ~ Beta(alpha, beta); a = a_min * 2^(y L); returns (a, log pi(y)).
 
     y is drawn as the first coordinate of Dirichlet(alpha, beta) with ``generator``, so the same
@@ -202,7 +210,9 @@ def reedit(confidence: Tensor, target: Tensor, mask_embedding: Tensor) -> tuple[
     return c * target + (1 - c) * mask_embedding, confidence
 
 
-def hard_commit(X: Tensor, t: Tensor, target: Tensor, confidence: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+def hard_commit(
+    X: Tensor, t: Tensor, target: Tensor, confidence: Tensor, threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """SPEC 2.7: among a sequence's tokens with t_i < threshold, the one with the largest c_i
     (smallest index on ties) gets X_i = E[x_pred_i], t_i = 1. Returns (X, t, committed), where
     committed (B,) is that token's index, or -1 when every t_i >= threshold.
@@ -305,7 +315,7 @@ def rope(x: Tensor, theta: float) -> Tensor:
     """RoPE on x (B, L, H, hd) in float32 (float64 for float64 x), positions 0..L-1:
     inv_freq_j = theta^(-2j/hd) for j < hd/2, angles a = pos * inv_freq repeated twice
     (cat(a, a)), rot(u) = cat(-u[hd/2:], u[:hd/2]), u' = u cos + rot(u) sin, cast back."""
-    B, L, H, hd = x.shape
+    _B, L, _H, hd = x.shape
     dtype = compute_dtype(x)
     positions = torch.arange(L, device=x.device, dtype=dtype)
     angles = positions.unsqueeze(-1) * rope_inv_freq(hd, theta, x.device, dtype)

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 import mdfast
-from mdfast import StepPolicy, reference
-
-from mdfast import backends  # noqa: E402
+from mdfast import (
+    StepPolicy,
+    backends,
+    reference,
+)
 
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-3}
 
@@ -46,7 +48,10 @@ def require_backend(name: str) -> str:
 
 def require_size(name: str, elements: int) -> None:
     if interpreted(name) and elements > INTERPRETER_MAX_ELEMENTS:
-        pytest.skip(f"Triton interpreter on the CPU: {elements} logits elements is too slow (this test runs it on a CUDA device)")
+        pytest.skip(
+            f"Triton interpreter on the CPU: {elements} logits elements is too slow "
+            "(this test runs it on a CUDA device)"
+        )
 
 
 def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, rtol: float, scale=0.0) -> None:
@@ -79,7 +84,10 @@ def assert_equal(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
     mismatch = got != want
     if bool(mismatch.any()):
         index = tuple(mismatch.nonzero()[0].tolist())
-        raise AssertionError(f"{name}: {int(mismatch.sum())} entries differ; first at {index}: got {got[index].item()}, want {want[index].item()}")
+        raise AssertionError(
+            f"{name}: {int(mismatch.sum())} entries differ; first at {index}: "
+            f"got {got[index].item()}, want {want[index].item()}"
+        )
 
 
 def assert_bitwise_equal(name: str, first: torch.Tensor | None, second: torch.Tensor | None) -> None:
@@ -108,7 +116,13 @@ def check_against_reference(stats: mdfast.TokenStats, logits: torch.Tensor, k: i
             assert got is None, f"{name}: expected None"
             continue
         assert got.dtype == torch.float32, f"{name}: dtype {got.dtype}"
-        scale = {"topk_probs": 0.0, "lse": 1.0, "margin": want["topk_probs"][..., 0], "entropy_topk": 1.0, "entropy_full": 1.0 + want["lse"].abs()}[name]
+        scale = {
+            "topk_probs": 0.0,
+            "lse": 1.0,
+            "margin": want["topk_probs"][..., 0],
+            "entropy_topk": 1.0,
+            "entropy_full": 1.0 + want["lse"].abs(),
+        }[name]
         assert_close(name, got, want[name], rtol, scale)
 
 
@@ -137,11 +151,20 @@ def random_policy(k=4, hidden=64, seed=0, **constants):
 
 def reference_step(logits, X, t, embedding, mask_embedding, policy, rho, config, **kwargs):
     return reference.xflow_step(
-        logits.double().cpu(), X.double().cpu(), t.double().cpu(), embedding.double().cpu(), mask_embedding.double().cpu(),
-        copy.deepcopy(policy).double().cpu() if policy is not None else None, rho.double().cpu() if torch.is_tensor(rho) else rho,
-        a_min=config.a_min, a_max=config.a_max, reedit_margin=config.reedit_margin,
-        commit_threshold=config.commit_threshold, k=config.k, **kwargs,
-    )  # fmt: skip
+        logits.double().cpu(),
+        X.double().cpu(),
+        t.double().cpu(),
+        embedding.double().cpu(),
+        mask_embedding.double().cpu(),
+        copy.deepcopy(policy).double().cpu() if policy is not None else None,
+        rho.double().cpu() if torch.is_tensor(rho) else rho,
+        a_min=config.a_min,
+        a_max=config.a_max,
+        reedit_margin=config.reedit_margin,
+        commit_threshold=config.commit_threshold,
+        k=config.k,
+        **kwargs,
+    )
 
 
 def check_step(out: mdfast.XFlowStep, want: dict, X_before, embedding, rtol) -> None:

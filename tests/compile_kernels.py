@@ -24,9 +24,13 @@ from dataclasses import dataclass
 import torch
 
 POINTER_TYPES = {
-    torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16",
-    torch.int64: "*i64", torch.int32: "*i32", torch.bool: "*i1",
-}  # fmt: skip
+    torch.float32: "*fp32",
+    torch.bfloat16: "*bf16",
+    torch.float16: "*fp16",
+    torch.int64: "*i64",
+    torch.int32: "*i32",
+    torch.bool: "*i1",
+}
 
 
 @dataclass
@@ -90,7 +94,9 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+        text = subprocess.run(
+            [tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     return {key: int(value) for key, value in re.findall(r"(REG|SHARED|LOCAL):(\d+)", text)}
 
 
@@ -105,7 +111,9 @@ def production_launches() -> list[Launch]:
         name = str(dtype).removeprefix("torch.")
         for rows, V in ((512, 126464), (8, 126464)):  # the row path, and the split path with few rows
             logits = torch.empty(1, rows, V, dtype=dtype, device=meta)
-            launches += record_launches(f"token_stats {name} {rows}x{V}", lambda logits=logits: token_stats.token_stats(logits, 4, True))
+            launches += record_launches(
+                f"token_stats {name} {rows}x{V}", lambda logits=logits: token_stats.token_stats(logits, 4, True)
+            )
     B, N, V, E, d = 1, 512, 126464, 4096, 64
     logits = torch.empty(B, N, V, dtype=torch.bfloat16, device=meta)
     X = torch.empty(B, N, E, device=meta)
@@ -117,7 +125,9 @@ def production_launches() -> list[Launch]:
     for mode, (w, action) in {"policy": (weights, None), "heuristic": (None, None), "given": (None, t)}.items():
         launches += record_launches(
             f"xflow_step {mode} {B}x{N}x{V}x{E}",
-            lambda w=w, action=action: xflow.xflow_step(logits, X, t, embedding, mask, rho, w, d, 1.0, 100.0, action, 1 / 256, 1.0, 0.1, 0.99, 4, 16, X, t),
+            lambda w=w, action=action: xflow.xflow_step(
+                logits, X, t, embedding, mask, rho, w, d, 1.0, 100.0, action, 1 / 256, 1.0, 0.1, 0.99, 4, 16, X, t
+            ),
         )
     L, D, H, hd, F = 640, 4096, 32, 128, 12288
     x = torch.empty(1, L, D, dtype=torch.bfloat16, device=meta)
@@ -125,7 +135,9 @@ def production_launches() -> list[Launch]:
     launches += record_launches(f"rms_norm + residual 1x{L}x{D}", lambda: rmsnorm.rms_norm(x, w, 1e-5, x))
     qkv = torch.empty(1, L, 3 * D, dtype=torch.bfloat16, device=meta)
     q = qkv[..., :D].unflatten(-1, (H, hd))
-    launches += record_launches(f"rope_ 1x{L}x{H}x{hd}", lambda: rope.rope_(q, reference.rope_inv_freq(hd, 500000.0, meta)))
+    launches += record_launches(
+        f"rope_ 1x{L}x{H}x{hd}", lambda: rope.rope_(q, reference.rope_inv_freq(hd, 500000.0, meta))
+    )
     gate_up = torch.empty(L, 2 * F, dtype=torch.bfloat16, device=meta)
     launches += record_launches(f"swiglu {L}x{F}", lambda: swiglu.swiglu(gate_up[:, :F], gate_up[:, F:]))
     return launches
@@ -140,14 +152,15 @@ def main(argv=None) -> int:
         print("unset TRITON_INTERPRET: the interpreter compiles nothing", file=sys.stderr)
         return 2
     failed = 0
-    print(f"| launch | kernel | registers | local bytes | shared bytes |\n|---|---|---|---|---|")
+    print("| launch | kernel | registers | local bytes | shared bytes |\n|---|---|---|---|---|")
     for launch in production_launches():
         name = launch.fn.__name__
         try:
             usage = resource_usage(compile_launch(launch, args.arch).asm["cubin"])
-        except Exception as error:  # noqa: BLE001 - a failed compile is the finding
+        except Exception as error:
             failed += 1
-            print(f"| {launch.label} | {name} | FAILED: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''} | | |")
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            print(f"| {launch.label} | {name} | FAILED: {type(error).__name__}: {first_line} | | |")
             continue
         spills = usage.get("LOCAL", 0)
         failed += bool(args.no_spills and spills)

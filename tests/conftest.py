@@ -5,8 +5,8 @@ import zlib
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # Without a GPU the Triton kernels run under Triton's interpreter (on CPU tensors, small shapes).
 # The variable must be set before triton is first imported.

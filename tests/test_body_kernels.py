@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from checks import assert_bitwise_equal, assert_close, interpreted, require_backend
 
 import mdfast.ops as ops
 from mdfast import reference
-
-from checks import assert_bitwise_equal, assert_close, interpreted, require_backend
 
 BACKENDS = ["torch", "triton"]
 
@@ -86,7 +85,9 @@ def test_swiglu_strided(backend, shape, monkeypatch):
         import mdfast.triton_kernels.swiglu as kernel_module
 
         seen, kernel = [], kernel_module.swiglu
-        monkeypatch.setattr(kernel_module, "swiglu", lambda gate, up: seen.append((gate.data_ptr(), up.data_ptr())) or kernel(gate, up))
+        monkeypatch.setattr(
+            kernel_module, "swiglu", lambda gate, up: seen.append((gate.data_ptr(), up.data_ptr())) or kernel(gate, up)
+        )
     for dtype in dtypes_for(backend):
         gu = (torch.randn(*lead, 2 * F, device=device) * 3).to(dtype)
         wide = torch.randn(*lead, F + 7, device=device).to(dtype)
@@ -100,7 +101,10 @@ def test_swiglu_strided(backend, shape, monkeypatch):
                 assert_close("swiglu", out, reference.swiglu(gate, up).float(), 2**-7, scale=1e-3)
         if backend == "triton":
             element = gu.element_size()
-            assert seen[-3:-1] == [(gu.data_ptr(), gu.data_ptr() + F * element), (gu.data_ptr(), wide.data_ptr() + 3 * element)]
+            assert seen[-3:-1] == [
+                (gu.data_ptr(), gu.data_ptr() + F * element),
+                (gu.data_ptr(), wide.data_ptr() + 3 * element),
+            ]
 
 
 def test_bad_input_is_named():

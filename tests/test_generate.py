@@ -12,12 +12,11 @@ import math
 
 import pytest
 import torch
+from checks import assert_close
 
 import mdfast
 from mdfast import reference
 from mdfast.decode.schedule import top_positions
-
-from checks import assert_close
 
 transformers = pytest.importorskip("transformers", reason="the tests build tiny models from transformers classes")
 
@@ -29,14 +28,31 @@ def tiny_bert(seed=0):
     """Weights spread wide (initializer_range 0.5) so that predictions depend on the context and
     a wrong selection order changes the tokens."""
     torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, initializer_range=0.5)
+    config = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.5,
+    )
     return transformers.BertForMaskedLM(config).eval()
 
 
 def tiny_dream(seed=0):
     """A Qwen2-shaped model wired as Dream: model_type "Dream" makes mdfast read shifted logits."""
     torch.manual_seed(seed)
-    config = transformers.Qwen2Config(vocab_size=72, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, initializer_range=0.5)
+    config = transformers.Qwen2Config(
+        vocab_size=72,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.5,
+    )
     model = transformers.Qwen2ForCausalLM(config).eval()
     model.config.model_type = "Dream"
     return model
@@ -77,7 +93,21 @@ def schedule(n: int, steps: int) -> list[int]:
     return [base + (1 if s < extra else 0) for s in range(steps)]
 
 
-def eager_discrete(model, ids, mask, N, steps, decoder, block_length, *, shifted=False, temperature=0.0, generator=None, tau=0.9, soft=(3, 0.25, 5.0, -1.0)):
+def eager_discrete(
+    model,
+    ids,
+    mask,
+    N,
+    steps,
+    decoder,
+    block_length,
+    *,
+    shifted=False,
+    temperature=0.0,
+    generator=None,
+    tau=0.9,
+    soft=(3, 0.25, 5.0, -1.0),
+):
     B, P = ids.shape
     W_e = model.get_input_embeddings().weight.detach()
     x = torch.cat([ids, torch.full((B, N), MASK)], dim=1)
@@ -149,7 +179,9 @@ def eager_discrete(model, ids, mask, N, steps, decoder, block_length, *, shifted
                         q = pi[order_v] / pi[order_v].sum()
                         h_full = -(pi[pi > 0] * pi[pi > 0].log()).sum()
                         lam = w_s * torch.sigmoid(w_a * (-h_full - w_b))
-                        soft_inputs[(b, lo + i)] = ((1 - lam) * W_e[MASK].double() + lam * (q[:, None] * W_e[order_v].double()).sum(0)).float()
+                        soft_inputs[(b, lo + i)] = (
+                            (1 - lam) * W_e[MASK].double() + lam * (q[:, None] * W_e[order_v].double()).sum(0)
+                        ).float()
             done = bool(decoded[:, lo:hi].all()) if decoder == "threshold" else step + 1 >= steps // n_blocks
             if done:
                 break
@@ -197,7 +229,9 @@ def test_discrete_decoders_match_eager_loops(decoder, batch):
     ids, mask = prompts(batch, 64)
     out = model.mdfast_generate(ids, mask, max_new_tokens=12, steps=6, decoder=decoder, block_length=4)
     want = eager_discrete(model, ids, mask, 12, 6, decoder, 4)
-    assert torch.equal(out.sequences, want), f"{decoder}: fast {out.sequences[:, 7:].tolist()} != eager {want[:, 7:].tolist()}"
+    assert torch.equal(out.sequences, want), (
+        f"{decoder}: fast {out.sequences[:, 7:].tolist()} != eager {want[:, 7:].tolist()}"
+    )
     if decoder != "threshold":
         assert out.nfe == 6 and len(out.step_times) == 6
 
@@ -206,8 +240,18 @@ def test_discrete_decoders_match_eager_loops(decoder, batch):
 def test_temperature_sampling_matches_eager_loop(decoder):
     model = mdfast.patch(tiny_bert(1), mask_token_id=MASK)
     ids, mask = prompts(3, 64)
-    out = model.mdfast_generate(ids, mask, max_new_tokens=8, steps=4, decoder=decoder, temperature=0.8, generator=torch.Generator().manual_seed(5))
-    want = eager_discrete(model, ids, mask, 8, 4, decoder, 8, temperature=0.8, generator=torch.Generator().manual_seed(5))
+    out = model.mdfast_generate(
+        ids,
+        mask,
+        max_new_tokens=8,
+        steps=4,
+        decoder=decoder,
+        temperature=0.8,
+        generator=torch.Generator().manual_seed(5),
+    )
+    want = eager_discrete(
+        model, ids, mask, 8, 4, decoder, 8, temperature=0.8, generator=torch.Generator().manual_seed(5)
+    )
     assert torch.equal(out.sequences, want)
 
 
@@ -218,7 +262,9 @@ def test_xflow_matches_reference_states(batch, with_policy):
     torch.manual_seed(3)
     policy = mdfast.StepPolicy(hidden=16) if with_policy else None
     ids, mask = prompts(batch, 64)
-    out = model.mdfast_generate(ids, mask, max_new_tokens=8, steps=8, decoder="xflow", block_length=4, policy=policy, return_history=True)
+    out = model.mdfast_generate(
+        ids, mask, max_new_tokens=8, steps=8, decoder="xflow", block_length=4, policy=policy, return_history=True
+    )
     want, states = eager_xflow(model, ids, mask, 8, 8, 4, policy=policy)
     assert torch.equal(out.sequences, want)
     assert len(out.history) == len(states) == 8
@@ -288,8 +334,12 @@ def test_xflow_sampling_returns_log_probs_with_gradients():
     model = mdfast.patch(tiny_bert(7), mask_token_id=MASK)
     policy = mdfast.StepPolicy(hidden=8)
     ids, mask = prompts(2, 64)
-    out = model.mdfast_generate(ids, mask, max_new_tokens=6, steps=3, policy=policy, sample=True, generator=torch.Generator().manual_seed(0))
-    again = model.mdfast_generate(ids, mask, max_new_tokens=6, steps=3, policy=policy, sample=True, generator=torch.Generator().manual_seed(0))
+    out = model.mdfast_generate(
+        ids, mask, max_new_tokens=6, steps=3, policy=policy, sample=True, generator=torch.Generator().manual_seed(0)
+    )
+    again = model.mdfast_generate(
+        ids, mask, max_new_tokens=6, steps=3, policy=policy, sample=True, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(out.sequences, again.sequences) and len(out.log_probs) == 3
     torch.stack(out.log_probs).sum().backward()
     assert policy.fc1.weight.grad is not None
@@ -303,7 +353,11 @@ def test_xflow_sampling_returns_log_probs_with_gradients():
         (dict(block_length=5), ValueError, "block_length: expected a positive divisor"),
         (dict(block_length=4, steps=3), ValueError, "do not split evenly over 2 blocks"),
         (dict(decoder="greedy"), ValueError, "decoder: expected one of"),
-        (dict(decoder="low_confidence", policy=mdfast.StepPolicy()), ValueError, "only the xflow decoder takes a step policy"),
+        (
+            dict(decoder="low_confidence", policy=mdfast.StepPolicy()),
+            ValueError,
+            "only the xflow decoder takes a step policy",
+        ),
         (dict(decoder="xflow", temperature=0.5), ValueError, "the x-flow decoder has no temperature"),
         (dict(decoder="threshold", tau=1.5), ValueError, "tau"),
         (dict(decoder="rcr", tau=0.5), TypeError, "decoder 'rcr'"),
@@ -342,7 +396,11 @@ def test_non_finite_logits_are_reported_not_decoded():
 def test_top_positions_reads_its_count_from_a_tensor():
     """The selection rule with ties (stable: smaller index first), for an int and a (1,) tensor."""
     score = torch.tensor([[0.5, 0.9, 0.5, 0.1, 0.9], [0.0, 0.0, 0.0, 0.0, 0.0]])
-    for count, want in [(1, [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]), (3, [[1, 1, 0, 0, 1], [1, 1, 1, 0, 0]]), (0, [[0] * 5] * 2)]:
+    for count, want in [
+        (1, [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]),
+        (3, [[1, 1, 0, 0, 1], [1, 1, 1, 0, 0]]),
+        (0, [[0] * 5] * 2),
+    ]:
         assert top_positions(score, count).tolist() == [[bool(v) for v in row] for row in want]
         assert torch.equal(top_positions(score, torch.tensor([count])), top_positions(score, count))
 
@@ -394,13 +452,15 @@ def test_unsupported_models_are_refused_with_a_reason():
         mdfast.patch(NoEmbeddings(), mask_token_id=0)
     model = tiny_bert()
     model.config.model_type = "llada2_moe"
-    with pytest.raises(ValueError, match="LLaDA2.0 block diffusion.*not supported yet"):
+    with pytest.raises(ValueError, match=r"LLaDA2\.0 block diffusion.*not supported yet"):
         mdfast.patch(model, mask_token_id=MASK)
 
 
 def test_antiberty_real_weights():
     """The real 25.8M-parameter masked LM shipped in antiberty==0.1.3 (SPEC 4)."""
-    antiberty = pytest.importorskip("antiberty", reason="antiberty==0.1.3 is not installed (pip install antiberty==0.1.3)")
+    antiberty = pytest.importorskip(
+        "antiberty", reason="antiberty==0.1.3 is not installed (pip install antiberty==0.1.3)"
+    )
     import os
 
     path = os.path.join(os.path.dirname(antiberty.__file__), "trained_models", "AntiBERTy_md_smooth")
@@ -426,7 +486,26 @@ def test_generate_command_decodes_a_local_model(tmp_path, capsys):
     model = tiny_bert(8)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    assert main(["generate", "--model", str(tmp_path), "--prompt", "w1 w2 w3", "--decoder", "low_confidence", "--steps", "4", "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tmp_path),
+                "--prompt",
+                "w1 w2 w3",
+                "--decoder",
+                "low_confidence",
+                "--steps",
+                "4",
+                "--max-new-tokens",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr()
     assert "4 forwards" in printed.err
     words = printed.out.split()

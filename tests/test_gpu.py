@@ -11,10 +11,19 @@ import warnings
 
 import pytest
 import torch
+from checks import (
+    RTOL,
+    assert_bitwise_equal,
+    check_against_reference,
+    check_step,
+    make_state,
+    random_logits,
+    random_policy,
+    reference_step,
+    require_backend,
+)
 
 import mdfast
-
-from checks import RTOL, assert_bitwise_equal, check_against_reference, check_step, make_state, random_logits, random_policy, reference_step, require_backend
 
 pytestmark = [
     pytest.mark.gpu,
@@ -42,7 +51,9 @@ def test_token_stats_production_shapes(backend, dtype, N, V, B):
 @pytest.mark.parametrize("B", [1, 8])
 def test_xflow_step_llada_shape(backend, B):
     require_backend(backend)
-    logits, X, t, embedding, m = make_state(B, 512, 126464, 4096, device="cuda", logits_dtype=torch.bfloat16, emb_dtype=torch.bfloat16)
+    logits, X, t, embedding, m = make_state(
+        B, 512, 126464, 4096, device="cuda", logits_dtype=torch.bfloat16, emb_dtype=torch.bfloat16
+    )
     policy = random_policy().cuda()
     X_before = X.clone()
     out = mdfast.xflow_step(logits, X, t, embedding, m, policy, 0.3, backend=backend)
@@ -61,7 +72,9 @@ def test_a_whole_step_replays_from_a_cuda_graph(backend):
     X0, t0 = X.clone(), t.clone()
 
     def step():
-        return mdfast.xflow_step(logits, X, t, embedding, m, policy, rho, inplace=True, backend=backend, check_finite=False)
+        return mdfast.xflow_step(
+            logits, X, t, embedding, m, policy, rho, inplace=True, backend=backend, check_finite=False
+        )
 
     policy.packed_weights(torch.device("cuda"))  # pack the weights before capture
     stream = torch.cuda.Stream()
@@ -94,7 +107,9 @@ def test_a_whole_step_replays_from_a_cuda_graph(backend):
 def test_no_n_by_v_temporaries(backend):
     require_backend(backend)
     B, N, V, E = 1, 512, 126464, 4096
-    logits, X, t, embedding, m = make_state(B, N, V, E, device="cuda", logits_dtype=torch.bfloat16, emb_dtype=torch.bfloat16)
+    logits, X, t, embedding, m = make_state(
+        B, N, V, E, device="cuda", logits_dtype=torch.bfloat16, emb_dtype=torch.bfloat16
+    )
     mdfast.xflow_step(logits, X, t, embedding, m, backend=backend)  # warm-up
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -111,12 +126,25 @@ GRAPHABLE = ["xflow", "low_confidence", "maskgit_plus", "topk_margin", "entropy"
 def _tiny_native_llada(device):
     from mdfast.models.llada import LLaDAConfig, LLaDAModel
 
-    config = LLaDAConfig.from_dict({
-        "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "mlp_hidden_size": 96, "vocab_size": 80,
-        "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "include_bias": False, "weight_tying": False,
-        "scale_logits": False, "input_emb_norm": False, "max_sequence_length": 128, "mask_token_id": 79,
-        "eos_token_id": 78,
-    })  # fmt: skip
+    config = LLaDAConfig.from_dict(
+        {
+            "d_model": 64,
+            "n_layers": 2,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "mlp_hidden_size": 96,
+            "vocab_size": 80,
+            "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-5,
+            "include_bias": False,
+            "weight_tying": False,
+            "scale_logits": False,
+            "input_emb_norm": False,
+            "max_sequence_length": 128,
+            "mask_token_id": 79,
+            "eos_token_id": 78,
+        }
+    )
     torch.manual_seed(0)
     model = LLaDAModel(config).eval()
     with torch.no_grad():
@@ -182,7 +210,14 @@ def test_generate_with_a_transformers_model_on_cuda(decoder):
     """A transformers masked LM: captured or (if its forward synchronises) eager, the same tokens."""
     transformers = pytest.importorskip("transformers", reason="builds a tiny BERT from transformers classes")
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, initializer_range=0.5)
+    config = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        initializer_range=0.5,
+    )
     model = transformers.BertForMaskedLM(config).eval().cuda()
     ids = torch.randint(5, 64, (2, 6), device="cuda")
     kwargs = dict(max_new_tokens=8, steps=8, decoder=decoder, mask_token_id=4)

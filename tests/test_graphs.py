@@ -49,10 +49,15 @@ class FakeCuda:
                 raise RuntimeError("operation not permitted when stream is capturing")
 
         for name, value in {
-            "graph_pool_handle": lambda: object(), "Stream": lambda: stream, "current_stream": lambda: stream,
-            "stream": lambda s: contextlib.nullcontext(), "get_sync_debug_mode": lambda: fake.sync_mode,
-            "set_sync_debug_mode": lambda mode: setattr(fake, "sync_mode", mode), "CUDAGraph": FakeGraph, "graph": graph,
-        }.items():  # fmt: skip
+            "graph_pool_handle": lambda: object(),
+            "Stream": lambda: stream,
+            "current_stream": lambda: stream,
+            "stream": lambda s: contextlib.nullcontext(),
+            "get_sync_debug_mode": lambda: fake.sync_mode,
+            "set_sync_debug_mode": lambda mode: setattr(fake, "sync_mode", mode),
+            "CUDAGraph": FakeGraph,
+            "graph": graph,
+        }.items():
             monkeypatch.setattr(torch.cuda, name, value)
 
     def step_function(self, log: list):

@@ -6,22 +6,27 @@ import math
 
 import pytest
 import torch
+from checks import assert_close
 
 from mdfast import StepPolicy, reference
-
-from checks import assert_close
 
 
 def test_layers_and_law():
     policy = StepPolicy(hidden=16, kappa_min=3.0, kappa_max=50.0)
     assert (policy.fc1.in_features, policy.fc1.out_features) == (8, 16)
-    assert (policy.fc2.in_features, policy.fc2.out_features, policy.mu_head.out_features, policy.kappa_head.out_features) == (16, 16, 1, 1)
+    assert (
+        policy.fc2.in_features,
+        policy.fc2.out_features,
+        policy.mu_head.out_features,
+        policy.kappa_head.out_features,
+    ) == (16, 16, 1, 1)
     state = torch.rand(5, 3, 8)
     alpha, beta = policy(state)
     assert alpha.shape == beta.shape == (5, 3)
     kappa, mu = alpha + beta, alpha / (alpha + beta)
     assert bool(((kappa >= 3.0) & (kappa <= 50.0)).all()) and bool(((mu >= 0.05) & (mu <= 0.95)).all())
-    # SPEC 2.4 by hand: h = SiLU(W2 SiLU(W1 s + b1) + b2), mu = 0.05 + 0.9 sigmoid(.), kappa = kmin + (kmax - kmin) sigmoid(.)
+    # SPEC 2.4 by hand: h = SiLU(W2 SiLU(W1 s + b1) + b2), mu = 0.05 + 0.9 sigmoid(.),
+    # kappa = kmin + (kmax - kmin) sigmoid(.)
     silu = torch.nn.functional.silu
     h = silu(silu(state @ policy.fc1.weight.T + policy.fc1.bias) @ policy.fc2.weight.T + policy.fc2.bias)
     mu_want = 0.05 + 0.9 * torch.sigmoid(h @ policy.mu_head.weight.T + policy.mu_head.bias).squeeze(-1)
@@ -93,7 +98,12 @@ def test_packed_weights_follow_the_kernel_layout():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [(dict(hidden=0), "hidden"), (dict(k=9), "k must be"), (dict(kappa_min=5.0, kappa_max=2.0), "kappa_min"), (dict(a_min=2.0), "a_min")],
+    [
+        (dict(hidden=0), "hidden"),
+        (dict(k=9), "k must be"),
+        (dict(kappa_min=5.0, kappa_max=2.0), "kappa_min"),
+        (dict(a_min=2.0), "a_min"),
+    ],
 )
 def test_bad_constants(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -7,10 +7,9 @@ import math
 
 import pytest
 import torch
+from checks import assert_close, assert_equal
 
 from mdfast import FlowConfig, reference
-
-from checks import assert_close, assert_equal
 
 scipy_special = pytest.importorskip("scipy.special", reason="scipy checks Kummer's series (pip install scipy)")
 scipy_integrate = pytest.importorskip("scipy.integrate", reason="scipy integrates E[a] over Beta (pip install scipy)")
@@ -68,8 +67,13 @@ def test_expected_action_is_the_beta_mean_of_a(a_min, a_max):
     beta = torch.tensor([1.9, 1.1, 5.0, 60.0, 5.0], dtype=torch.float64)
     integrals = []
     for al, be in zip(alpha.tolist(), beta.tolist()):
-        density = lambda y, al=al, be=be: math.exp((al - 1) * math.log(y) + (be - 1) * math.log1p(-y) - scipy_special.betaln(al, be))  # noqa: E731
-        value, _ = scipy_integrate.quad(lambda y, d=density: a_min * 2 ** (y * L) * d(y), 0, 1, limit=400, epsabs=0, epsrel=1e-12)
+
+        def density(y, al=al, be=be):
+            return math.exp((al - 1) * math.log(y) + (be - 1) * math.log1p(-y) - scipy_special.betaln(al, be))
+
+        value, _ = scipy_integrate.quad(
+            lambda y, d=density: a_min * 2 ** (y * L) * d(y), 0, 1, limit=400, epsabs=0, epsrel=1e-12
+        )
         integrals.append(value)
     want = torch.tensor(integrals, dtype=torch.float64).clamp(a_min, a_max)
     assert_close("E[a]", reference.expected_action(alpha, beta, a_min, a_max), want, 1e-8)
@@ -81,7 +85,11 @@ def test_kernel_term_count_reaches_float32_accuracy(a_min):
     resolution over the whole policy range (kappa in [2, 100], mu in [0.05, 0.95])."""
     config = FlowConfig(a_min=a_min)
     z = math.log(config.a_max / config.a_min)
-    mu, kappa = torch.meshgrid(torch.linspace(0.05, 0.95, 40, dtype=torch.float64), torch.linspace(2, 100, 40, dtype=torch.float64), indexing="ij")
+    mu, kappa = torch.meshgrid(
+        torch.linspace(0.05, 0.95, 40, dtype=torch.float64),
+        torch.linspace(2, 100, 40, dtype=torch.float64),
+        indexing="ij",
+    )
     alpha, beta = mu * kappa, (1 - mu) * kappa
     term, total = torch.ones_like(alpha), torch.ones_like(alpha)
     for n in range(config.kummer_terms - 1):

@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
+from checks import assert_bitwise_equal, check_against_reference, random_logits, require_backend, require_size
 
 import mdfast
-
-from checks import assert_bitwise_equal, check_against_reference, random_logits, require_backend, require_size
 
 BACKENDS = ["torch", "cpu", "triton", "cuda"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -107,7 +106,11 @@ def test_empty_batch_is_a_no_op():
         (lambda: mdfast.token_stats(torch.randn(4, 30), 1), ValueError, r"k: expected an int in \[2, 8\]"),
         (lambda: mdfast.token_stats(torch.randn(4, 30), backend="gpu"), ValueError, "backend: expected one of"),
         (lambda: mdfast.token_stats(torch.randn(4, 30), backend="cuda"), ValueError, "runs on cuda tensors"),
-        (lambda: mdfast.token_stats(torch.randn(4, 30, dtype=torch.float64), backend="cpu"), TypeError, "logits: backend 'cpu' reads"),
+        (
+            lambda: mdfast.token_stats(torch.randn(4, 30, dtype=torch.float64), backend="cpu"),
+            TypeError,
+            "logits: backend 'cpu' reads",
+        ),
     ],
 )
 def test_bad_input_is_named(call, error, message):

@@ -22,7 +22,9 @@ def test_triton_kernels_compile_for_hopper_without_spills():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     script = Path(__file__).with_name("compile_kernels.py")
-    result = subprocess.run([sys.executable, str(script), "--no-spills"], env=env, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, str(script), "--no-spills"], env=env, capture_output=True, text=True, timeout=1200
+    )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-3000:]}"
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| launch")]
     assert len(rows) >= 21 and not any("FAILED" in row for row in rows), result.stdout  # every launch compiled

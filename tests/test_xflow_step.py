@@ -6,11 +6,20 @@ import math
 
 import pytest
 import torch
+from checks import (
+    RTOL,
+    assert_bitwise_equal,
+    assert_close,
+    check_step,
+    make_state,
+    random_policy,
+    reference_step,
+    require_backend,
+    require_size,
+)
 
 import mdfast
 from mdfast import FlowConfig, StepPolicy
-
-from checks import RTOL, assert_bitwise_equal, assert_close, check_step, make_state, random_policy, reference_step, require_backend, require_size
 
 BACKENDS = ["torch", "cpu", "triton", "cuda"]
 
@@ -38,10 +47,16 @@ def test_matches_reference(backend, with_policy, B, N, V, E):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("logits_dtype, emb_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32), (torch.float32, torch.bfloat16)], ids=str)
+@pytest.mark.parametrize(
+    "logits_dtype, emb_dtype",
+    [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32), (torch.float32, torch.bfloat16)],
+    ids=str,
+)
 def test_low_precision_inputs(backend, logits_dtype, emb_dtype):
     device = require_backend(backend)
-    logits, X, t, embedding, m = make_state(2, 37, 1500, 24, device=device, logits_dtype=logits_dtype, emb_dtype=emb_dtype)
+    logits, X, t, embedding, m = make_state(
+        2, 37, 1500, 24, device=device, logits_dtype=logits_dtype, emb_dtype=emb_dtype
+    )
     policy = random_policy().to(device)
     X_before = X.clone()
     out = mdfast.xflow_step(logits, X, t, embedding, m, policy, 0.4, backend=backend)
@@ -74,8 +89,30 @@ def test_sampling_draws_like_the_reference(backend):
     policy = random_policy().to(device)
     logits, X, t, embedding, m = make_state(2, 30, 900, 16, device=device)
     X_before = X.clone()
-    out = mdfast.xflow_step(logits, X, t, embedding, m, policy, 0.25, sample=True, generator=torch.Generator(device).manual_seed(7), backend=backend)
-    want = reference_step(logits, X, t, embedding, m, policy, 0.25, FlowConfig(), sample=True, generator=torch.Generator(device).manual_seed(7))
+    out = mdfast.xflow_step(
+        logits,
+        X,
+        t,
+        embedding,
+        m,
+        policy,
+        0.25,
+        sample=True,
+        generator=torch.Generator(device).manual_seed(7),
+        backend=backend,
+    )
+    want = reference_step(
+        logits,
+        X,
+        t,
+        embedding,
+        m,
+        policy,
+        0.25,
+        FlowConfig(),
+        sample=True,
+        generator=torch.Generator(device).manual_seed(7),
+    )
     check_step(out, want, X_before, embedding, RTOL[torch.float32])
     assert_close("log_prob", out.log_prob, want["log_prob"], 1e-4, scale=1.0)
     out.log_prob.sum().backward()
@@ -100,7 +137,9 @@ def test_non_finite_logits_write_nothing(backend):
     logits, X, t, embedding, m = make_state(2, 9, 300, 8, device=device)
     logits[0, 4, 100] = math.nan
     X_before, t_before = X.clone(), t.clone()
-    with pytest.raises(ValueError, match=r"logits: 1 row\(s\) are not a finite distribution.*\(0, 4\).*no state was written"):
+    with pytest.raises(
+        ValueError, match=r"logits: 1 row\(s\) are not a finite distribution.*\(0, 4\).*no state was written"
+    ):
         mdfast.xflow_step(logits, X, t, embedding, m, inplace=True, backend=backend)
     assert torch.equal(X, X_before) and torch.equal(t, t_before)
     mdfast.xflow_step(logits, X, t, embedding, m, inplace=True, backend=backend, check_finite=False)
@@ -114,7 +153,13 @@ def test_empty_response_is_a_no_op():
 
 
 def _valid():
-    return dict(logits=torch.randn(2, 5, 40), X=torch.randn(2, 5, 6), t=torch.rand(2, 5), embedding=torch.randn(40, 6), mask_embedding=torch.randn(6))
+    return dict(
+        logits=torch.randn(2, 5, 40),
+        X=torch.randn(2, 5, 6),
+        t=torch.rand(2, 5),
+        embedding=torch.randn(40, 6),
+        mask_embedding=torch.randn(6),
+    )
 
 
 @pytest.mark.parametrize(
@@ -138,7 +183,11 @@ def _valid():
         (dict(policy=StepPolicy(a_min=0.01)), ValueError, "policy: trained with k=4, a_min=0.01"),
         (dict(policy=StepPolicy().to("meta")), ValueError, "policy: expected its weights on cpu"),
         (dict(config=dict(a_min=0.1)), TypeError, "config: expected a FlowConfig"),
-        (dict(X=torch.randn(2, 6, 5).transpose(1, 2), inplace=True), ValueError, "inplace=True needs contiguous X and t"),
+        (
+            dict(X=torch.randn(2, 6, 5).transpose(1, 2), inplace=True),
+            ValueError,
+            "inplace=True needs contiguous X and t",
+        ),
     ],
 )
 def test_bad_input_is_named(change, error, message):

@@ -1,8 +1,8 @@
 """SPEC 5, RMSNorm fused with the residual add, in Triton: one program per row of width d.
 
-    x = residual + update                      (rounded to the model dtype, as eager torch adds)
-    RMSNorm(x; w): y = x in float32 times rsqrt(mean(y^2 over d) + eps), cast back to x's dtype,
-    then multiplied by w                       (the product rounded to the dtype again)
+x = residual + update                      (rounded to the model dtype, as eager torch adds)
+RMSNorm(x; w): y = x in float32 times rsqrt(mean(y^2 over d) + eps), cast back to x's dtype,
+then multiplied by w                       (the product rounded to the dtype again)
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ __all__ = ["rms_norm"]
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, update_ptr, sum_ptr, w_ptr, out_ptr, D, eps, HAS_UPDATE: tl.constexpr, BLOCK_D: tl.constexpr):
+def _rms_norm_kernel(
+    x_ptr, update_ptr, sum_ptr, w_ptr, out_ptr, D, eps, HAS_UPDATE: tl.constexpr, BLOCK_D: tl.constexpr
+):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     live = cols < D
@@ -39,7 +41,15 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, update: Tensor | None = None
     out = torch.empty_like(x, dtype=torch.promote_types(x.dtype, weight.dtype))
     summed = torch.empty_like(x) if update is not None else None
     _rms_norm_kernel[(rows,)](
-        x, update if update is not None else x, summed if summed is not None else x, weight, out, D, float(eps),
-        HAS_UPDATE=update is not None, BLOCK_D=triton.next_power_of_2(D), num_warps=min(16, max(1, triton.next_power_of_2(D) // 256)),
-    )  # fmt: skip
+        x,
+        update if update is not None else x,
+        summed if summed is not None else x,
+        weight,
+        out,
+        D,
+        float(eps),
+        HAS_UPDATE=update is not None,
+        BLOCK_D=triton.next_power_of_2(D),
+        num_warps=min(16, max(1, triton.next_power_of_2(D) // 256)),
+    )
     return summed, out

@@ -37,5 +37,7 @@ def _rope_kernel(x_ptr, inv_freq_ptr, L, H, stride_b, stride_l, stride_h, HALF: 
 def rope_(x: Tensor, inv_freq: Tensor) -> Tensor:
     """Rotates x (B, L, H, hd), last dimension dense, in place; returns x."""
     B, L, H, hd = x.shape
-    _rope_kernel[(B * L,)](x, inv_freq, L, H, x.stride(0), x.stride(1), x.stride(2), HALF=hd // 2, BLOCK_H=triton.next_power_of_2(H))
+    _rope_kernel[(B * L,)](
+        x, inv_freq, L, H, x.stride(0), x.stride(1), x.stride(2), HALF=hd // 2, BLOCK_H=triton.next_power_of_2(H)
+    )
     return x

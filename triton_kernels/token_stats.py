@@ -55,7 +55,7 @@ class StatsConfig:
 META_MULTIPROCESSORS = 132
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessors(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -69,9 +69,9 @@ def stats_config(n_rows: int, V: int, device: torch.device) -> StatsConfig:
 
     On the GPU, tiles of 2048 logits over 8 warps: 8 per thread, one 16-byte load of bf16 (two of
     float32), with the next tile in flight; 88 registers for sm_90 (``tests/compile_kernels.py``,
-    Triton 3.9), so 2 programs fit on a multiprocessor. With fewer than 2 rows per multiprocessor, rows are split to give about 4
-    programs per multiprocessor, in chunks of whole tiles. Under the interpreter (CPU tensors) the
-    tiles are small (256) so that short test rows still take several tiles and chunks.
+    Triton 3.9), so 2 programs fit on a multiprocessor. With fewer than 2 rows per multiprocessor,
+    rows are split to give about 4 programs per multiprocessor, in chunks of whole tiles. Under the
+    interpreter (CPU tensors) the tiles are small (256) so that short test rows still take several tiles and chunks.
     """
     block_v = min(256 if device.type == "cpu" else 2048, triton.next_power_of_2(V))
     num_warps = max(1, min(8, block_v // 256))
@@ -186,11 +186,26 @@ def _scan(row_ptr, lo, hi, BLOCK_V: tl.constexpr, K: tl.constexpr, KP: tl.conste
 
 @triton.jit
 def _finish_row(
-    row, m, s, t, top_v, top_i,
-    argmax_ptr, probs_ptr, ids_ptr, lse_ptr, margin_ptr, entropy_topk_ptr, entropy_full_ptr, bad_ptr,
+    row,
+    m,
+    s,
+    t,
+    top_v,
+    top_i,
+    argmax_ptr,
+    probs_ptr,
+    ids_ptr,
+    lse_ptr,
+    margin_ptr,
+    entropy_topk_ptr,
+    entropy_full_ptr,
+    bad_ptr,
     inv_log_k,
-    K: tl.constexpr, KP: tl.constexpr, FULL_ENTROPY: tl.constexpr, FLAG_BAD: tl.constexpr,
-):  # fmt: skip
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    FULL_ENTROPY: tl.constexpr,
+    FLAG_BAD: tl.constexpr,
+):
     """The O(k) scalar math of SPEC 1 from a row's m, S, T and top-k slots, and its stores."""
     slot = tl.arange(0, KP)
     live = slot < K
@@ -235,29 +250,70 @@ def _row_start(logits_ptr, row, N, stride_b, stride_n):
 
 @triton.jit
 def _stats_row_kernel(
-    logits_ptr, N, V, stride_b, stride_n,
-    argmax_ptr, probs_ptr, ids_ptr, lse_ptr, margin_ptr, entropy_topk_ptr, entropy_full_ptr, bad_ptr,
+    logits_ptr,
+    N,
+    V,
+    stride_b,
+    stride_n,
+    argmax_ptr,
+    probs_ptr,
+    ids_ptr,
+    lse_ptr,
+    margin_ptr,
+    entropy_topk_ptr,
+    entropy_full_ptr,
+    bad_ptr,
     inv_log_k,
-    BLOCK_V: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FULL_ENTROPY: tl.constexpr, FLAG_BAD: tl.constexpr,
-):  # fmt: skip
+    BLOCK_V: tl.constexpr,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    FULL_ENTROPY: tl.constexpr,
+    FLAG_BAD: tl.constexpr,
+):
     """Grid (rows,): one program streams one whole row."""
     row = tl.program_id(0).to(tl.int64)
     m, s, t, top_v, top_i = _scan(
         _row_start(logits_ptr, row, N, stride_b, stride_n), 0, V, BLOCK_V, K, KP, FULL_ENTROPY
     )
     _finish_row(
-        row, m, s, t, top_v, top_i,
-        argmax_ptr, probs_ptr, ids_ptr, lse_ptr, margin_ptr, entropy_topk_ptr, entropy_full_ptr, bad_ptr,
-        inv_log_k, K, KP, FULL_ENTROPY, FLAG_BAD,
-    )  # fmt: skip
+        row,
+        m,
+        s,
+        t,
+        top_v,
+        top_i,
+        argmax_ptr,
+        probs_ptr,
+        ids_ptr,
+        lse_ptr,
+        margin_ptr,
+        entropy_topk_ptr,
+        entropy_full_ptr,
+        bad_ptr,
+        inv_log_k,
+        K,
+        KP,
+        FULL_ENTROPY,
+        FLAG_BAD,
+    )
 
 
 @triton.jit
 def _stats_chunk_kernel(
-    logits_ptr, N, V, stride_b, stride_n, chunk,
-    part_ptr, part_v_ptr, part_i_ptr,
-    BLOCK_V: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FULL_ENTROPY: tl.constexpr,
-):  # fmt: skip
+    logits_ptr,
+    N,
+    V,
+    stride_b,
+    stride_n,
+    chunk,
+    part_ptr,
+    part_v_ptr,
+    part_i_ptr,
+    BLOCK_V: tl.constexpr,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    FULL_ENTROPY: tl.constexpr,
+):
     """Grid (rows, chunks): the partial statistics of z[c * chunk : (c + 1) * chunk] of a row.
 
     Writes part[0 | 1 | 2, row, c] = m, S, T and part_v/part_i[row, c, :k] = its top-k slots.
@@ -281,12 +337,26 @@ def _stats_chunk_kernel(
 
 @triton.jit
 def _stats_merge_kernel(
-    part_ptr, part_v_ptr, part_i_ptr, n_chunks,
-    argmax_ptr, probs_ptr, ids_ptr, lse_ptr, margin_ptr, entropy_topk_ptr, entropy_full_ptr, bad_ptr,
+    part_ptr,
+    part_v_ptr,
+    part_i_ptr,
+    n_chunks,
+    argmax_ptr,
+    probs_ptr,
+    ids_ptr,
+    lse_ptr,
+    margin_ptr,
+    entropy_topk_ptr,
+    entropy_full_ptr,
+    bad_ptr,
     inv_log_k,
-    CHUNKS: tl.constexpr, CANDIDATES: tl.constexpr,
-    K: tl.constexpr, KP: tl.constexpr, FULL_ENTROPY: tl.constexpr, FLAG_BAD: tl.constexpr,
-):  # fmt: skip
+    CHUNKS: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    FULL_ENTROPY: tl.constexpr,
+    FLAG_BAD: tl.constexpr,
+):
     """Grid (rows,): merges the n_chunks partials of a row (CHUNKS >= n_chunks, CANDIDATES >=
     n_chunks * k, powers of two) the way ``_scan`` merges its tiles, in a fixed order."""
     row = tl.program_id(0).to(tl.int64)
@@ -313,10 +383,26 @@ def _stats_merge_kernel(
         top_v, top_i, last_v, last_i, cand_v, cand_i, held & (cand_i < _SENTINEL), K, KP
     )
     _finish_row(
-        row, m, s, t, top_v, top_i,
-        argmax_ptr, probs_ptr, ids_ptr, lse_ptr, margin_ptr, entropy_topk_ptr, entropy_full_ptr, bad_ptr,
-        inv_log_k, K, KP, FULL_ENTROPY, FLAG_BAD,
-    )  # fmt: skip
+        row,
+        m,
+        s,
+        t,
+        top_v,
+        top_i,
+        argmax_ptr,
+        probs_ptr,
+        ids_ptr,
+        lse_ptr,
+        margin_ptr,
+        entropy_topk_ptr,
+        entropy_full_ptr,
+        bad_ptr,
+        inv_log_k,
+        K,
+        KP,
+        FULL_ENTROPY,
+        FLAG_BAD,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,22 +447,45 @@ def compute_token_stats(
     strides = (logits.stride(0), logits.stride(1))
     if n_chunks == 1:
         _stats_row_kernel[(rows,)](
-            logits, N, V, *strides, *outputs, 1.0 / math.log(k),
-            BLOCK_V=cfg.block_v, num_warps=cfg.num_warps, **finish,
-        )  # fmt: skip
+            logits,
+            N,
+            V,
+            *strides,
+            *outputs,
+            1.0 / math.log(k),
+            BLOCK_V=cfg.block_v,
+            num_warps=cfg.num_warps,
+            **finish,
+        )
         return results
     part = torch.empty((3, rows, n_chunks), **f32)
     part_v = torch.empty((rows, n_chunks, k), **f32)
     part_i = torch.empty((rows, n_chunks, k), device=device, dtype=torch.int32)
     _stats_chunk_kernel[(rows, n_chunks)](
-        logits, N, V, *strides, chunk_tiles * cfg.block_v, part, part_v, part_i,
-        BLOCK_V=cfg.block_v, num_warps=cfg.num_warps, **common,
-    )  # fmt: skip
+        logits,
+        N,
+        V,
+        *strides,
+        chunk_tiles * cfg.block_v,
+        part,
+        part_v,
+        part_i,
+        BLOCK_V=cfg.block_v,
+        num_warps=cfg.num_warps,
+        **common,
+    )
     _stats_merge_kernel[(rows,)](
-        part, part_v, part_i, n_chunks, *outputs, 1.0 / math.log(k),
-        CHUNKS=triton.next_power_of_2(n_chunks), CANDIDATES=triton.next_power_of_2(n_chunks * k),
-        num_warps=1, **finish,
-    )  # fmt: skip
+        part,
+        part_v,
+        part_i,
+        n_chunks,
+        *outputs,
+        1.0 / math.log(k),
+        CHUNKS=triton.next_power_of_2(n_chunks),
+        CANDIDATES=triton.next_power_of_2(n_chunks * k),
+        num_warps=1,
+        **finish,
+    )
     return results
 
 

@@ -63,10 +63,26 @@ def _sigmoid(x):
 
 @triton.jit
 def _policy_mean_action(
-    probs_ptr, entropy_topk_ptr, margin_ptr, rows, live, t, rho, w_ptr,
-    kappa_min, kappa_span, a_min, a_max, log_range, kummer_terms,
-    BLOCK_R: tl.constexpr, K: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DJ: tl.constexpr,
-):  # fmt: skip
+    probs_ptr,
+    entropy_topk_ptr,
+    margin_ptr,
+    rows,
+    live,
+    t,
+    rho,
+    w_ptr,
+    kappa_min,
+    kappa_span,
+    a_min,
+    a_max,
+    log_range,
+    kummer_terms,
+    BLOCK_R: tl.constexpr,
+    K: tl.constexpr,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    DJ: tl.constexpr,
+):
     """SPEC 2.3-2.5 for a block of rows: the deterministic action a_min * 1F1(alpha; alpha+beta; z).
 
     Weights: packed float32 [W1 (d, k+4) row-major, b1 (d), W2 (d, d), b2 (d), w_mu (d), w_kappa (d),
@@ -127,12 +143,35 @@ def _policy_mean_action(
 
 @triton.jit
 def _action_kernel(
-    probs_ptr, entropy_topk_ptr, margin_ptr, t_ptr, rho_ptr, rho_stride, action_in_ptr, w_ptr,
-    confidence_ptr, action_ptr, reedited_ptr, t_out_ptr, bad_ptr,
-    R, N, kappa_min, kappa_span, a_min, a_max, log_range, reedit_margin, kummer_terms,
-    MODE: tl.constexpr, BLOCK_R: tl.constexpr, K: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+    probs_ptr,
+    entropy_topk_ptr,
+    margin_ptr,
+    t_ptr,
+    rho_ptr,
+    rho_stride,
+    action_in_ptr,
+    w_ptr,
+    confidence_ptr,
+    action_ptr,
+    reedited_ptr,
+    t_out_ptr,
+    bad_ptr,
+    R,
+    N,
+    kappa_min,
+    kappa_span,
+    a_min,
+    a_max,
+    log_range,
+    reedit_margin,
+    kummer_terms,
+    MODE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    K: tl.constexpr,
+    D: tl.constexpr,
+    DP: tl.constexpr,
     DJ: tl.constexpr,
-):  # fmt: skip
+):
     """Grid (cdiv(R, BLOCK_R),): c, the action, the re-edit decision and the new t of a block of rows.
 
     t_out is read back by the commit kernel; it is written only when no row is bad, and t is read
@@ -147,9 +186,26 @@ def _action_kernel(
     elif MODE == _POLICY:
         rho = tl.load(rho_ptr + (rows // N) * rho_stride, mask=live, other=0.0)
         a = _policy_mean_action(
-            probs_ptr, entropy_topk_ptr, margin_ptr, rows, live, t, rho, w_ptr,
-            kappa_min, kappa_span, a_min, a_max, log_range, kummer_terms, BLOCK_R, K, D, DP, DJ,
-        )  # fmt: skip
+            probs_ptr,
+            entropy_topk_ptr,
+            margin_ptr,
+            rows,
+            live,
+            t,
+            rho,
+            w_ptr,
+            kappa_min,
+            kappa_span,
+            a_min,
+            a_max,
+            log_range,
+            kummer_terms,
+            BLOCK_R,
+            K,
+            D,
+            DP,
+            DJ,
+        )
     else:
         # a = a_min^(1 - c) * a_max^c = a_min * exp(c ln(a_max / a_min))
         a = a_min * tl.exp(c * log_range)
@@ -191,10 +247,23 @@ def _commit_kernel(confidence_ptr, t_out_ptr, committed_ptr, bad_ptr, N, commit_
 
 @triton.jit
 def _update_kernel(
-    X_ptr, X_out_ptr, embedding_ptr, embedding_stride, mask_embedding_ptr,
-    tokens_ptr, confidence_ptr, action_ptr, reedited_ptr, committed_ptr, bad_ptr,
-    R, N, E, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
-):  # fmt: skip
+    X_ptr,
+    X_out_ptr,
+    embedding_ptr,
+    embedding_stride,
+    mask_embedding_ptr,
+    tokens_ptr,
+    confidence_ptr,
+    action_ptr,
+    reedited_ptr,
+    committed_ptr,
+    bad_ptr,
+    R,
+    N,
+    E,
+    BLOCK_R: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
     """Grid (cdiv(R, BLOCK_R), cdiv(E, BLOCK_E)), SPEC 2.6-2.7 on a tile of X (X_out may alias X):
     committed: X_i = E[x_pred_i]; re-edit: X_i = c_i E[x_pred_i] + (1 - c_i) m;
     flow update: X_i += (E[x_pred_i] - X_i) a_i. Nothing is read or written when a row is bad."""
@@ -253,7 +322,7 @@ def xflow_step(
     (the caller raises). Returns [tokens (B,N) int64, confidence (B,N) f32, action (B,N) f32,
     reedited (B,N) bool, committed (B,) int64, lse (B,N) f32]. No host synchronisation.
     """
-    B, N, V = logits.shape
+    B, N, _V = logits.shape
     E = X.shape[-1]
     f32 = torch.float32
     _check(X.shape == (B, N, E) and X.dtype == f32 and X.is_contiguous(), "X must be (B, N, E) float32 contiguous")
@@ -300,18 +369,54 @@ def xflow_step(
 
     cfg = xflow_config(E, d)
     _action_kernel[(triton.cdiv(R, cfg.action_rows),)](
-        probs, entropy_topk, margin, t, rho, rho.stride(0),
-        t if action is None else action, t if policy_weights is None else policy_weights,
-        confidence, action_out, reedited, t_out, bad,
-        R, N, kappa_min, kappa_max - kappa_min, a_min, a_max, math.log(a_max / a_min),
-        reedit_margin, kummer_terms,
-        MODE=mode, BLOCK_R=cfg.action_rows, K=k, D=d, DP=triton.next_power_of_2(d),
-        DJ=cfg.policy_chunk, num_warps=4,
-    )  # fmt: skip
+        probs,
+        entropy_topk,
+        margin,
+        t,
+        rho,
+        rho.stride(0),
+        t if action is None else action,
+        t if policy_weights is None else policy_weights,
+        confidence,
+        action_out,
+        reedited,
+        t_out,
+        bad,
+        R,
+        N,
+        kappa_min,
+        kappa_max - kappa_min,
+        a_min,
+        a_max,
+        math.log(a_max / a_min),
+        reedit_margin,
+        kummer_terms,
+        MODE=mode,
+        BLOCK_R=cfg.action_rows,
+        K=k,
+        D=d,
+        DP=triton.next_power_of_2(d),
+        DJ=cfg.policy_chunk,
+        num_warps=4,
+    )
     _commit_kernel[(B,)](confidence, t_out, committed, bad, N, commit_threshold, BLOCK_N=cfg.commit_block, num_warps=4)
     _update_kernel[(triton.cdiv(R, cfg.update_rows), triton.cdiv(E, cfg.update_cols))](
-        X, X_out, embedding, embedding.stride(0), mask_embedding,
-        tokens, confidence, action_out, reedited, committed, bad,
-        R, N, E, BLOCK_R=cfg.update_rows, BLOCK_E=cfg.update_cols, num_warps=4,
-    )  # fmt: skip
+        X,
+        X_out,
+        embedding,
+        embedding.stride(0),
+        mask_embedding,
+        tokens,
+        confidence,
+        action_out,
+        reedited,
+        committed,
+        bad,
+        R,
+        N,
+        E,
+        BLOCK_R=cfg.update_rows,
+        BLOCK_E=cfg.update_cols,
+        num_warps=4,
+    )
     return [tokens, confidence, action_out, reedited, committed, lse]

@@ -13,8 +13,8 @@ Triton backends share one calling convention, stated in ``csrc/ops.h``.
 from __future__ import annotations
 
 import importlib
-import warnings
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor
 from .. import reference
 from . import native
 
-__all__ = ["Backend", "XFlowArgs", "available", "get", "resolve", "NAMES"]
+__all__ = ["NAMES", "Backend", "XFlowArgs", "available", "get", "resolve"]
 
 NAMES = ("torch", "cpu", "cuda", "triton")
 
@@ -57,13 +57,30 @@ class XFlowArgs:
         """The positional arguments of the compiled and Triton ``xflow_step``."""
         policy = self.policy
         weights = policy.packed_weights(self.logits.device) if policy is not None else None
-        hidden, kappa_min, kappa_max = (policy.hidden, policy.kappa_min, policy.kappa_max) if policy is not None else (0, 0.0, 0.0)
+        hidden, kappa_min, kappa_max = (
+            (policy.hidden, policy.kappa_min, policy.kappa_max) if policy is not None else (0, 0.0, 0.0)
+        )
         return (
-            self.logits, self.X, self.t, self.embedding, self.mask_embedding, self.rho,
-            weights, hidden, kappa_min, kappa_max, self.action,
-            self.a_min, self.a_max, self.reedit_margin, self.commit_threshold, self.k, self.kummer_terms,
-            self.X_out, self.t_out,
-        )  # fmt: skip
+            self.logits,
+            self.X,
+            self.t,
+            self.embedding,
+            self.mask_embedding,
+            self.rho,
+            weights,
+            hidden,
+            kappa_min,
+            kappa_max,
+            self.action,
+            self.a_min,
+            self.a_max,
+            self.reedit_margin,
+            self.commit_threshold,
+            self.k,
+            self.kummer_terms,
+            self.X_out,
+            self.t_out,
+        )
 
 
 class Backend:
@@ -100,10 +117,20 @@ class TorchBackend(Backend):
     def xflow_step(self, args):
         with torch.no_grad():  # inference: the policy's weights carry no graph into the state
             out = reference.xflow_step(
-                args.logits, args.X, args.t, args.embedding, args.mask_embedding, args.policy, args.rho,
-                a_min=args.a_min, a_max=args.a_max, reedit_margin=args.reedit_margin,
-                commit_threshold=args.commit_threshold, k=args.k, action=args.action,
-            )  # fmt: skip
+                args.logits,
+                args.X,
+                args.t,
+                args.embedding,
+                args.mask_embedding,
+                args.policy,
+                args.rho,
+                a_min=args.a_min,
+                a_max=args.a_max,
+                reedit_margin=args.reedit_margin,
+                commit_threshold=args.commit_threshold,
+                k=args.k,
+                action=args.action,
+            )
         finite = torch.isfinite(out["lse"]).all()  # the contract: no write when a row is not finite
         args.X_out.copy_(torch.where(finite, out["X"], args.X))  # (decided on the device: no sync)
         args.t_out.copy_(torch.where(finite, out["t"], args.t))
@@ -209,13 +236,23 @@ def resolve(name: str, device: torch.device, logits_dtype: torch.dtype) -> Backe
             reasons.append(f"{candidate}: {reason}")
         if reasons and device.type not in _warned:
             _warned.add(device.type)
-            warnings.warn(f"mdfast: using the eager torch backend on {device.type} ({'; '.join(reasons)})", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"mdfast: using the eager torch backend on {device.type} ({'; '.join(reasons)})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return _BACKENDS["torch"]
     backend = get(name)
-    if backend.device_type is not None and backend.device_type != device.type and not (name == "triton" and _triton_interpreter()):
+    if (
+        backend.device_type is not None
+        and backend.device_type != device.type
+        and not (name == "triton" and _triton_interpreter())
+    ):
         raise ValueError(f"backend={name!r} runs on {backend.device_type} tensors, but the inputs are on {device}")
     if logits_dtype not in backend.logits_dtypes:
-        raise TypeError(f"logits: backend {name!r} reads {', '.join(str(d) for d in backend.logits_dtypes)}, got {logits_dtype}")
+        raise TypeError(
+            f"logits: backend {name!r} reads {', '.join(str(d) for d in backend.logits_dtypes)}, got {logits_dtype}"
+        )
     reason = backend.unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"mdfast backend {name!r} is unavailable: {reason}")

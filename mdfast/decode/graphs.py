@@ -89,10 +89,13 @@ class StepGraphs:
     def _capture(self) -> torch.cuda.CUDAGraph | None:
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.stream(self.stream):  # the current stream comes back whatever capture does
-                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
-                    self.step()
-        except Exception as error:  # noqa: BLE001 - any capture failure means: decode eagerly
+            # the current stream comes back whatever capture does
+            with (
+                torch.cuda.stream(self.stream),
+                torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"),
+            ):
+                self.step()
+        except Exception as error:
             self._give_up(error.__context__ or error)
             return None
         return graph

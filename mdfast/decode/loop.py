@@ -97,15 +97,31 @@ def generate(
     adapter = adapt(model, mask_token_id)
     try:
         return _generate(
-            adapter, input_ids, attention_mask, max_new_tokens, steps, decoder, block_length, policy, temperature,
-            eos_token_id, return_history, progress, generator, backend, cuda_graph, decoder_options,
-        )  # fmt: skip
+            adapter,
+            input_ids,
+            attention_mask,
+            max_new_tokens,
+            steps,
+            decoder,
+            block_length,
+            policy,
+            temperature,
+            eos_token_id,
+            return_history,
+            progress,
+            generator,
+            backend,
+            cuda_graph,
+            decoder_options,
+        )
     finally:
         if not patched:
             release(adapter)
 
 
-def _run(adapter, decoder, prompt_embeds, full_mask, N, block_length, steps_per_block, return_history, progress, graphs):
+def _run(
+    adapter, decoder, prompt_embeds, full_mask, N, block_length, steps_per_block, return_history, progress, graphs
+):
     B, P, E = prompt_embeds.shape
     inputs = torch.empty(B, P + N, E, dtype=prompt_embeds.dtype, device=prompt_embeds.device)
     inputs[:, :P] = prompt_embeds
@@ -143,8 +159,24 @@ def _run(adapter, decoder, prompt_embeds, full_mask, N, block_length, steps_per_
     return nfe, history, clock.seconds()
 
 
-def _generate(adapter: ModelAdapter, input_ids, attention_mask, N, steps, decoder_name, block_length, policy, temperature,
-              eos_token_id, return_history, progress, generator, backend, cuda_graph, options) -> GenerateOutput:  # fmt: skip
+def _generate(
+    adapter: ModelAdapter,
+    input_ids,
+    attention_mask,
+    N,
+    steps,
+    decoder_name,
+    block_length,
+    policy,
+    temperature,
+    eos_token_id,
+    return_history,
+    progress,
+    generator,
+    backend,
+    cuda_graph,
+    options,
+) -> GenerateOutput:
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         raise TypeError(f"input_ids: expected an int64 tensor (B, P), got {_describe(input_ids)}")
     B, P = input_ids.shape
@@ -153,14 +185,16 @@ def _generate(adapter: ModelAdapter, input_ids, attention_mask, N, steps, decode
         raise ValueError(f"input_ids: expected a tensor on {device} (the model's device), got {input_ids.device}")
     if attention_mask is not None:
         if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, P):
-            raise ValueError(f"attention_mask: expected shape ({B}, {P}) like input_ids, got {_describe(attention_mask)}")
+            raise ValueError(
+                f"attention_mask: expected shape ({B}, {P}) like input_ids, got {_describe(attention_mask)}"
+            )
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
     if not (isinstance(N, int) and N >= 1):
         raise ValueError(f"max_new_tokens: expected a positive int, got {N!r}")
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     block_length = N if block_length is None else block_length
-    if not (isinstance(block_length, int) and 1 <= block_length and N % block_length == 0):
+    if not (isinstance(block_length, int) and block_length >= 1 and N % block_length == 0):
         raise ValueError(f"block_length: expected a positive divisor of max_new_tokens={N}, got {block_length!r}")
     n_blocks = N // block_length
     if steps % n_blocks != 0:
@@ -176,7 +210,9 @@ def _generate(adapter: ModelAdapter, input_ids, attention_mask, N, steps, decode
     if policy is not None:
         options["policy"] = policy
     try:
-        decoder = DECODERS[decoder_name](adapter, B, N, backend=backend, generator=generator, temperature=temperature, **options)
+        decoder = DECODERS[decoder_name](
+            adapter, B, N, backend=backend, generator=generator, temperature=temperature, **options
+        )
     except TypeError as error:
         raise TypeError(f"decoder {decoder_name!r}: {error}") from None
 
@@ -189,7 +225,16 @@ def _generate(adapter: ModelAdapter, input_ids, attention_mask, N, steps, decode
     with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():  # streams and graphs on the model's GPU
         graphs = StepGraphs(adapter, cuda_graph and on_gpu and decoder.graphable)
         nfe, history, step_times = _run(
-            adapter, decoder, prompt_embeds, full_mask, N, block_length, steps // n_blocks, return_history, progress, graphs
+            adapter,
+            decoder,
+            prompt_embeds,
+            full_mask,
+            N,
+            block_length,
+            steps // n_blocks,
+            return_history,
+            progress,
+            graphs,
         )
     decoder.check_finite()
     response = decoder.tokens()

@@ -30,7 +30,9 @@ class RunningConfidenceRemasking(MaskedTokens):
         x0, p_x0, _ = self.predict(logits)
         masked = self.masked()
         self.commit(masked, x0)  # fill every masked position
-        running = torch.where(masked, torch.maximum(self.running_max[:, self.block], p_x0), self.running_max[:, self.block])
+        running = torch.where(
+            masked, torch.maximum(self.running_max[:, self.block], p_x0), self.running_max[:, self.block]
+        )
         self.running_max[:, self.block] = running
         remask = ~top_positions(running, self.at_step(self.decoded_after))
         self.ids[:, self.block] = torch.where(remask, self.adapter.mask_token_id, self.ids[:, self.block])

@@ -20,7 +20,9 @@ from .base import MaskedTokens
 class SoftMask(MaskedTokens):
     full_entropy = True
 
-    def __init__(self, adapter, B, N, *, k: int = 3, w_s: float = 0.25, w_a: float = 5.0, w_b: float = -1.0, **kwargs) -> None:
+    def __init__(
+        self, adapter, B, N, *, k: int = 3, w_s: float = 0.25, w_a: float = 5.0, w_b: float = -1.0, **kwargs
+    ) -> None:
         if not (isinstance(k, int) and 2 <= k <= 8):
             raise ValueError(f"k: expected an int in [2, 8] tokens to mix, got {k!r}")
         super().__init__(adapter, B, N, **kwargs)

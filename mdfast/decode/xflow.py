@@ -18,12 +18,26 @@ from .base import Decoder
 
 
 class XFlow(Decoder):
-    def __init__(self, adapter, B, N, *, policy: StepPolicy | None = None, config: FlowConfig | None = None, sample: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        adapter,
+        B,
+        N,
+        *,
+        policy: StepPolicy | None = None,
+        config: FlowConfig | None = None,
+        sample: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(adapter, B, N, **kwargs)
         if self.temperature != 0.0:
-            raise ValueError("temperature: the x-flow decoder has no temperature (its randomness is sample=True with a policy)")
+            raise ValueError(
+                "temperature: the x-flow decoder has no temperature (its randomness is sample=True with a policy)"
+            )
         if config is None:
-            config = FlowConfig(k=policy.k, a_min=policy.a_min, a_max=policy.a_max) if policy is not None else FlowConfig()
+            config = (
+                FlowConfig(k=policy.k, a_min=policy.a_min, a_max=policy.a_max) if policy is not None else FlowConfig()
+            )
         self.policy, self.config, self.sample = policy, config, bool(sample)
         W_e = adapter.embedding
         self.mask_embedding = W_e[adapter.mask_token_id].detach()
@@ -56,10 +70,20 @@ class XFlow(Decoder):
     def update(self, logits):
         rho = self.step_index / max(self.steps - 1, 1)  # l / max(T - 1, 1), on the device
         result = ops.xflow_step(
-            logits, self.X_block, self.t_block, self.adapter.embedding.detach(), self.mask_embedding, self.policy, rho,
-            config=self.config, sample=self.sample, generator=self.generator if self.sample else None,
-            inplace=True, backend=self.backend, check_finite=False,
-        )  # fmt: skip
+            logits,
+            self.X_block,
+            self.t_block,
+            self.adapter.embedding.detach(),
+            self.mask_embedding,
+            self.policy,
+            rho,
+            config=self.config,
+            sample=self.sample,
+            generator=self.generator if self.sample else None,
+            inplace=True,
+            backend=self.backend,
+            check_finite=False,
+        )
         self.flag_nonfinite(result.lse)
         self.ids[:, self.block] = result.tokens
         self.X[:, self.block] = self.X_block

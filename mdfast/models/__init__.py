@@ -147,7 +147,10 @@ def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
     embedding = get_in() if callable(get_in) else None
     output = get_out() if callable(get_out) else None
     if not isinstance(embedding, nn.Embedding):
-        raise ValueError(f"mdfast.patch: {type(model).__name__} has no input embedding table (get_input_embeddings() -> nn.Embedding)")
+        raise ValueError(
+            f"mdfast.patch: {type(model).__name__} has no input embedding table "
+            "(get_input_embeddings() -> nn.Embedding)"
+        )
     if isinstance(output, RowSelectingHead):
         output = output.linear
     if not isinstance(output, nn.Linear):
@@ -163,7 +166,9 @@ def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
     if mask_token_id is None:
         raise ValueError(f"mdfast.patch: {type(model).__name__}'s config has no mask_token_id; pass mask_token_id=")
     if not (0 <= int(mask_token_id) < embedding.num_embeddings):
-        raise ValueError(f"mask_token_id: {mask_token_id} is outside the vocabulary of {embedding.num_embeddings} embeddings")
+        raise ValueError(
+            f"mask_token_id: {mask_token_id} is outside the vocabulary of {embedding.num_embeddings} embeddings"
+        )
     if output.out_features != embedding.num_embeddings:
         raise ValueError(
             f"mdfast.patch: the output projection has {output.out_features} rows but the input embedding table "
@@ -173,10 +178,14 @@ def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
     _replace_module(model, output, head)
     scale = getattr(embedding, "embed_scale", 1.0)
     return ModelAdapter(
-        model=model, family=family, mask_token_id=int(mask_token_id), shifted=family == "dream",
-        embed_scale=float(scale) if not torch.is_tensor(scale) else float(scale.item()), head=head,
+        model=model,
+        family=family,
+        mask_token_id=int(mask_token_id),
+        shifted=family == "dream",
+        embed_scale=float(scale) if not torch.is_tensor(scale) else float(scale.item()),
+        head=head,
         accepts_position_ids=family != "llada" and "position_ids" in parameters,
-    )  # fmt: skip
+    )
 
 
 def _llada_body(model: nn.Module) -> nn.Module:
@@ -188,12 +197,15 @@ def _llada_body(model: nn.Module) -> nn.Module:
     try:
         return from_remote(model)
     except ValueError as error:
-        warnings.warn(f"mdfast: driving {type(model).__name__}'s own forward, not mdfast's native LLaDA body: {error}", stacklevel=4)
+        warnings.warn(
+            f"mdfast: driving {type(model).__name__}'s own forward, not mdfast's native LLaDA body: {error}",
+            stacklevel=4,
+        )
         return model
 
 
 def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    for name, module in model.named_modules():
+    for _name, module in model.named_modules():
         for child_name, child in module.named_children():
             if child is old:
                 setattr(module, child_name, new)

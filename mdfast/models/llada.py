@@ -127,7 +127,9 @@ class LLaDAConfig:
         if self.input_emb_norm:
             raise ValueError("config.json: input_emb_norm is true, but SPEC 5 feeds the embeddings unscaled")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"config.json: d_model {self.d_model} must split into n_heads {self.n_heads} heads of even size (RoPE)")
+            raise ValueError(
+                f"config.json: d_model {self.d_model} must split into n_heads {self.n_heads} heads of even size (RoPE)"
+            )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"config.json: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
 
@@ -141,7 +143,9 @@ class LLaDAConfig:
         """The config from a parsed ``config.json``; ValueError naming a missing key or bad value."""
         for key, allowed in _FIXED_SWITCHES.items():
             if key in values and values[key] not in allowed:
-                raise ValueError(f"config.json: {key} is {values[key]!r}; the LLaDA architecture of SPEC 5 needs {allowed[0]!r}")
+                raise ValueError(
+                    f"config.json: {key} is {values[key]!r}; the LLaDA architecture of SPEC 5 needs {allowed[0]!r}"
+                )
         values = dict(values)
         for key, default in (("n_kv_heads", "n_heads"), ("embedding_size", "vocab_size")):
             if values.get(key) is None and default in values:
@@ -189,8 +193,17 @@ def checkpoint_shapes(config: LLaDAConfig) -> dict[str, tuple[int, ...]]:
     shapes = {"model.transformer.wte.weight": (V, d), "model.transformer.ln_f.weight": (d,)}
     if not config.weight_tying:
         shapes["model.transformer.ff_out.weight"] = (V, d)
-    block = {"attn_norm": (d,), "q_proj": (d, d), "k_proj": (kv, d), "v_proj": (kv, d), "attn_out": (d, d),
-             "ff_norm": (d,), "ff_proj": (F_, d), "up_proj": (F_, d), "ff_out": (d, F_)}  # fmt: skip
+    block = {
+        "attn_norm": (d,),
+        "q_proj": (d, d),
+        "k_proj": (kv, d),
+        "v_proj": (kv, d),
+        "attn_out": (d, d),
+        "ff_norm": (d,),
+        "ff_proj": (F_, d),
+        "up_proj": (F_, d),
+        "ff_out": (d, F_),
+    }
     for i in range(config.n_layers):
         shapes.update({f"model.transformer.blocks.{i}.{name}.weight": shape for name, shape in block.items()})
     return shapes
@@ -222,7 +235,9 @@ class RMSNorm(nn.Module):
     """RMSNorm with a weight of size d and no bias (``mdfast.ops.rms_norm``, SPEC 5: "y = x in
     float32 times rsqrt(mean(y^2 over d) + eps), cast back to x's dtype, then multiplied by w")."""
 
-    def __init__(self, size: int, eps: float, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, size: int, eps: float, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size, device=device, dtype=dtype))
@@ -237,9 +252,14 @@ class LLaDABlock(nn.Module):
     named as the checkpoint keys, and the state-dict hooks below translate the fused ones."""
 
     # fused module -> the checkpoint modules whose weights it stacks, in order
-    FUSED: ClassVar[dict[str, tuple[str, ...]]] = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("ff_proj", "up_proj")}
+    FUSED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+        "gate_up_proj": ("ff_proj", "up_proj"),
+    }
 
-    def __init__(self, config: LLaDAConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, config: LLaDAConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         d, F_, kv = config.d_model, config.mlp_hidden_size, config.n_kv_heads * config.head_dim
         factory = {"device": device, "dtype": dtype, "bias": False}
@@ -280,7 +300,9 @@ class LLaDABlock(nn.Module):
         repeats = self.n_heads // self.n_kv_heads
         if repeats > 1:
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=False, scale=1.0 / math.sqrt(self.head_dim))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, is_causal=False, scale=1.0 / math.sqrt(self.head_dim)
+        )
         return out.transpose(1, 2).reshape(B, L, d)
 
     def forward(self, x: Tensor, bias: Tensor | None) -> Tensor:
@@ -288,7 +310,9 @@ class LLaDABlock(nn.Module):
         h = RMSNorm(x; ff_norm); x = x + ff_out(SiLU(ff_proj h) * up_proj h)", the residual add
         and the second RMSNorm fused (``ops.rms_norm(..., update=)``), SiLU(.) * . as ``ops.swiglu``
         on the two halves of one product h cat(W_ff_proj, W_up_proj)^T."""
-        x, h = ops.rms_norm(x, self.ff_norm.weight, self.ff_norm.eps, update=self.attn_out(self.attention(self.attn_norm(x), bias)))
+        x, h = ops.rms_norm(
+            x, self.ff_norm.weight, self.ff_norm.eps, update=self.attn_out(self.attention(self.attn_norm(x), bias))
+        )
         gate, up = self.gate_up_proj(h).split(self.split_sizes["gate_up_proj"], dim=-1)
         return x + self.ff_out(ops.swiglu(gate, up))
 
@@ -306,8 +330,16 @@ def _split_fused(block: LLaDABlock, state_dict: dict[str, Tensor], prefix: str, 
             state_dict[key] = value
 
 
-def _fuse_parts(block: LLaDABlock, state_dict: dict[str, Tensor], prefix: str, local_metadata: dict, strict: bool,
-                missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:  # fmt: skip
+def _fuse_parts(
+    block: LLaDABlock,
+    state_dict: dict[str, Tensor],
+    prefix: str,
+    local_metadata: dict,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
     """Load-state-dict pre-hook of LLaDABlock: the checkpoint parts of each fused weight (popped
     from the block's state dict) concatenated into it. A fused weight loads from all of its parts
     or keeps its value: absent parts are reported as missing keys and misshapen ones as size
@@ -322,7 +354,8 @@ def _fuse_parts(block: LLaDABlock, state_dict: dict[str, Tensor], prefix: str, l
                 missing_keys.append(key)
             elif tensor.shape != shape:
                 error_msgs.append(
-                    f"size mismatch for {key}: copying a param with shape {tensor.shape} from checkpoint, the shape in current model is {shape}."
+                    f"size mismatch for {key}: copying a param with shape {tensor.shape} from checkpoint, "
+                    f"the shape in current model is {shape}."
                 )
             else:
                 parts.append(tensor)
@@ -348,7 +381,9 @@ class LLaDAModel(nn.Module):
     assigns the checkpoint's tensors.
     """
 
-    def __init__(self, config: LLaDAConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, config: LLaDAConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         d, V = config.d_model, config.embedding_size
@@ -374,7 +409,7 @@ class LLaDAModel(nn.Module):
     def get_output_embeddings(self) -> nn.Module | None:
         """The head ``ff_out`` (nn.Linear, or mdfast's RowSelectingHead while patched); None with
         weight tying, where the logits use wte's weight directly."""
-        return self.transformer["ff_out"] if "ff_out" in self.transformer else None
+        return self.transformer["ff_out"] if "ff_out" in self.transformer else None  # noqa: SIM401 - a ModuleDict has no get
 
     def forward(
         self,
@@ -416,7 +451,9 @@ class LLaDAModel(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def load_llada(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> LLaDAModel:
+def load_llada(
+    path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+) -> LLaDAModel:
     """The LLaDA model in folder ``path`` (``config.json`` plus ``model.safetensors.index.json``
     and its shards, or one ``model.safetensors``), its weights in ``dtype`` on ``device``, in eval
     mode. Nothing is downloaded and no remote code runs. Every checkpoint key must be one of
@@ -432,12 +469,17 @@ def load_llada(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, dev
     device = str(torch.device(device))
     model = LLaDAModel(config, device="meta")
     with ExitStack() as stack:
-        files = {file: stack.enter_context(safe_open(str(file), framework="pt", device=device)) for file in set(located.values())}
+        files = {
+            file: stack.enter_context(safe_open(str(file), framework="pt", device=device))
+            for file in set(located.values())
+        }
         _assign_by_block(model, lambda key: files[located[key]].get_tensor(key).to(dtype))
     return model.eval()
 
 
-def _assign_by_block(model: LLaDAModel, take: Callable[[str], Tensor], loaded: Callable[[str, LLaDABlock], None] | None = None) -> None:
+def _assign_by_block(
+    model: LLaDAModel, take: Callable[[str], Tensor], loaded: Callable[[str, LLaDABlock], None] | None = None
+) -> None:
     """Give the meta-device ``model`` the tensor ``take(key)`` of every checkpoint key
     (``load_state_dict(..., assign=True)``), one block at a time: fusing a block's projections
     copies them, and their parts are dropped before the next block is read, so no more than one
@@ -445,7 +487,9 @@ def _assign_by_block(model: LLaDAModel, take: Callable[[str], Tensor], loaded: C
     keys = checkpoint_shapes(model.config)
     for i, block in enumerate(model.transformer["blocks"]):
         prefix = f"model.transformer.blocks.{i}."
-        block.load_state_dict({key.removeprefix(prefix): take(key) for key in keys if key.startswith(prefix)}, assign=True)
+        block.load_state_dict(
+            {key.removeprefix(prefix): take(key) for key in keys if key.startswith(prefix)}, assign=True
+        )
         if loaded is not None:
             loaded(prefix, block)
     for key in keys:
@@ -481,7 +525,7 @@ def _locate_keys(folder: Path, expected: dict[str, tuple[int, ...]]) -> dict[str
     files, indexed = _checkpoint_files(folder)
     for file in files:
         with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
+            for key in f:
                 if key in located:
                     problems.append(f"key {key} is in both {located[key].name} and {file.name}")
                 located[key], shapes[key] = file, tuple(f.get_slice(key).get_shape())
@@ -489,7 +533,9 @@ def _locate_keys(folder: Path, expected: dict[str, tuple[int, ...]]) -> dict[str
         problems.append(f"{INDEX_FILE} and its shards disagree on keys: {sorted(indexed ^ shapes.keys())}")
     problems += _key_problems(shapes, expected)
     if problems:
-        raise ValueError(f"{folder}: the checkpoint does not match its config.json (SPEC 5 keys):\n  " + "\n  ".join(problems))
+        raise ValueError(
+            f"{folder}: the checkpoint does not match its config.json (SPEC 5 keys):\n  " + "\n  ".join(problems)
+        )
     return located
 
 
@@ -532,7 +578,9 @@ def save_llada(model: LLaDAModel, path: str | os.PathLike, max_shard_bytes: int 
         save_file(shard, str(folder / name), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, name))
     total = sum(t.numel() * t.element_size() for t in state.values())
-    (folder / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (folder / INDEX_FILE).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     (folder / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2))
 
 
@@ -554,7 +602,10 @@ def from_remote(remote: nn.Module) -> LLaDAModel:
     state = remote.state_dict()
     problems = _key_problems({key: tuple(value.shape) for key, value in state.items()}, checkpoint_shapes(config))
     if problems:
-        raise ValueError(f"{type(remote).__name__}: the state dict is not a LLaDA checkpoint's (SPEC 5 keys):\n  " + "\n  ".join(problems))
+        raise ValueError(
+            f"{type(remote).__name__}: the state dict is not a LLaDA checkpoint's (SPEC 5 keys):\n  "
+            + "\n  ".join(problems)
+        )
     native = LLaDAModel(config, device="meta")
 
     def repoint(prefix: str, block: LLaDABlock) -> None:
