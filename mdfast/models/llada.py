@@ -525,7 +525,7 @@ def _locate_keys(folder: Path, expected: dict[str, tuple[int, ...]]) -> dict[str
     files, indexed = _checkpoint_files(folder)
     for file in files:
         with safe_open(str(file), framework="pt") as f:
-            for key in f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
                 if key in located:
                     problems.append(f"key {key} is in both {located[key].name} and {file.name}")
                 located[key], shapes[key] = file, tuple(f.get_slice(key).get_shape())
