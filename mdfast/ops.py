@@ -15,6 +15,7 @@ from torch import Tensor
 
 from . import backends, reference
 from .config import FlowConfig
+from .errors import describe
 from .policy import StepPolicy
 
 __all__ = ["TokenStats", "XFlowStep", "rms_norm", "rope_", "swiglu", "token_stats", "xflow_step"]
@@ -300,15 +301,9 @@ def _body_backend(backend: str, *tensors: Tensor | None) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _describe(x) -> str:
-    if isinstance(x, Tensor):
-        return f"a {x.dtype} tensor of shape {tuple(x.shape)} on {x.device}"
-    return f"{type(x).__name__}"
-
-
 def _check_tensor(name, x, *, dims=None, dtype=None, floating=False, device=None) -> None:
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a tensor, got {_describe(x)}")
+        raise TypeError(f"{name}: expected a tensor, got {describe(x)}")
     if dtype is not None and x.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype}, got {x.dtype}")
     if floating and not x.is_floating_point():

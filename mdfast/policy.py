@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from . import reference
+from .errors import describe
 
 __all__ = ["StepPolicy"]
 
@@ -78,7 +79,7 @@ class StepPolicy(nn.Module):
 
     def _check_state(self, state: Tensor) -> None:
         if not isinstance(state, Tensor) or not state.is_floating_point():
-            raise TypeError(f"state: expected a floating-point tensor (..., {self.state_dim}), got {_describe(state)}")
+            raise TypeError(f"state: expected a floating-point tensor (..., {self.state_dim}), got {describe(state)}")
         if state.dim() == 0 or state.shape[-1] != self.state_dim:
             raise ValueError(f"state: expected shape (..., {self.state_dim}), got {tuple(state.shape)}")
 
@@ -145,9 +146,3 @@ class StepPolicy(nn.Module):
         policy = cls(hidden, **constants)
         policy.load_state_dict(state, strict=True)
         return policy.to(device)
-
-
-def _describe(x) -> str:
-    if isinstance(x, Tensor):
-        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-    return type(x).__name__

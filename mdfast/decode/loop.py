@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..errors import describe
 from ..models import ModelAdapter, adapt, release
 from .base import Decoder
 from .graphs import StepGraphs
@@ -178,7 +179,7 @@ def _generate(
     options,
 ) -> GenerateOutput:
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
-        raise TypeError(f"input_ids: expected an int64 tensor (B, P), got {_describe(input_ids)}")
+        raise TypeError(f"input_ids: expected an int64 tensor (B, P), got {describe(input_ids)}")
     B, P = input_ids.shape
     device = adapter.embedding.device
     if input_ids.device != device:
@@ -186,7 +187,7 @@ def _generate(
     if attention_mask is not None:
         if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, P):
             raise ValueError(
-                f"attention_mask: expected shape ({B}, {P}) like input_ids, got {_describe(attention_mask)}"
+                f"attention_mask: expected shape ({B}, {P}) like input_ids, got {describe(attention_mask)}"
             )
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
     if not (isinstance(N, int) and N >= 1):
@@ -275,9 +276,3 @@ class _StepClock:
             self.marks[-1].synchronize()
             return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
-
-
-def _describe(x) -> str:
-    if isinstance(x, Tensor):
-        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-    return type(x).__name__
