@@ -5,10 +5,10 @@ Triton, CUDA, C++ and pure-PyTorch backends behind one dispatch point (``mdfast.
 """
 
 from .config import FlowConfig
-from .decode import GenerateOutput, generate
-from .models import patch, unpatch
+from .decode import GenerateOutput, generate, infill
 from .models.llada import LLaDAModel, load_llada, save_llada
 from .ops import TokenStats, XFlowStep, token_stats, xflow_step
+from .patching import patch, unpatch
 from .policy import StepPolicy
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "TokenStats",
     "XFlowStep",
     "generate",
+    "infill",
     "load_llada",
     "patch",
     "save_llada",

@@ -18,7 +18,16 @@ from .config import FlowConfig
 from .errors import describe
 from .policy import StepPolicy
 
-__all__ = ["TokenStats", "XFlowStep", "rms_norm", "rope_", "swiglu", "token_stats", "xflow_step"]
+__all__ = [
+    "TokenStats",
+    "XFlowStep",
+    "resolve_backend",
+    "rms_norm",
+    "rope_",
+    "swiglu",
+    "token_stats",
+    "xflow_step",
+]
 
 
 @dataclass
@@ -62,6 +71,13 @@ class XFlowStep:
     committed: Tensor
     lse: Tensor
     log_prob: Tensor | None = None
+
+
+def resolve_backend(backend: str, device: torch.device, logits_dtype: torch.dtype) -> str:
+    """The name of the backend that ``backend`` ("auto" | "triton" | "cuda" | "cpu" | "torch") resolves to
+    for logits of ``logits_dtype`` on ``device``, as ``token_stats`` and ``xflow_step`` would pick it
+    (raising as they do for a backend that cannot run there)."""
+    return backends.resolve(backend, device, logits_dtype).name
 
 
 def token_stats(

@@ -383,6 +383,36 @@ def test_bad_inputs_are_named():
         mdfast.patch(tiny_bert(), mask_token_id=64)
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(mask_token_id=7), ValueError, "mask_token_id: 7 disagrees with the id 4"),
+        (dict(eos_token_id="[SEP]"), TypeError, "eos_token_id: expected a token id"),
+        (dict(eos_token_id=999), ValueError, r"eos_token_id: expected ids in \[0, 64\)"),
+        (dict(eos_token_id=[]), TypeError, "eos_token_id"),
+        (dict(input_ids=torch.tensor([[5, 64, 9]])), ValueError, r"input_ids: expected token ids in \[0, 64\)"),
+        (dict(input_ids=torch.tensor([[5, -1, 9]])), ValueError, "from -1 to 9"),
+        (
+            dict(max_new_tokens=58),
+            ValueError,
+            "7 prompt \\+ 58 new tokens = 65 positions, but BertForMaskedLM takes at most 64",
+        ),
+        (dict(steps=9), ValueError, "steps: expected at most max_new_tokens = 8 steps"),
+    ],
+)
+def test_edges_are_named_before_any_forward(kwargs, error, message):
+    """Issue 10's edges: a mask id that disagrees with the patched one, EOS ids that are no ids of
+    the vocabulary, prompt ids outside it, more positions than the model has, more steps than
+    tokens: named errors, raised before the first forward (no more errors after a whole decode)."""
+    model = mdfast.patch(tiny_bert(), mask_token_id=MASK)
+    forwards = []
+    model.register_forward_hook(lambda *args: forwards.append(1))
+    args = dict(input_ids=torch.randint(5, 64, (1, 7)), max_new_tokens=8, steps=4) | kwargs
+    with pytest.raises(error, match=message):
+        mdfast.generate(model, **args)
+    assert not forwards, "the error comes before any forward"
+
+
 def test_non_finite_logits_are_reported_not_decoded():
     """A NaN in one step's logits raises ValueError after the loop: no tokens come back."""
     model = mdfast.patch(tiny_bert(), mask_token_id=MASK)
@@ -407,11 +437,13 @@ def test_top_positions_reads_its_count_from_a_tensor():
 
 @pytest.mark.parametrize("decoder", ["xflow", *DISCRETE])
 def test_a_step_writes_only_into_existing_tensors(decoder):
-    """What lets a CUDA graph replay a step (decode/graphs.py): ``write_inputs`` and ``step``
-    rebind no attribute of the decoder (they write into the tensors that exist when the block
-    starts) and the step number comes from the device counter, so replaying the same calls walks
-    the schedule: the same tokens as the loop."""
-    from mdfast.decode.loop import DECODERS
+    """What lets a CUDA graph replay a step (decode/graphs.py): a step (``loop._Step``: the
+    decoder's ``begin_step``, ``write_inputs`` and ``step`` around the forward) rebinds no
+    attribute of the step, the decoder or its schedule (they write into the tensors that exist
+    before the first step) and the step number comes from the device counter, so calling the same
+    step object again and again walks the schedule of every block: the same tokens as the loop."""
+    from mdfast.decode.loop import DECODERS, _Step
+    from mdfast.decode.schedule import Schedule
     from mdfast.models import adapt, release
 
     model = tiny_bert(6)
@@ -419,25 +451,23 @@ def test_a_step_writes_only_into_existing_tensors(decoder):
     want = mdfast.generate(model, ids, max_new_tokens=8, steps=4, decoder=decoder, block_length=4, mask_token_id=MASK)
     adapter = adapt(model, MASK)
     try:
-        dec = DECODERS[decoder](adapter, 2, 8, backend="auto", generator=None, temperature=0.0)
-        assert dec.graphable
-        inputs = torch.empty(2, 13, 32)
-        inputs[:, :5] = adapter.embed(ids)
-        for start in (0, 4):
-            dec.start_block(start, start + 4, 2)
-            before = dict(vars(dec))
-            step = 0
-            while True:
-                dec.write_inputs(inputs[:, 5:])
-                with torch.no_grad():
-                    logits = adapter.logits(inputs, None, slice(5 + start, 9 + start))
-                dec.step(logits)
-                rebound = sorted(name for name, value in vars(dec).items() if before.get(name) is not value)
-                assert not rebound, f"{decoder}: a step rebound {rebound}"
-                if dec.block_finished(step):
-                    break
-                step += 1
-            assert int(dec.step_index) == step + 1
+        full = torch.cat([ids, torch.full((2, 8), MASK)], dim=1)
+        schedule = Schedule(full == MASK, 4, 4)
+        dec = DECODERS[decoder](adapter, schedule, backend="auto", generator=None, temperature=0.0)
+        assert dec.capturable
+        step = _Step(adapter, dec, full, None)
+        objects = {"step": step, "decoder": dec, "schedule": schedule}
+        before = {name: dict(vars(o)) for name, o in objects.items()}
+        n = 0
+        while True:
+            step()
+            for name, o in objects.items():
+                rebound = sorted(key for key, value in vars(o).items() if before[name].get(key) is not value)
+                assert not rebound, f"{decoder}: a step rebound {name}.{rebound}"
+            n += 1
+            if dec.finished(n - 1):
+                break
+        assert int(schedule.step_index) == n
         assert torch.equal(dec.tokens(), want.sequences[:, 5:])
     finally:
         release(adapter)

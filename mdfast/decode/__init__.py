@@ -1,5 +1,6 @@
-"""Decoding: the generic step loop (``loop.py``) and one file per decoder family."""
+"""Decoding: the generic step loop (``loop.py``: ``infill`` and ``generate``), the layout and
+schedules (``schedule.py``), CUDA-graph replay (``graphs.py``) and one file per decoder family."""
 
-from .loop import DECODERS, GenerateOutput, generate
+from .loop import DECODERS, GenerateOutput, generate, infill
 
-__all__ = ["DECODERS", "GenerateOutput", "generate"]
+__all__ = ["DECODERS", "GenerateOutput", "generate", "infill"]

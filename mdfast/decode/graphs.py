@@ -1,75 +1,82 @@
-"""Whole-step CUDA graphs: one block's step (inputs, forward, decoder step) captured once, replayed.
+"""Whole-step CUDA graphs: one decoding step (inputs, forward, decoder step) captured once per call, replayed.
 
-Within a block every step runs the same kernels on the same tensors: the inputs buffer, the
-block's rows of the decoder state, and a device-side step counter from which the step reads its
-schedule (rho for x-flow, the number of tokens to commit for the discrete decoders). So the
-first step of a block runs eagerly (the warm-up: it compiles kernels and creates library
-handles), the second is captured, and every later step of the block is a single
-``graph.replay()``: no host work per step beyond the replay. Warm-up and capture run on one
-stream of their own, and a block's graph is kept until the next block's capture has reused its
-memory (all graphs of a call share one pool).
+Every step of a call runs the same kernels on the same tensors: the inputs buffer, the decoder's
+per-slot state, and the device step counter from which a step reads everything that changes from
+step to step (each row's current block and its positions, rho for x-flow, the number of tokens to
+commit; ``schedule.py``). So one graph serves every step of every block of the call, whatever the
+shape (batch, sequence length, block length): the first step runs eagerly (the warm-up: it
+compiles kernels and creates library handles), the second is captured, and every later step is a
+single ``graph.replay()``: no host work per step beyond the replay, and one capture (with its
+device synchronisation and allocator flush) per call. Warm-up and capture run on one stream of
+their own; the graph and its memory pool live as long as the call.
 
 A step that reads a tensor back to the host (some transformers attention-mask helpers do) cannot
 be captured. The warm-up step runs with ``torch.cuda.set_sync_debug_mode("error")``, so such a
-step fails there, before any capture, and runs again eagerly; that model's adapter remembers why
-(``ModelAdapter.capture_failure``) and later calls do not try again, with a single warning. A
-warm-up that fails can only have failed in the forward (the decoder side never synchronises on
-the kernel backends, and ``Decoder.graphable`` excludes the torch backend), so running the step
-again changes nothing twice. A capture that fails anyway falls back the same way.
+step fails there, before any capture, and runs again eagerly; the graph code remembers why for
+that model (``capture_failure(model)``, a weak-keyed map: the memory goes with the model) and later
+calls do not try again, with a single warning. A warm-up that fails can only have failed in the
+forward (the decoder side never synchronises on the kernel backends, and ``Decoder.capturable``
+excludes the torch backend), and everything a step writes before its forward is the same when
+written twice, so running the step again changes nothing twice. A capture that fails anyway falls
+back the same way.
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
-from ..models import ModelAdapter
-
-# A block's step is captured only when it runs at least this many times: one eager warm-up,
+# A call's step is captured only when it may run at least this many times: one eager warm-up,
 # then the captured step replayed at least twice.
 MIN_STEPS = 3
 
+_failures: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
-class StepGraphs:
-    """Runs the steps of each block, replaying a captured CUDA graph when ``enabled``."""
 
-    def __init__(self, adapter: ModelAdapter, enabled: bool) -> None:
-        self.adapter = adapter
-        self.enabled = enabled and adapter.capture_failure is None
-        self.pool = torch.cuda.graph_pool_handle() if self.enabled else None
+def capture_failure(model: nn.Module) -> str | None:
+    """Why a decoding step of ``model`` (the module whose forward mdfast drives: the model itself,
+    or the native body a LLaDA remote-code model is driven through) could not be captured in a
+    CUDA graph, once that happened; None otherwise."""
+    return _failures.get(model)
+
+
+class StepGraph:
+    """Runs the steps of one call, replaying a captured CUDA graph of ``step`` when ``enabled``
+    (and ``model`` never failed a capture, and the call may take ``max_steps >= MIN_STEPS`` steps)."""
+
+    def __init__(self, step: Callable[[], None], model: nn.Module, enabled: bool, max_steps: int) -> None:
+        self.step, self.model = step, model
+        self.enabled = enabled and model not in _failures and max_steps >= MIN_STEPS
         self.stream = torch.cuda.Stream() if self.enabled else None
-        self.captured = 0  # blocks whose step ran from a graph
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.retired: torch.cuda.CUDAGraph | None = None  # the previous block's, until the next capture
+        self.done = 0
 
-    def start_block(self, step: Callable[[], None], steps: int) -> None:
-        """The next block's step function and its (maximum) number of steps."""
-        self.step, self.done = step, 0
-        self.retired, self.graph = self.graph or self.retired, None
-        self.capture = self.enabled and steps >= MIN_STEPS
-
-    def __call__(self) -> None:
-        """Run one step of the current block."""
+    def __call__(self) -> bool:
+        """Run one step; True when it ran as a replay of the graph."""
+        replayed = False
         if self.graph is not None:
             self.graph.replay()
-        elif self.capture and self.done == 0:
+            replayed = True
+        elif self.enabled and self.done == 0:
             self._warm_up()
-        elif self.capture and self.done == 1:
+        elif self.enabled and self.done == 1:
             self.graph = self._capture()
             if self.graph is None:
                 self.step()
             else:
-                self.retired = None
-                self.captured += 1
                 self.graph.replay()
+                replayed = True
         else:
             self.step()
         self.done += 1
+        return replayed
 
     def _warm_up(self) -> None:
-        """The block's first step, on the capture stream, with host synchronisation refused."""
+        """The call's first step, on the capture stream, with host synchronisation refused."""
         self.stream.wait_stream(torch.cuda.current_stream())
         failure = None
         previous = torch.cuda.get_sync_debug_mode()
@@ -92,7 +99,7 @@ class StepGraphs:
             # the current stream comes back whatever capture does
             with (
                 torch.cuda.stream(self.stream),
-                torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"),
+                torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"),
             ):
                 self.step()
         except Exception as error:
@@ -101,11 +108,11 @@ class StepGraphs:
         return graph
 
     def _give_up(self, error: BaseException) -> None:
-        self.enabled = self.capture = False
-        self.adapter.capture_failure = f"{type(error).__name__}: {error}"
+        self.enabled = False
+        _failures[self.model] = f"{type(error).__name__}: {error}"
         warnings.warn(
-            f"mdfast: the decoding step of {type(self.adapter.model).__name__} cannot be captured in a CUDA graph "
-            f"({self.adapter.capture_failure}); decoding eagerly",
+            f"mdfast: the decoding step of {type(self.model).__name__} cannot be captured in a CUDA graph "
+            f"({_failures[self.model]}); decoding eagerly",
             RuntimeWarning,
             stacklevel=4,
         )

@@ -1,17 +1,24 @@
-"""SPEC 3: the confidence-ordered discrete decoders, one statistics pass per step.
+"""SPEC 3: the remasking decoders, one statistics pass per step.
 
 - ``low_confidence`` (LLaDA generate.py): confidence = p(x0).
 - ``maskgit_plus`` (Dream): confidence = p(1) (with temperature > 0, p of the sampled token).
 - ``topk_margin`` (Dream): confidence = p(1) - p(2).
 - ``entropy`` (Dream): confidence = -H_full.
+- ``rcr`` (Running Confidence Remasking, MDPO paper): every masked position filled each step, the
+  lowest running-maximum confidences re-masked.
 - ``threshold`` (Fast-dLLM confidence-threshold parallel decoding): commit every masked token of
   the block whose confidence p(x0) > tau (default 0.9), at least the single most confident one.
 
-The first four commit, per step, the counts[step] most confident masked tokens of the current block
-(LLaDA's linear schedule, ``schedule.transfer_counts``); committed tokens never change.
+The first four commit, per step, the counts[step] most confident masked tokens of each row's current
+block (LLaDA's linear schedule over the block's length, ``schedule.transfer_counts``, one table per
+row: ``schedule.Schedule``); committed tokens never change.
 """
 
 from __future__ import annotations
+
+import math
+
+import torch
 
 from .base import MaskedTokens
 from .schedule import top_positions
@@ -41,20 +48,71 @@ class Entropy(MaskedTokens):
         return -stats.entropy_full
 
 
+class RunningConfidenceRemasking(MaskedTokens):
+    """SPEC 3, RCR: "keep per position the highest confidence it reached; each step fill every
+    masked position, then re-mask the n_t positions whose running maximum confidence is lowest
+    (n_t from the same schedule)".
+
+    Each step fills every masked entry of the row's block with its prediction x0 (raising that
+    position's running maximum with p(x0)), then keeps decoded the block entries with the highest
+    running maximum, as many as LLaDA's linear schedule has decoded after this step
+    (``decoded_after``; ties: the smaller index stays decoded), and re-masks the rest. A decoded
+    token can thus be taken back while a more confident one appears elsewhere. Padding entries keep
+    the running maximum -inf and are never kept.
+    """
+
+    def __init__(self, adapter, schedule, **kwargs) -> None:
+        super().__init__(adapter, schedule, **kwargs)
+        self.running_max = torch.full((self.B, self.W), -math.inf, device=self.device)
+
+    def update(self, logits, block):
+        x0, p_x0, _ = self.predict(logits)
+        masked = self.masked(block)
+        filled = torch.where(masked, x0, self.ids.gather(1, block.slots))  # fill every masked position
+        previous = self.running_max.gather(1, block.slots)
+        running = torch.where(masked, torch.maximum(previous, p_x0), previous)
+        keep = top_positions(running, self.schedule.now(self.schedule.decoded_after).unsqueeze(1)) & block.valid
+        self.running_max.scatter_(1, block.slots, running)
+        self.ids.scatter_(1, block.slots, torch.where(keep, filled, self.adapter.mask_token_id))
+        self.decoded.scatter_(1, block.slots, keep)
+
+
 class Threshold(MaskedTokens):
     """Fast-dLLM: commit every masked token of the block with confidence > tau, at least the most
     confident one, until the block is filled (``steps`` then bounds nothing: a block takes as many
-    forwards as it needs, at most its length). Knowing when a block is full is one host
-    synchronisation per step, between steps."""
+    forwards as it needs, at most its length).
 
-    def __init__(self, adapter, B, N, *, tau: float = 0.9, **kwargs) -> None:
+    Each row moves to its next block on its own, on the device, in the step that fills its current
+    block; a row past its last block idles (its entries are all decoded: nothing is selected).
+    Whether every row is done is one host read per step, between steps (``finished``)."""
+
+    def __init__(self, adapter, schedule, *, tau: float = 0.9, **kwargs) -> None:
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau: expected a confidence threshold in [0, 1], got {tau}")
-        super().__init__(adapter, B, N, **kwargs)
+        super().__init__(adapter, schedule, **kwargs)
         self.tau = float(tau)
+        self.current = torch.zeros(self.B, dtype=torch.long, device=self.device)  # K_b once row b is done
+        self.last_block = (schedule.block_counts - 1).clamp_min(0)
+        self.running = [0 if K else -1 for K in schedule.blocks]  # host: each row's block at the next step
+
+    @property
+    def max_steps(self):
+        return self.schedule.longest  # each step commits at least one token of every row not done
+
+    def block_index(self):
+        return torch.minimum(self.current, self.last_block)
 
     def select(self, score, masked):
         return ((score > self.tau) | top_positions(score, 1)) & masked
 
-    def block_finished(self, step):
-        return not bool(self.masked().any())
+    def after_step(self, block, stats, still_masked):
+        full = ~still_masked.any(-1)
+        self.current.add_((full & (self.current < self.schedule.block_counts)).long())
+
+    def finished(self, step):
+        current = self.current.tolist()
+        self.running[:] = [c if c < K else -1 for c, K in zip(current, self.schedule.blocks)]
+        return all(c < 0 for c in self.running)
+
+    def blocks_at(self, step):
+        return self.running

@@ -1,15 +1,26 @@
-"""SPEC 2 as a decoder: the x-prediction flow over the current block of the response.
+"""SPEC 2 as a decoder: the x-prediction flow over each row's current block of masked positions.
 
-Every token of the block keeps an embedding X_i (float32) and a progress t_i, starting at the mask
-embedding m and 0; each step is one ``mdfast.xflow_step`` (statistics, policy action, flow update
-or re-edit, hard commit) on the block's logits, with rho = l / max(T - 1, 1) for step l of the T
-steps of the block. The block's tokens are the x_pred of its last forward (SPEC 2.8); earlier
-blocks are then fed as the plain embeddings of those tokens, later blocks stay at m.
+SPEC 7: "x-flow's state (X, t) exists for positions in M only": X (B, W, E) float32 and t (B, W),
+one row per slot of ``schedule.Schedule`` (row b's masked positions, left to right), starting at
+the mask embedding m and 0. Each step is one ``mdfast.xflow_step`` (statistics, policy action, flow
+update or re-edit, hard commit) on the (B, n) entries of each row's current block, with rho =
+l / max(T - 1, 1) for step l of the T steps of that row's block (a per-row device table). SPEC 2:
+"Semi-autoregressive blocks: the flow runs inside the current block only; earlier blocks keep their
+final tokens as plain embeddings, later blocks stay at m, t = 0": when a row opens block j > 0, its
+block j - 1 becomes X = E[token], t = 1 (``begin_step``). A position's token is the x_pred of the
+last forward of its block (SPEC 2.8).
+
+Padding entries of a block (``schedule.py``) start at X = m, t = 1 and see the fixed distribution
+p(mask id) = 1: c = 1, no re-edit, t stays 1 (never hard-committed), X stays m, token = mask id.
+
+Sampling (``sample=True``, a policy) appends each step's log pi(y) (B, n) to ``log_probs`` (padding
+entries included), differentiable in the policy's weights.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .. import ops
 from ..config import FlowConfig
@@ -21,15 +32,14 @@ class XFlow(Decoder):
     def __init__(
         self,
         adapter,
-        B,
-        N,
+        schedule,
         *,
         policy: StepPolicy | None = None,
         config: FlowConfig | None = None,
         sample: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(adapter, B, N, **kwargs)
+        super().__init__(adapter, schedule, **kwargs)
         if self.temperature != 0.0:
             raise ValueError(
                 "temperature: the x-flow decoder has no temperature (its randomness is sample=True with a policy)"
@@ -42,41 +52,44 @@ class XFlow(Decoder):
         W_e = adapter.embedding
         self.mask_embedding = W_e[adapter.mask_token_id].detach()
         E = W_e.shape[1]
-        self.X = self.mask_embedding.float().expand(B, N, E).clone()
-        self.t = torch.zeros(B, N, device=self.device)
-        self.ids = torch.full((B, N), adapter.mask_token_id, dtype=torch.long, device=self.device)
+        self.X = self.mask_embedding.float().expand(self.B, self.W, E).clone()
+        self.t = torch.where(schedule.valid, 0.0, 1.0)  # padding slots sit at t = 1
+        self.ids = torch.full((self.B, self.W), adapter.mask_token_id, dtype=torch.long, device=self.device)
         self.log_probs: list[torch.Tensor] = []
 
-    def start_block(self, start, stop, steps):
-        previous = getattr(self, "block", None)
-        if previous is not None:  # the finished block is fed as the plain embeddings of its tokens
-            self.X[:, previous] = self.adapter.embedding.detach()[self.ids[:, previous]].float()
-            self.t[:, previous] = 1.0
-        super().start_block(start, stop, steps)
-        self.X_block = self.X[:, self.block].contiguous()
-        self.t_block = self.t[:, self.block].contiguous()
+    @property
+    def capturable(self):
+        return not self.sample and super().capturable
 
     @property
-    def graphable(self):
-        return not self.sample and super().graphable
-
-    @property
-    def keeps_graph(self):
+    def records_autograd(self):
         return self.sample
+
+    def begin_step(self, block):
+        """A row whose step opens block j > 0 feeds its block j - 1 as the plain embeddings of that
+        block's tokens from now on (X = E[token], t = 1); every other slot keeps its state."""
+        opening = self.schedule.now(self.schedule.opens_block)
+        previous = self.schedule.block((self.block_index() - 1).clamp_min(0))
+        finished = opening.unsqueeze(1) & previous.valid
+        slots = previous.slots.unsqueeze(-1).expand(-1, -1, self.X.shape[-1])
+        final = F.embedding(self.ids.gather(1, previous.slots), self.adapter.embedding.detach()).float()
+        self.X.scatter_(1, slots, torch.where(finished.unsqueeze(-1), final, self.X.gather(1, slots)))
+        self.t.scatter_(1, previous.slots, torch.where(finished, 1.0, self.t.gather(1, previous.slots)))
 
     def write_inputs(self, out):
         out.copy_(self.X * self.adapter.embed_scale)
 
-    def update(self, logits):
-        rho = self.step_index / max(self.steps - 1, 1)  # l / max(T - 1, 1), on the device
+    def update(self, logits, block):
+        slots = block.slots.unsqueeze(-1).expand(-1, -1, self.X.shape[-1])
+        X, t = self.X.gather(1, slots), self.t.gather(1, block.slots)
         result = ops.xflow_step(
             logits,
-            self.X_block,
-            self.t_block,
+            X,
+            t,
             self.adapter.embedding.detach(),
             self.mask_embedding,
             self.policy,
-            rho,
+            self.schedule.now(self.schedule.rho),  # l / max(T - 1, 1) per row, on the device
             config=self.config,
             sample=self.sample,
             generator=self.generator if self.sample else None,
@@ -85,9 +98,9 @@ class XFlow(Decoder):
             check_finite=False,
         )
         self.flag_nonfinite(result.lse)
-        self.ids[:, self.block] = result.tokens
-        self.X[:, self.block] = self.X_block
-        self.t[:, self.block] = self.t_block
+        self.X.scatter_(1, slots, X)
+        self.t.scatter_(1, block.slots, t)
+        self.ids.scatter_(1, block.slots, result.tokens)
         if result.log_prob is not None:
             self.log_probs.append(result.log_prob)
 
@@ -95,4 +108,5 @@ class XFlow(Decoder):
         return self.ids
 
     def record(self):
-        return {"tokens": self.ids.clone(), "X": self.X.clone(), "t": self.t.clone()}
+        n = self.schedule.longest
+        return {"tokens": self.ids[:, :n].clone(), "X": self.X[:, :n].clone(), "t": self.t[:, :n].clone()}

@@ -1,10 +1,12 @@
 """Model families (SPEC 4): how to feed embeddings to a model and read only the logits rows needed.
 
-``adapt(model)`` recognises the family and returns a ``ModelAdapter``; ``patch`` installs one on a
-model (``model.mdfast_generate``), ``unpatch`` removes it. The vocabulary projection is captured by
-swapping the output-embedding ``nn.Linear`` of the module that computes the logits (the adapter's
-``model``) for a ``RowSelectingHead`` that projects only the hidden rows the current step needs
-(never the prompt's), so every family's own forward runs unchanged otherwise.
+``adapt(model)`` recognises the family and returns a ``ModelAdapter``; ``release`` undoes it
+(``mdfast.patch``, in ``mdfast/patching.py`` above this package, keeps one on a model). The
+vocabulary projection is captured by swapping the output-embedding ``nn.Linear`` of the module
+that computes the logits (the adapter's ``model``) for a ``RowSelectingHead`` that projects only
+the hidden rows the current step needs (the current block's positions of each sequence, never the
+prompt's), so every family's own forward runs unchanged otherwise. Nothing here knows the decoding
+loop: ``mdfast.decode`` imports this package, never the other way round.
 
 Families:
 - ``llada`` (``config.model_type == "llada"``): no position ids, always ``use_cache=False``
@@ -12,7 +14,7 @@ Families:
   is. For any other LLaDA model (LLaDA's remote code) the adapter drives a native body instead,
   ``llada.from_remote(model)``: the same weights, not a second copy (the remote model's
   projection parameters become views of the native fused weights, and its own forward still gives
-  the same logits); ``patch`` still installs ``mdfast_generate`` on the remote model itself. The
+  the same logits); ``mdfast.patch`` still installs its methods on the remote model itself. The
   body is built by each ``adapt`` (its fused weights concatenated anew): patch a remote model to
   build it once rather than at every ``mdfast.generate`` call. Where the native body cannot take
   the model (its config or state dict is not SPEC 5's), mdfast drives the remote model's own
@@ -38,7 +40,7 @@ from torch import Tensor, nn
 
 from .llada import LLaDAModel, from_remote
 
-__all__ = ["ModelAdapter", "RowSelectingHead", "adapt", "patch", "release", "unpatch"]
+__all__ = ["ModelAdapter", "RowSelectingHead", "adapt", "release"]
 
 # model_type values of the remote-code families (SPEC 4).
 LLADA_TYPES = ("llada",)
@@ -47,16 +49,18 @@ LLADA2_TYPES = ("llada2_moe", "llada2", "bailing_moe")
 
 
 class RowSelectingHead(nn.Module):
-    """The model's output ``nn.Linear``, projecting only ``rows`` (a slice of positions) when set.
+    """The model's output ``nn.Linear``, projecting only the hidden rows ``rows`` names when set.
 
-    Between mdfast calls ``rows`` is None and the head is the original projection, so the patched
-    model's own forward gives the same logits as before.
+    ``rows`` is None (the original projection, so the patched model's own forward gives the same
+    logits as before) or an int64 tensor (B, n): row ``rows[b, j]`` of sequence b becomes logits row
+    (b, j), a gather on the device (no host synchronisation, so a CUDA graph can replay it with new
+    indices written into the same tensor).
     """
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.linear = linear
-        self.rows: slice | None = None
+        self.rows: Tensor | None = None
 
     @property
     def weight(self) -> Tensor:  # code that reads the head's weight (tying, resizing) still works
@@ -68,7 +72,7 @@ class RowSelectingHead(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         if self.rows is not None:
-            hidden = hidden[:, self.rows]
+            hidden = hidden.gather(1, self.rows.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         return F.linear(hidden, self.linear.weight, self.linear.bias)
 
 
@@ -80,8 +84,10 @@ class ModelAdapter:
     LLaDA remote-code model the native body sharing its weights); family: "llada", "dream" or
     "masked_lm"; mask_token_id: the [MASK] id; shifted: logits row j predicts position j + 1
     (Dream); embed_scale: the factor the input embedding module applies to its table rows; head:
-    the RowSelectingHead installed in ``model``; capture_failure: why a decoding step of this
-    model could not be captured in a CUDA graph (``decode/graphs.py``), once that happened.
+    the RowSelectingHead installed in ``model``; accepts_position_ids: the forward takes
+    ``position_ids`` (absolute positions that skip left padding are passed); max_positions: the
+    longest sequence the model takes (``config.max_position_embeddings``, LLaDA's
+    ``max_sequence_length``), None where the config names none.
     """
 
     model: nn.Module
@@ -91,22 +97,28 @@ class ModelAdapter:
     embed_scale: float
     head: RowSelectingHead
     accepts_position_ids: bool
-    capture_failure: str | None = None
+    max_positions: int | None = None
 
     @property
     def embedding(self) -> Tensor:
         """W_e (V, E): the input embedding table."""
         return self.model.get_input_embeddings().weight
 
+    @property
+    def vocab_size(self) -> int:
+        """V: the rows of the input embedding table (token ids are in [0, V))."""
+        return self.model.get_input_embeddings().num_embeddings
+
     def embed(self, token_ids: Tensor) -> Tensor:
         """The model's input embeddings of ``token_ids`` (the embedding module, scale included)."""
         return self.model.get_input_embeddings()(token_ids)
 
-    def logits(self, inputs_embeds: Tensor, attention_mask: Tensor | None, positions: slice) -> Tensor:
-        """Logits predicting the token at each position of ``positions`` (B, len, V): one forward
-        on ``inputs_embeds`` (B, L, E), the projection applied to those rows only (shifted one
-        row back for Dream)."""
-        rows = slice(positions.start - 1, positions.stop - 1) if self.shifted else positions
+    def logits(self, inputs_embeds: Tensor, attention_mask: Tensor | None, positions: Tensor) -> Tensor:
+        """Logits predicting the token at each position of ``positions`` (B, n) int64: (B, n, V)
+        from one forward on ``inputs_embeds`` (B, L, E), the projection applied to those rows only
+        (for Dream the row before each position; a position 0 there reads row 0, which callers
+        never ask for a real token)."""
+        rows = (positions - 1).clamp_min(0) if self.shifted else positions
         kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
         if self.accepts_position_ids and attention_mask is not None:
             kwargs["position_ids"] = position_ids(attention_mask)
@@ -129,9 +141,16 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
     """Recognise ``model``'s family and capture its output projection (see the module docstring).
-    Raises ValueError, saying why, for a model mdfast cannot drive."""
-    if getattr(model, "mdfast_adapter", None) is not None:
-        return model.mdfast_adapter
+    Raises ValueError, saying why, for a model mdfast cannot drive. A model that already carries an
+    adapter (``mdfast.patch``) keeps it: a ``mask_token_id`` other than its own is a ValueError."""
+    adapter = getattr(model, "mdfast_adapter", None)
+    if adapter is not None:
+        if mask_token_id is not None and int(mask_token_id) != adapter.mask_token_id:
+            raise ValueError(
+                f"mask_token_id: {mask_token_id} disagrees with the id {adapter.mask_token_id} that "
+                f"{type(model).__name__} was patched with; leave it out, or unpatch and patch again"
+            )
+        return adapter
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type in LLADA2_TYPES:
@@ -185,7 +204,15 @@ def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
         embed_scale=float(scale) if not torch.is_tensor(scale) else float(scale.item()),
         head=head,
         accepts_position_ids=family != "llada" and "position_ids" in parameters,
+        max_positions=_max_positions(config, family),
     )
+
+
+def _max_positions(config, family: str) -> int | None:
+    """The longest sequence the model takes, where its config says: LLaDA's ``max_sequence_length``,
+    every other family's ``max_position_embeddings``."""
+    value = getattr(config, "max_sequence_length" if family == "llada" else "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _llada_body(model: nn.Module) -> nn.Module:
@@ -213,35 +240,6 @@ def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
     raise ValueError(f"mdfast.patch: could not find the output projection inside {type(model).__name__}")
 
 
-def patch(model: nn.Module, *, mask_token_id: int | None = None, backend: str = "auto") -> nn.Module:
-    """Install mdfast's decoding loop on ``model`` in place and return it: afterwards
-    ``model.mdfast_generate(input_ids, ...)`` is ``mdfast.generate(model, input_ids, ...)``."""
-    from ..decode import generate
-
-    adapter = adapt(model, mask_token_id)
-    model.mdfast_adapter = adapter
-    model.mdfast_backend = backend
-
-    def mdfast_generate(input_ids, attention_mask=None, **kwargs):
-        kwargs.setdefault("backend", model.mdfast_backend)
-        return generate(model, input_ids, attention_mask, **kwargs)
-
-    model.mdfast_generate = mdfast_generate
-    return model
-
-
 def release(adapter: ModelAdapter) -> None:
     """Put the model's own output projection back in place of the RowSelectingHead."""
     _replace_module(adapter.model, adapter.head, adapter.head.linear)
-
-
-def unpatch(model: nn.Module) -> nn.Module:
-    """Undo ``patch``: the original output projection back, the mdfast attributes gone."""
-    adapter = getattr(model, "mdfast_adapter", None)
-    if adapter is None:
-        return model
-    release(adapter)
-    for name in ("mdfast_adapter", "mdfast_backend", "mdfast_generate"):
-        if name in model.__dict__:
-            delattr(model, name)
-    return model

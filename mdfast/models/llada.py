@@ -99,7 +99,8 @@ class LLaDAConfig:
     (default ``n_heads``) and ``embedding_size`` (default ``vocab_size``); other keys are ignored.
 
     SPEC 5: "include_bias false, ... input_emb_norm false": both must be false here.
-    ``max_sequence_length`` is recorded, not enforced (the remote code does not enforce it either).
+    ``max_sequence_length`` is not enforced by the forward (the remote code does not enforce it
+    either); ``mdfast.generate`` and ``mdfast.infill`` refuse longer sequences up front.
     """
 
     model_type: ClassVar[str] = "llada"
