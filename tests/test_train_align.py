@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
-from train_fixtures import MASK, VOCAB, prompt_ids, tiny_bert
+from train_fixtures import MASK, VOCAB, prompt_ids, tiny_bert, tiny_llada
 
 pytest.importorskip("transformers", reason="mdfast.train.align's trainer is a transformers.Trainer")
 from mdfast.train.align import (
@@ -27,7 +27,7 @@ class ToyLM(nn.Module):
     """logits = (running sum of the input embeddings) @ P^T + c: context-dependent and simple
     enough to write out by hand."""
 
-    def __init__(self, V=7, E=3):
+    def __init__(self, V=10, E=3):
         super().__init__()
         self.embed = nn.Embedding(V, E)
         self.proj = nn.Linear(E, V)
@@ -81,13 +81,15 @@ def test_alignment_loss_equals_the_hand_computation():
     assert float(logs["identity_acc"]) == pytest.approx(sum(hits) / len(hits), rel=1e-7)  # a float32 mean
 
 
-def test_the_alignment_loss_moves_only_the_model():
-    model = ToyLM()
-    frozen = model.embed.weight.detach().clone()
-    batch = {"input_ids": torch.tensor([[3, 1, 4, 1, 5]]), "answer_mask": torch.tensor([[0, 1, 1, 1, 1]])}
-    loss, _ = xpred_alignment_loss(model, batch, frozen_embedding=frozen, mask_token_id=0)
+@pytest.mark.parametrize("make", [ToyLM, tiny_llada], ids=["toy", "native-llada"])
+def test_the_alignment_loss_moves_only_the_model(make):
+    model = make()
+    W = model.get_input_embeddings().weight
+    frozen = W.detach().clone()
+    batch = {"input_ids": torch.tensor([[7, 5, 9, 6, 8]]), "answer_mask": torch.tensor([[0, 1, 1, 1, 1]])}
+    loss, _ = xpred_alignment_loss(model, batch, frozen_embedding=frozen, mask_token_id=model.config.mask_token_id)
     loss.backward()
-    assert model.embed.weight.grad is not None and model.proj.weight.grad is not None
+    assert all(p.grad is not None for p in model.parameters())  # every weight, the input table included
     assert frozen.grad is None and not frozen.requires_grad
 
 

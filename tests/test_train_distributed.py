@@ -1,5 +1,5 @@
 """Data-parallel GRPO (mdfast/train/distributed.py): 2 CPU processes (gloo) train exactly the policy
-1 process trains on the same data and seeds.
+1 process trains on the same data and seeds (a tiny native LLaDA: the workers need no transformers).
 
 What is equal, and why: each prompt's G trajectories are decoded from a generator seeded by
 (seed, the prompt's global index) in a batch of the same composition (groups_per_rollout_batch
@@ -18,14 +18,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from train_fixtures import MASK, even_reward, prompt_ids, tiny_llada
 
 from mdfast import StepPolicy
 from mdfast.train.grpo import PolicyGRPOConfig, PolicyGRPOTrainer
 
-pytest.importorskip("transformers", reason="the tests decode with a tiny transformers BERT")
-from train_fixtures import MASK, even_reward, prompt_ids, tiny_bert
-
-PROMPTS_PER_STEP = 4
+PROMPTS_PER_STEP = 2
 
 
 def _train(output_dir: str, per_device: int) -> tuple[dict, list[dict]]:
@@ -38,7 +36,7 @@ def _train(output_dir: str, per_device: int) -> tuple[dict, list[dict]]:
         per_device_train_batch_size=per_device,
         max_completion_length=5,
         steps=3,
-        max_steps=3,
+        max_steps=2,
         logging_steps=1,
         save_steps=None,
         disable_tqdm=True,
@@ -46,7 +44,7 @@ def _train(output_dir: str, per_device: int) -> tuple[dict, list[dict]]:
         learning_rate=1e-2,
         beta=0.05,
     )
-    trainer = PolicyGRPOTrainer(policy, tiny_bert(), even_reward, data, args, mask_token_id=MASK)
+    trainer = PolicyGRPOTrainer(policy, tiny_llada(), even_reward, data, args, mask_token_id=MASK)
     history = trainer.train()
     return {name: p.detach().clone() for name, p in policy.state_dict().items()}, history
 

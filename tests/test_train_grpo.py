@@ -46,19 +46,7 @@ def trainer(tmp_path, policy_seed=0, eval_fn=None, **overrides):
     )
 
 
-def test_grpo_moves_only_the_policy(tmp_path):
-    run = trainer(tmp_path)
-    model_before = {name: p.clone() for name, p in run.model.state_dict().items()}
-    policy_before = {name: p.clone() for name, p in run.policy.state_dict().items()}
-    run.train()
-    for name, p in run.model.state_dict().items():
-        assert torch.equal(p, model_before[name]), name
-    assert all(not p.requires_grad and p.grad is None for p in run.model.parameters())
-    assert any(not torch.equal(p, policy_before[name]) for name, p in run.policy.state_dict().items())
-    assert getattr(run.model, "mdfast_adapter", None) is None  # patched for the run only
-
-
-def test_logs_carry_trl_and_spec_metrics_and_the_first_epoch_ratio_is_one(tmp_path):
+def test_grpo_moves_only_the_policy_and_logs_trl_and_spec_metrics(tmp_path):
     calls = []
 
     def eval_fn(policy):
@@ -66,7 +54,15 @@ def test_logs_carry_trl_and_spec_metrics_and_the_first_epoch_ratio_is_one(tmp_pa
         return {"score": 0.5}
 
     run = trainer(tmp_path, eval_fn=eval_fn, num_iterations=1, eval_steps=2)
+    model_before = {name: p.clone() for name, p in run.model.state_dict().items()}
+    policy_before = {name: p.clone() for name, p in run.policy.state_dict().items()}
     history = run.train()
+    for name, p in run.model.state_dict().items():
+        assert torch.equal(p, model_before[name]), name
+    assert all(not p.requires_grad and p.grad is None for p in run.model.parameters())
+    assert any(not torch.equal(p, policy_before[name]) for name, p in run.policy.state_dict().items())
+    assert getattr(run.model, "mdfast_adapter", None) is None  # patched for the run only
+
     steps = [h for h in history if "reward" in h]
     assert [h["step"] for h in steps] == [1, 2]
     first = steps[0]
@@ -93,7 +89,8 @@ def test_logs_carry_trl_and_spec_metrics_and_the_first_epoch_ratio_is_one(tmp_pa
         "rollout/nfe",
     ):
         assert name in first, name
-    assert first["policy/ratio_mean"] == 1.0 and first["clip_ratio/region_mean"] == 0.0  # num_iterations = 1
+    # num_iterations = 1: log pi_old is recomputed by the loss's own computation, so r = 1 exactly
+    assert first["policy/ratio_mean"] == 1.0 and first["clip_ratio/region_mean"] == 0.0
     assert first["rollout/nfe"] == 3.0 and first["learning_rate"] == 1e-2
     assert sum(first["policy/log2_action_hist"]) == first["policy/active_tokens"]
     assert [h["step"] for h in history if "eval/score" in h] == [0, 2] and len(calls) == 2
@@ -104,17 +101,17 @@ def test_logs_carry_trl_and_spec_metrics_and_the_first_epoch_ratio_is_one(tmp_pa
 
 
 def test_resuming_from_a_checkpoint_gives_the_uninterrupted_run(tmp_path):
-    whole = trainer(tmp_path / "a", max_steps=3)
+    whole = trainer(tmp_path / "a", max_steps=2)
     whole.train()
-    first = trainer(tmp_path / "b", max_steps=2, save_steps=2)
+    first = trainer(tmp_path / "b", max_steps=1, save_steps=1)
     first.train()
-    assert os.path.isfile(tmp_path / "b" / "run" / "checkpoint-2" / "policy.safetensors")
-    resumed = trainer(tmp_path / "b", policy_seed=1, max_steps=3)  # other initial weights: the checkpoint wins
+    assert os.path.isfile(tmp_path / "b" / "run" / "checkpoint-1" / "policy.safetensors")
+    resumed = trainer(tmp_path / "b", policy_seed=1, max_steps=2)  # other initial weights: the checkpoint wins
     resumed.train(resume_from_checkpoint=True)
-    assert resumed.global_step == 3
+    assert resumed.global_step == 2
     for name, p in whole.policy.state_dict().items():
         assert torch.equal(p, resumed.policy.state_dict()[name]), name
-    loaded = StepPolicy.load(tmp_path / "b" / "run" / "checkpoint-3" / "policy.safetensors")
+    loaded = StepPolicy.load(tmp_path / "b" / "run" / "checkpoint-2" / "policy.safetensors")
     assert all(torch.equal(p, loaded.state_dict()[n]) for n, p in resumed.policy.state_dict().items())
 
 

@@ -28,6 +28,35 @@ def tiny_bert(seed: int = 0, dropout: float = 0.0):
     return transformers.BertForMaskedLM(config).eval()
 
 
+def tiny_llada(seed: int = 0):
+    """mdfast's native LLaDA body (SPEC 5), 2 layers, 32 wide, vocabulary 64: no transformers needed."""
+    from mdfast.models.llada import LLaDAConfig, LLaDAModel
+
+    torch.manual_seed(seed)
+    config = LLaDAConfig(
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        n_kv_heads=2,
+        mlp_hidden_size=64,
+        vocab_size=VOCAB,
+        embedding_size=VOCAB,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        include_bias=False,
+        weight_tying=False,
+        scale_logits=False,
+        input_emb_norm=False,
+        max_sequence_length=64,
+        mask_token_id=MASK,
+        eos_token_id=3,
+    )
+    model = LLaDAModel(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0, 1.0)
+    return model.eval()
+
+
 def prompt_ids(count: int, seed: int = 0, lengths=(3, 4, 5)) -> list[list[int]]:
     """``count`` prompts of token ids >= 5 (never the mask id), of varied lengths."""
     g = torch.Generator().manual_seed(seed)

@@ -211,6 +211,9 @@ class PolicyGRPOTrainer:
         self.train_dataset, self.processing_class = train_dataset, processing_class
         self.reward_names = [getattr(f, "__name__", type(f).__name__) for f in self.reward_funcs]
         self.device = policy.fc1.weight.device
+        model_device = model.get_input_embeddings().weight.device
+        if model_device != self.device:
+            raise ValueError(f"policy: expected its weights on the model's device {model_device}, got {self.device}")
         self.world = distributed.world(self.device)
         self.reward_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
         self.mask_token_id = _first_set(
@@ -684,8 +687,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output-dir", default="policy-grpo")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
     parser.add_argument("--disable-tqdm", action="store_true")
+    defaults = PolicyGRPOConfig()
     for name, kind in CONFIG_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=kind, default=None, help=f"PolicyGRPOConfig.{name} ({getattr(defaults, name)})")
 
 
 def run(args) -> int:
