@@ -1,17 +1,29 @@
 """mdfast: fast decoding for masked diffusion language models.
 
 Fused token statistics over huge logits rows and the x-prediction flow step (SPEC.md), with
-Triton, CUDA, C++ and pure-PyTorch backends behind one dispatch point (``mdfast.ops``).
+Triton, CUDA, C++ and pure-PyTorch backends behind one dispatch point (``mdfast.ops``); the
+decoding loop (``generate``, ``infill``) and ``patch`` to install it on a model.
 """
+
+import contextlib
+from importlib.metadata import PackageNotFoundError, version
 
 from .config import FlowConfig
 from .decode import GenerateOutput, generate
-from .models import patch, unpatch
 from .models.llada import LLaDAModel, load_llada, save_llada
 from .ops import TokenStats, XFlowStep, token_stats, xflow_step
+from .patching import patch, unpatch
 from .policy import StepPolicy
 
-__version__ = "0.1.0"
+# SPEC 7's infilling comes with the decode branch (issue 11): at that merge this guard becomes
+# `from .decode import GenerateOutput, generate, infill` above.
+with contextlib.suppress(ImportError):
+    from .decode import infill
+
+try:  # the one version is pyproject.toml's, read from the installed package's metadata
+    __version__ = version("mdfast")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "FlowConfig",
@@ -20,7 +32,9 @@ __all__ = [
     "StepPolicy",
     "TokenStats",
     "XFlowStep",
+    "__version__",
     "generate",
+    "infill",
     "load_llada",
     "patch",
     "save_llada",

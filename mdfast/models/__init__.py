@@ -1,10 +1,12 @@
 """Model families (SPEC 4): how to feed embeddings to a model and read only the logits rows needed.
 
-``adapt(model)`` recognises the family and returns a ``ModelAdapter``; ``patch`` installs one on a
-model (``model.mdfast_generate``), ``unpatch`` removes it. The vocabulary projection is captured by
-swapping the output-embedding ``nn.Linear`` of the module that computes the logits (the adapter's
-``model``) for a ``RowSelectingHead`` that projects only the hidden rows the current step needs
-(never the prompt's), so every family's own forward runs unchanged otherwise.
+``adapt(model)`` recognises the family and returns a ``ModelAdapter``; ``release`` undoes it
+(``mdfast.patch``, in ``mdfast/patching.py`` above this package, keeps one on a model). The
+vocabulary projection is captured by swapping the output-embedding ``nn.Linear`` of the module
+that computes the logits (the adapter's ``model``) for a ``RowSelectingHead`` that projects only
+the hidden rows the current step needs (the current block's positions of each sequence, never the
+prompt's), so every family's own forward runs unchanged otherwise. Nothing here knows the decoding
+loop: ``mdfast.decode`` imports this package, never the other way round.
 
 Families:
 - ``llada`` (``config.model_type == "llada"``): no position ids, always ``use_cache=False``
@@ -12,7 +14,7 @@ Families:
   is. For any other LLaDA model (LLaDA's remote code) the adapter drives a native body instead,
   ``llada.from_remote(model)``: the same weights, not a second copy (the remote model's
   projection parameters become views of the native fused weights, and its own forward still gives
-  the same logits); ``patch`` still installs ``mdfast_generate`` on the remote model itself. The
+  the same logits); ``mdfast.patch`` still installs its methods on the remote model itself. The
   body is built by each ``adapt`` (its fused weights concatenated anew): patch a remote model to
   build it once rather than at every ``mdfast.generate`` call. Where the native body cannot take
   the model (its config or state dict is not SPEC 5's), mdfast drives the remote model's own
@@ -38,7 +40,7 @@ from torch import Tensor, nn
 
 from .llada import LLaDAModel, from_remote
 
-__all__ = ["ModelAdapter", "RowSelectingHead", "adapt", "patch", "release", "unpatch"]
+__all__ = ["ModelAdapter", "RowSelectingHead", "adapt", "release"]
 
 # model_type values of the remote-code families (SPEC 4).
 LLADA_TYPES = ("llada",)
@@ -213,35 +215,6 @@ def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
     raise ValueError(f"mdfast.patch: could not find the output projection inside {type(model).__name__}")
 
 
-def patch(model: nn.Module, *, mask_token_id: int | None = None, backend: str = "auto") -> nn.Module:
-    """Install mdfast's decoding loop on ``model`` in place and return it: afterwards
-    ``model.mdfast_generate(input_ids, ...)`` is ``mdfast.generate(model, input_ids, ...)``."""
-    from ..decode import generate
-
-    adapter = adapt(model, mask_token_id)
-    model.mdfast_adapter = adapter
-    model.mdfast_backend = backend
-
-    def mdfast_generate(input_ids, attention_mask=None, **kwargs):
-        kwargs.setdefault("backend", model.mdfast_backend)
-        return generate(model, input_ids, attention_mask, **kwargs)
-
-    model.mdfast_generate = mdfast_generate
-    return model
-
-
 def release(adapter: ModelAdapter) -> None:
     """Put the model's own output projection back in place of the RowSelectingHead."""
     _replace_module(adapter.model, adapter.head, adapter.head.linear)
-
-
-def unpatch(model: nn.Module) -> nn.Module:
-    """Undo ``patch``: the original output projection back, the mdfast attributes gone."""
-    adapter = getattr(model, "mdfast_adapter", None)
-    if adapter is None:
-        return model
-    release(adapter)
-    for name in ("mdfast_adapter", "mdfast_backend", "mdfast_generate"):
-        if name in model.__dict__:
-            delattr(model, name)
-    return model
