@@ -1,8 +1,11 @@
 """mdfast: fast decoding for masked diffusion language models.
 
 Fused token statistics over huge logits rows and the x-prediction flow step (SPEC.md), with
-Triton, CUDA, C++ and pure-PyTorch backends behind one dispatch point (``mdfast.ops``).
+Triton, CUDA, C++ and pure-PyTorch backends behind one dispatch point (``mdfast.ops``); the
+decoding loop (``generate``, ``infill``) and ``patch`` to install it on a model.
 """
+
+from importlib.metadata import PackageNotFoundError, version
 
 from .config import FlowConfig
 from .decode import GenerateOutput, generate, infill
@@ -11,7 +14,11 @@ from .ops import TokenStats, XFlowStep, token_stats, xflow_step
 from .patching import patch, unpatch
 from .policy import StepPolicy
 
-__version__ = "0.1.0"
+
+try:  # the one version is pyproject.toml's, read from the installed package's metadata
+    __version__ = version("mdfast")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "FlowConfig",
@@ -20,6 +27,7 @@ __all__ = [
     "StepPolicy",
     "TokenStats",
     "XFlowStep",
+    "__version__",
     "generate",
     "infill",
     "load_llada",

@@ -13,6 +13,7 @@ install-time and the just-in-time builds compile the same sources with the same 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import threading
 from dataclasses import dataclass
@@ -92,10 +93,8 @@ def _import_or_build(spec: ExtensionSpec, verbose: bool):
     if spec.cuda_cflags and cpp_extension.CUDA_HOME is None:
         raise RuntimeError("no CUDA toolkit found (set CUDA_HOME to a toolkit with nvcc)")
     root = csrc_dir()
-    build_dir = os.environ.get("MDFAST_BUILD_DIR")
-    if build_dir:
-        build_dir = os.path.join(build_dir, spec.name)
-        os.makedirs(build_dir, exist_ok=True)
+    build_dir = build_directory(spec)
+    os.makedirs(build_dir, exist_ok=True)
     return cpp_extension.load(
         name=spec.name,
         sources=[str(root / s) for s in spec.sources],
@@ -106,3 +105,30 @@ def _import_or_build(spec: ExtensionSpec, verbose: bool):
         build_directory=build_dir,
         verbose=verbose,
     )
+
+
+def build_directory(spec: ExtensionSpec) -> str:
+    """The folder that caches the just-in-time build of ``spec``: ``$MDFAST_BUILD_DIR/<name>``, else
+    torch's extension cache (``~/.cache/torch_extensions/<python>_<device>/<name>``)."""
+    root = os.environ.get("MDFAST_BUILD_DIR")
+    if root:
+        return os.path.join(root, spec.name)
+    from torch.utils import cpp_extension
+
+    return cpp_extension._get_build_directory(spec.name, verbose=False)
+
+
+def build_state(spec: ExtensionSpec) -> tuple[bool, str]:
+    """Read-only (compiles nothing): whether ``load(spec)`` gets the extension without compiling it
+    (loaded already, installed prebuilt, or built in the cache and newer than every file under
+    ``csrc/``), and where from (the module name or the cache folder); ``mdfast info`` reports it."""
+    if spec.name in _loaded:
+        return True, "loaded"
+    if importlib.util.find_spec(spec.prebuilt) is not None:
+        return True, spec.prebuilt
+    folder = Path(build_directory(spec))
+    built = folder / f"{spec.name}.so"
+    if not built.exists():
+        return False, str(folder)
+    sources = [f for f in csrc_dir().rglob("*") if f.suffix in (".h", ".cpp", ".cu", ".cuh")]
+    return all(f.stat().st_mtime <= built.stat().st_mtime for f in sources), str(folder)
