@@ -14,7 +14,6 @@ from .ops import TokenStats, XFlowStep, token_stats, xflow_step
 from .patching import patch, unpatch
 from .policy import StepPolicy
 
-
 try:  # the one version is pyproject.toml's, read from the installed package's metadata
     __version__ = version("mdfast")
 except PackageNotFoundError:  # a source tree on sys.path that was never installed

@@ -71,10 +71,37 @@ class Command:
         return getattr(loaded, attribute) if attribute else loaded
 
 
+class CommandGroup:
+    """A command made of sub-commands (``mdfast train align``): ``modules`` maps each name to a module
+    with ``add_arguments(parser)`` and ``run(args)``, imported when the group's parser is built (only
+    when the group's command runs)."""
+
+    def __init__(self, modules: dict[str, tuple[str, str]]) -> None:
+        self.modules = modules  # name -> (module, one-line help)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        chosen = parser.add_subparsers(dest="subcommand", metavar="{" + ",".join(self.modules) + "}", required=True)
+        for name, (module, help) in self.modules.items():
+            sub = chosen.add_parser(name, help=help, description=help)
+            add_debug(sub)
+            importlib.import_module(module).add_arguments(sub)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return importlib.import_module(self.modules[args.subcommand][0]).run(args)
+
+
+TRAIN = CommandGroup(
+    {
+        "align": ("mdfast.train.align", "x-pred alignment of a model on its own answers (SPEC 6.1)"),
+        "grpo": ("mdfast.train.grpo", "GRPO for the x-flow step policy, the model frozen (SPEC 6.2)"),
+    }
+)
+
 COMMANDS: dict[str, Command] = {
     "bench": Command("mdfast.benchmark", "time token_stats and xflow_step per backend against the eager reference"),
     "generate": Command("mdfast.cli:Generate", "decode a prompt with a model whose weights are on disk"),
     "info": Command("mdfast.cli:Info", "which backends run here and why not where they do not (builds nothing)"),
+    "train": Command("mdfast.cli:TRAIN", "train what x-flow needs: align, grpo", extra="train"),
 }
 
 

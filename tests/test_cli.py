@@ -141,6 +141,15 @@ def test_every_command_help_runs_nothing(name, capsys, monkeypatch):
     assert out.startswith(f"usage: mdfast {name}")
 
 
+@pytest.mark.parametrize("group", ["train"])
+def test_every_sub_command_help_runs_nothing(group, capsys, monkeypatch):
+    commands = cli.COMMANDS[group].load()
+    monkeypatch.setattr(type(commands), "run", lambda self, args: pytest.fail(f"`mdfast {group} --help` ran"))
+    for name in commands.modules:
+        status, out, err = run(capsys, group, name, "--help")
+        assert status == 0 and err == "" and out.startswith(f"usage: mdfast {group} {name}")
+
+
 def test_bench_help_is_clean(capsys):
     if importlib.util.find_spec("mdfast.benchmark") is None:
         pytest.skip("mdfast.benchmark (main(argv), the gpucheck branch) is not in this branch yet")
