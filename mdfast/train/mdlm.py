@@ -2,8 +2,18 @@
 Python standard library (``code_data``) with LLaDA's masked-diffusion objective mixed with span masking
 (``mdlm_loss``), saved as a LLaDA checkpoint ``mdfast.load_llada`` reads.
 
-    python -m mdfast.train.mdlm --out DIR --minutes 120 --threads 2       # CPU (the defaults: 6.9 M parameters)
-    mdfast train mdlm --out DIR --minutes 7 --device cuda ...              # GPU (see the README of the run)
+The two runs (``mdfast train mdlm`` and ``python -m mdfast.train.mdlm`` take the same options):
+
+    # 2-core CPU, 2 hours: the defaults (6.9 M parameters, 13.8 MB in bfloat16). --threads 2 on an otherwise
+    # idle machine; --threads 1 on a shared one (two threads that wait for each other ran 4x slower than one).
+    python -m mdfast.train.mdlm --out code_model --minutes 120 --threads 2
+    # one GPU, under 8 minutes: 11.8 M parameters, 23.6 MB in bfloat16
+    mdfast train mdlm --out code_model --device cuda --minutes 7.5 --d-model 320 --n-layers 8 --n-heads 5 \
+        --mlp-hidden 768 --batch-size 256 --warmup-steps 200
+
+Shipping a run (at most 25 MB of weights): copy ``config.json``, ``model-*.safetensors``,
+``model.safetensors.index.json``, ``tokenizer.json``, ``tokenizer_config.json`` and ``training.json`` (command,
+data split, evaluation) from the output folder into ``SHIPPED_MODEL_DIR`` (``mdfast/data/code_model``).
 
 The output folder ``DIR`` holds, at every checkpoint: the model (``config.json``, safetensors shards and index,
 in ``--save-dtype``), ``tokenizer.json`` with its ``tokenizer_config.json``, ``training.json`` (command, options,
@@ -22,7 +32,7 @@ A resumed run therefore computes what the uninterrupted run would have, bit for 
 settings (the log's lines after the checkpoint's step are dropped).
 
 Device and dtype: the weights and AdamW stay float32 on ``--device``; forward and backward run under
-``torch.autocast`` in ``--dtype`` (bfloat16 by default, on the CPU too: 1.3x faster than float32 on this 2-core
+``torch.autocast`` in ``--dtype`` (bfloat16 by default, on the CPU too: 1.6x faster than float32 on this 2-core
 AVX512-BF16 machine), with the residual stream in that dtype (the embeddings are cast before the first block, as
 in a bfloat16 LLaDA). ``--compile`` compiles each block (``nn.Module.compile``; the default on CUDA only: no gain
 measured on this CPU; the evaluation always runs eagerly).
@@ -36,6 +46,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -370,7 +381,8 @@ def train(
     """Train (or with ``resume`` continue) the code model in folder ``out`` (module docstring) on
     ``streams`` = (training, held-out) token streams; returns what ``training.json`` records. ``options`` is
     ignored on resume (the state file's are used). Stops at total_steps, at ``stop_at`` steps, or when
-    ``minutes`` have passed, with a checkpoint and a held-out evaluation."""
+    ``minutes`` have passed, with a checkpoint and a held-out evaluation. ``command`` is recorded (the first
+    run's; a resumed run's in ``resumed_with``)."""
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -419,7 +431,8 @@ def train(
     tokens_per_step = options.batch_size * options.seq_len
     deadline = None if minutes is None else started + 60.0 * minutes
     run_record: dict[str, Any] = {
-        "command": command,
+        "command": state["command"] if state is not None else command,
+        "resumed_with": [*state["resumed_with"], command] if state is not None else [],
         "options": asdict(options),
         "model_config": config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -452,6 +465,8 @@ def train(
             "total_steps": total_steps,
             "elapsed_s": elapsed,
             "eval_seconds": eval_seconds,
+            "command": run_record["command"],
+            "resumed_with": run_record["resumed_with"],
         }
         _atomic_save(state, state_path)
         _save_model(model, tokenizer, out, getattr(torch, save_dtype))
@@ -503,7 +518,7 @@ def train(
             plan_mark = time.perf_counter()
         if total_steps is None and step == plan_start + PLAN_AFTER:
             per_step = (time.perf_counter() - plan_mark) / PLAN_AFTER
-            remaining = deadline - time.perf_counter() - (options.evals + 1) * (eval_seconds or 0.0)
+            remaining = deadline - time.perf_counter() - options.evals * (eval_seconds or 0.0)
             remaining -= SAVE_SECONDS * (2 + remaining / (60.0 * save_minutes))
             total_steps = max(step, step + int(remaining / per_step))
             log.write({"step": step, "plan": {"seconds_per_step": per_step, "total_steps": total_steps}})
@@ -545,6 +560,9 @@ def train(
 # ---------------------------------------------------------------------------------------------
 
 
+_PROGRAMS = {"mdlm.py": "python -m mdfast.train.mdlm", "mdfast": "mdfast"}  # how sys.argv[0] was invoked
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mdfast train mdlm`` (``run`` takes the parsed arguments)."""
     defaults = TrainOptions()
@@ -576,6 +594,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train the code model with the parsed ``args`` (``add_arguments``); prints the training record."""
+    started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -588,7 +607,7 @@ def run(args: argparse.Namespace) -> int:
         options,
         streams=streams,
         tokenizer=tokenizer,
-        minutes=args.minutes,
+        minutes=None if args.minutes is None else args.minutes - (time.perf_counter() - started) / 60.0,
         device=args.device,
         resume=args.resume,
         stop_at=args.stop_at,
@@ -597,7 +616,7 @@ def run(args: argparse.Namespace) -> int:
         save_dtype=args.save_dtype,
         log_every=args.log_every,
         progress=not args.quiet,
-        command=" ".join(sys.argv),
+        command=f"{_PROGRAMS.get(Path(sys.argv[0]).name, sys.argv[0])} {shlex.join(sys.argv[1:])}",
     )
     print(json.dumps({key: record.get(key) for key in ("step", "tokens_seen", "elapsed_s", "heldout_eval")}, indent=2))
     return 0
