@@ -94,6 +94,7 @@ TRAIN = CommandGroup(
     {
         "align": ("mdfast.train.align", "x-pred alignment of a model on its own answers (SPEC 6.1)"),
         "grpo": ("mdfast.train.grpo", "GRPO for the x-flow step policy, the model frozen (SPEC 6.2)"),
+        "mdlm": ("mdfast.train.mdlm", "a small LLaDA code model on the Python standard library (SPEC 7)"),
     }
 )
 
@@ -101,7 +102,7 @@ COMMANDS: dict[str, Command] = {
     "bench": Command("mdfast.benchmark", "time token_stats and xflow_step per backend against the eager reference"),
     "generate": Command("mdfast.cli:Generate", "decode a prompt with a model whose weights are on disk"),
     "info": Command("mdfast.cli:Info", "which backends run here and why not where they do not (builds nothing)"),
-    "train": Command("mdfast.cli:TRAIN", "train what x-flow needs: align, grpo", extra="train"),
+    "train": Command("mdfast.cli:TRAIN", "train what x-flow needs: align, grpo, mdlm", extra="train"),
 }
 
 
