@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "bench":
-        from mdfast.bench.bench_step import main as bench
+        from mdfast.benchmark import main as bench
 
         return bench(rest)
     if command == "generate":

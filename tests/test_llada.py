@@ -25,10 +25,10 @@ import math
 import pytest
 import torch
 from checks import assert_close, assert_equal
+from llada_eager import EagerLLaDA, EagerLLaDAConfig
 from safetensors.torch import save_file
 
 import mdfast
-from mdfast.bench.llada_eager import EagerLLaDA, EagerLLaDAConfig
 from mdfast.models import RowSelectingHead
 from mdfast.models.llada import LLaDAConfig, LLaDAModel, load_llada, padding_bias, save_llada
 
