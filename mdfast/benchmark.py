@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -404,6 +405,17 @@ class CompileWatch(logging.Handler):
         return any("hit config." in message for message in self.messages)
 
 
+def _break_reason(reason) -> str:
+    """One line for a dynamo graph-break reason: its message and the user code where it happened."""
+    text = str(getattr(reason, "reason", reason)).strip().splitlines()
+    where = ""
+    stack = getattr(reason, "user_stack", None) or []
+    if stack:
+        frame = stack[-1]
+        where = f" at {Path(frame.filename).name}:{frame.lineno} ({frame.line or frame.name})"
+    return f"{text[0][:100] if text else '?'}{where}"
+
+
 def compiled_baseline(fn: Callable, args: tuple, *, backend: str = "inductor") -> tuple[Callable[[], object], str]:
     """``torch.compile(fn)`` ready to call on ``args`` (compiled by a first call under no_grad) and
     what it is: how many graphs, where the first graph break is (``torch._dynamo.explain``), and
@@ -417,7 +429,7 @@ def compiled_baseline(fn: Callable, args: tuple, *, backend: str = "inductor") -
         explained = dynamo.explain(fn)(*args)
         notes.append(f"{explained.graph_count} graph(s), {explained.graph_break_count} graph break(s)")
         if explained.break_reasons:
-            notes.append(f"first break: {str(explained.break_reasons[0].reason).splitlines()[0][:120]}")
+            notes.append(f"first break: {_break_reason(explained.break_reasons[0])}")
     except Exception as error:  # explain is a private API: say so rather than fail the benchmark
         notes.append(f"graph breaks unknown ({_first_line(error)})")
     dynamo.reset()

@@ -58,7 +58,7 @@ def test_token_stats_production_shapes(backend, dtype, N, V, B):
     require_backend(backend)
     element = torch.finfo(dtype).bits // 8
     require_device_memory(B * N * V * (element + 4) + 2**32)  # logits, their float32 draw, the reference
-    logits = (torch.randn(B, N, V, device="cuda") * 3).to(dtype)
+    logits = torch.randn(B, N, V, device="cuda").mul_(3).to(dtype)
     stats = mdfast.token_stats(logits, 4, True, backend=backend)
     check_against_reference(stats, logits, 4, True, on_device=True)
 
