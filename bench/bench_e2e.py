@@ -51,7 +51,6 @@ import torch
 import mdfast
 from mdfast import reference
 from mdfast.benchmark import Timer
-from mdfast.decode.schedule import transfer_counts
 from mdfast.models.llada import LLaDAConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,10 +161,12 @@ def llada_pair(p: dict, device, dtype, seed: int = 0) -> tuple[mdfast.LLaDAModel
 
 
 def eager_low_confidence(model, ids, N, steps):
-    """LLaDA generate.py, temperature 0, one block: full logits, float64 softmax, topk selection."""
+    """LLaDA generate.py, temperature 0, one block: full logits, float64 softmax, topk selection;
+    SPEC 3's linear schedule: N // steps tokens a step, one more in the first N % steps steps."""
     x = torch.cat([ids, torch.full((ids.shape[0], N), MASK, device=ids.device)], 1)
     P = ids.shape[1]
-    counts = transfer_counts(N, steps)
+    base, extra = divmod(N, steps)
+    counts = [base + (1 if s < extra else 0) for s in range(steps)]
     with torch.no_grad():
         for s in range(steps):
             logits = model(input_ids=x).logits
