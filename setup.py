@@ -1,8 +1,9 @@
 """Install mdfast.
 
-``triton_kernels/``, ``bench/`` and ``csrc/`` live at the top of the repository (one folder per
-concern) but are installed inside the package as ``mdfast.triton_kernels``, ``mdfast.bench`` and
-``mdfast.csrc``: the top-level name ``triton_kernels`` belongs to other projects.
+``triton_kernels/`` and ``csrc/`` live at the top of the repository (one folder per concern) but
+are installed inside the package as ``mdfast.triton_kernels`` and ``mdfast.csrc``: the top-level
+name ``triton_kernels`` belongs to other projects. ``bench/`` (scripts) and ``tests/`` are not
+installed.
 
 The native extensions are compiled with ninja on first use and cached. ``MDFAST_BUILD_EXT=1``
 compiles the CPU extension at install time instead (needs torch in the build environment, so
@@ -16,11 +17,10 @@ from setuptools import setup
 
 package_dir = {
     "mdfast.triton_kernels": "triton_kernels",
-    "mdfast.bench": "bench",
     "mdfast.csrc": "csrc",
 }
 packages = ["mdfast", "mdfast.backends", "mdfast.decode", "mdfast.models", *package_dir]
-package_data = {"mdfast.csrc": ["*.h", "*.cpp", "*/*.h", "*/*.cpp", "*/*.cu", "*/*.cuh"], "mdfast.bench": ["*.md"]}
+package_data = {"mdfast.csrc": ["*.h", "*.cpp", "*/*.h", "*/*.cpp", "*/*.cu", "*/*.cuh"]}
 
 ext_modules, cmdclass = [], {}
 if os.environ.get("MDFAST_BUILD_EXT", "0") == "1":

@@ -9,6 +9,7 @@ of the terms a quantity is the difference of (see ``assert_close``); ids and fla
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 
 import pytest
@@ -25,6 +26,9 @@ RTOL = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 1e-3, torch.fl
 
 # Elements of logits the Triton interpreter gets through in a few seconds.
 INTERPRETER_MAX_ELEMENTS = 60_000
+
+# Logits elements per float64 reference evaluation on a GPU (512 MB of float64 at a time).
+CHUNK_ELEMENTS = 2**26
 
 
 def interpreted(name: str) -> bool:
@@ -104,9 +108,43 @@ def random_logits(shape, dtype=torch.float32, *, device="cpu", scale=3.0, genera
     return (torch.randn(shape, generator=generator, dtype=torch.float32) * scale).to(dtype).to(device)
 
 
-def check_against_reference(stats: mdfast.TokenStats, logits: torch.Tensor, k: int, full_entropy: bool) -> None:
-    """Every field of ``stats`` against the reference on the same values in float64."""
-    want = reference.token_stats(logits.double().cpu(), k, full_entropy)
+def reference_token_stats(
+    logits: torch.Tensor, k: int, full_entropy: bool, *, on_device: bool = False, chunk_elements: int = CHUNK_ELEMENTS
+) -> dict:
+    """``reference.token_stats`` on the values of ``logits`` in float64, the results on the CPU.
+
+    Evaluated on the CPU, or with ``on_device`` on the device of ``logits`` itself, about
+    ``chunk_elements`` logits (whole rows, views of ``logits``: no copy of a strided input) at a time:
+    production shapes on a GPU take well under a second there, against about 10 s per 65 M logits
+    on a CPU.
+    """
+    if not on_device:
+        return reference.token_stats(logits.double().cpu(), k, full_entropy)
+    matrix = logits.reshape(1, -1) if logits.dim() == 1 else logits
+    *lead, N, V = matrix.shape
+    rows = max(1, chunk_elements // V)
+    parts = [
+        reference.token_stats(matrix[index][start : start + rows].double(), k, full_entropy)
+        for index in itertools.product(*map(range, lead))
+        for start in range(0, N, rows)
+    ]
+    batch = tuple(logits.shape[:-1])
+    out = {}
+    for name, first in parts[0].items():
+        if first is None:
+            out[name] = None
+            continue
+        joined = torch.cat([part[name] for part in parts]).cpu()
+        out[name] = joined.reshape(batch + tuple(first.shape[1:]))
+    return out
+
+
+def check_against_reference(
+    stats: mdfast.TokenStats, logits: torch.Tensor, k: int, full_entropy: bool, *, on_device: bool = False
+) -> None:
+    """Every field of ``stats`` against the reference on the same values in float64 (evaluated on
+    the device of ``logits`` with ``on_device``: see ``reference_token_stats``)."""
+    want = reference_token_stats(logits, k, full_entropy, on_device=on_device)
     rtol = RTOL[logits.dtype]
     assert_equal("argmax", stats.argmax, want["argmax"])
     assert_equal("topk_ids", stats.topk_ids, want["topk_ids"])
@@ -149,22 +187,47 @@ def random_policy(k=4, hidden=64, seed=0, **constants):
     return policy
 
 
-def reference_step(logits, X, t, embedding, mask_embedding, policy, rho, config, **kwargs):
-    return reference.xflow_step(
-        logits.double().cpu(),
-        X.double().cpu(),
-        t.double().cpu(),
-        embedding.double().cpu(),
-        mask_embedding.double().cpu(),
-        copy.deepcopy(policy).double().cpu() if policy is not None else None,
-        rho.double().cpu() if torch.is_tensor(rho) else rho,
-        a_min=config.a_min,
-        a_max=config.a_max,
-        reedit_margin=config.reedit_margin,
-        commit_threshold=config.commit_threshold,
-        k=config.k,
-        **kwargs,
-    )
+def reference_step(logits, X, t, embedding, mask_embedding, policy, rho, config, *, on_device=False, **kwargs):
+    """``reference.xflow_step`` on the same values in float64, the results on the CPU.
+
+    With ``on_device`` it is evaluated on the inputs' device, one sequence at a time (the hard
+    commit is per sequence), so a GPU evaluates the LLaDA-8B step shape in a second; draws cannot
+    be split that way: pass the drawn ``action=`` there instead of ``sample=True``.
+    """
+    device = logits.device if on_device else torch.device("cpu")
+
+    def f64(x):
+        return x.to(device=device, dtype=torch.float64) if torch.is_tensor(x) else x
+
+    def evaluate(logits, X, t, rho, **kwargs):
+        return reference.xflow_step(
+            f64(logits),
+            f64(X),
+            f64(t),
+            embedding if on_device else f64(embedding),  # gathered rows are cast to float64 exactly
+            f64(mask_embedding),
+            copy.deepcopy(policy).to(device=device, dtype=torch.float64) if policy is not None else None,
+            f64(rho),
+            a_min=config.a_min,
+            a_max=config.a_max,
+            reedit_margin=config.reedit_margin,
+            commit_threshold=config.commit_threshold,
+            k=config.k,
+            **kwargs,
+        )
+
+    if not on_device:
+        return evaluate(logits, X, t, rho, **kwargs)
+    if kwargs.get("sample"):
+        raise ValueError("reference_step(on_device=True): pass the drawn action= rather than sample=True")
+    parts = []
+    for b in range(logits.shape[0]):
+        one = {name: value[b : b + 1] if torch.is_tensor(value) else value for name, value in kwargs.items()}
+        rho_b = rho[b : b + 1] if torch.is_tensor(rho) and rho.dim() == 1 else rho
+        parts.append(evaluate(logits[b : b + 1], X[b : b + 1], t[b : b + 1], rho_b, **one))
+    return {
+        name: None if parts[0][name] is None else torch.cat([part[name] for part in parts]).cpu() for name in parts[0]
+    }
 
 
 def check_step(out: mdfast.XFlowStep, want: dict, X_before, embedding, rtol) -> None:
@@ -174,5 +237,5 @@ def check_step(out: mdfast.XFlowStep, want: dict, X_before, embedding, rtol) -> 
     assert_close("confidence", out.confidence, want["confidence"], rtol)
     assert_close("action", out.action, want["action"], rtol)
     assert_close("t", out.t, want["t"], rtol, scale=1.0)
-    target = embedding.double().cpu()[want["tokens"]]
+    target = embedding[want["tokens"].to(embedding.device)].double().cpu()  # the rows only, not the table
     assert_close("X", out.X, want["X"], rtol, scale=X_before.double().cpu().abs() + target.abs())

@@ -2,11 +2,18 @@
 
 Every test here carries the ``gpu`` marker and skips, saying why, where there is no CUDA device.
 The smaller shapes of every backend are covered by test_token_stats.py and test_xflow_step.py,
-which run the GPU backends too when a device is present.
+which run the GPU backends too when a device is present. The float64 reference of the production
+shapes is evaluated on the GPU itself (``checks.reference_token_stats``, ``reference_step`` with
+``on_device``): on the CPU it would take about 10 s per 65 M logits.
+
+The decoding helpers below (``tiny_native_llada``, ``tiny_bert``, ``generate_graphed_and_eager``,
+``check_capture_fallback``) take a device: ``bench/gpu_check.py`` runs them on the GPU, and with
+``--tiny`` on the CPU, where no step is captured and only the comparisons themselves run.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -17,13 +24,14 @@ from checks import (
     check_against_reference,
     check_step,
     make_state,
-    random_logits,
     random_policy,
     reference_step,
     require_backend,
 )
 
 import mdfast
+from mdfast.decode.graphs import capture_failure
+from mdfast.models.llada import LLaDAConfig
 
 pytestmark = [
     pytest.mark.gpu,
@@ -32,6 +40,14 @@ pytestmark = [
 
 GPU_BACKENDS = ["triton", "cuda"]
 PRODUCTION = [(512, 126464), (2048, 152064), (64, 157184)]
+# every decoder that draws no random numbers at temperature 0 (x-flow without sample=True)
+GRAPHABLE = ["xflow", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr", "soft_mask", "threshold"]
+
+
+def require_device_memory(nbytes: int) -> None:
+    free, _total = torch.cuda.mem_get_info()
+    if free < nbytes:
+        pytest.skip(f"needs {nbytes / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
@@ -39,25 +55,32 @@ PRODUCTION = [(512, 126464), (2048, 152064), (64, 157184)]
 @pytest.mark.parametrize("N, V", PRODUCTION)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_token_stats_production_shapes(backend, dtype, N, V, B):
+    """B = 8, N = 2048, V = 152064 has more than 2^31 logits: 64-bit offsets."""
     require_backend(backend)
-    if B * N * V * 4 > 6 * 2**30:
-        pytest.skip("the float64 reference of this shape needs more host memory than the test allows")
-    logits = random_logits((B, N, V), dtype, device="cuda")
+    element = torch.finfo(dtype).bits // 8
+    require_device_memory(B * N * V * (element + 4) + 2**32)  # logits, their float32 draw, the reference
+    logits = torch.randn(B, N, V, device="cuda").mul_(3).to(dtype)
     stats = mdfast.token_stats(logits, 4, True, backend=backend)
-    check_against_reference(stats, logits, 4, True)
+    check_against_reference(stats, logits, 4, True, on_device=True)
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("B", [1, 8])
-def test_xflow_step_llada_shape(backend, B):
+@pytest.mark.parametrize("kind", ["heuristic", "policy", "sampled"])
+def test_xflow_step_llada_shape(backend, B, kind):
+    """The LLaDA-8B step: N = 512, V = 126464, E = 4096, bf16 logits and embedding; a sampled step
+    is checked with its own draws handed to the reference as the action."""
     require_backend(backend)
     logits, X, t, embedding, m = make_state(
         B, 512, 126464, 4096, device="cuda", logits_dtype=torch.bfloat16, emb_dtype=torch.bfloat16
     )
-    policy = random_policy().cuda()
+    policy = random_policy().cuda() if kind != "heuristic" else None
+    rho = torch.rand(B, device="cuda")
     X_before = X.clone()
-    out = mdfast.xflow_step(logits, X, t, embedding, m, policy, 0.3, backend=backend)
-    want = reference_step(logits, X, t, embedding, m, policy, 0.3, mdfast.FlowConfig())
+    sampling = {"sample": True, "generator": torch.Generator("cuda").manual_seed(7)} if kind == "sampled" else {}
+    out = mdfast.xflow_step(logits, X, t, embedding, m, policy, rho, backend=backend, **sampling)
+    given = {"action": out.action} if kind == "sampled" else {}
+    want = reference_step(logits, X, t, embedding, m, policy, rho, mdfast.FlowConfig(), on_device=True, **given)
     check_step(out, want, X_before, embedding, RTOL[torch.bfloat16])
 
 
@@ -76,11 +99,10 @@ def test_a_whole_step_replays_from_a_cuda_graph(backend):
             logits, X, t, embedding, m, policy, rho, inplace=True, backend=backend, check_finite=False
         )
 
-    policy.packed_weights(torch.device("cuda"))  # pack the weights before capture
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        step()  # warm-up: compile kernels, allocate
+        step()  # warm-up: compile kernels, allocate, pack the policy's weights
     torch.cuda.current_stream().wait_stream(stream)
     X.copy_(X0), t.copy_(t0)
     graph = torch.cuda.CUDAGraph()
@@ -120,12 +142,14 @@ def test_no_n_by_v_temporaries(backend):
     assert extra < 8 * N * E * 4, f"{extra} bytes of temporaries (limit 8 N E 4 = {8 * N * E * 4})"
 
 
-GRAPHABLE = ["xflow", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr", "soft_mask", "threshold"]
+# ---------------------------------------------------------------------------------------------
+# Whole decoding steps from CUDA graphs (helpers shared with bench/gpu_check.py)
+# ---------------------------------------------------------------------------------------------
 
 
-def _tiny_native_llada(device):
-    from mdfast.models.llada import LLaDAConfig, LLaDAModel
-
+def tiny_native_llada(device, seed: int = 0) -> mdfast.LLaDAModel:
+    """A 2-layer native LLaDA (grouped-query attention), weights spread wide enough that a wrong
+    step changes the tokens; vocabulary 80, mask id 79, EOS 78."""
     config = LLaDAConfig.from_dict(
         {
             "d_model": 64,
@@ -145,71 +169,19 @@ def _tiny_native_llada(device):
             "eos_token_id": 78,
         }
     )
-    torch.manual_seed(0)
-    model = LLaDAModel(config).eval()
+    torch.manual_seed(seed)
+    model = mdfast.LLaDAModel(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(1.0, 0.3) if p.dim() == 1 else p.normal_(0.0, 2.0 / p.shape[1] ** 0.5)
     return model.to(device)
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["no_padding", "left_padding"])
-@pytest.mark.parametrize("decoder", GRAPHABLE)
-def test_generate_replays_whole_steps_from_cuda_graphs(decoder, padded):
-    """The native LLaDA body is captured with its step (graphed_blocks > 0, so no host sync
-    inside a step) and gives exactly the tokens, and for x-flow exactly the states, of the eager
-    steps."""
-    model = _tiny_native_llada("cuda")
-    ids = torch.randint(0, 78, (3, 9), device="cuda")
-    mask = torch.ones_like(ids)
-    if padded:
-        mask[1, :2] = mask[2, :4] = 0
-    kwargs = dict(max_new_tokens=16, steps=8, decoder=decoder, block_length=8, return_history=True)
-    eager = mdfast.generate(model, ids, mask, cuda_graph=False, **kwargs)
-    graphed = mdfast.generate(model, ids, mask, **kwargs)
-    assert eager.graphed_blocks == 0 and graphed.graphed_blocks == 2
-    assert torch.equal(graphed.sequences, eager.sequences)
-    for a, b in zip(graphed.history, eager.history):
-        for name in a:
-            assert_bitwise_equal(name, a[name], b[name])
+def tiny_bert(device, seed: int = 0):
+    """A 2-layer transformers BERT masked LM (vocabulary 64; mask id 4 by convention here)."""
+    import transformers
 
-
-def test_a_model_that_cannot_be_captured_falls_back_with_a_warning():
-    """A forward that reads a tensor back to the host cannot be captured: the warm-up step finds
-    that out before any capture, one warning, eager steps, the same tokens; the patched model
-    remembers it (no second warning), and the process is left as it was (default stream, a
-    working allocator, later captures of other models)."""
-    model = _tiny_native_llada("cuda")
-    forward = model.forward
-
-    def syncing_forward(*args, **kwargs):
-        out = forward(*args, **kwargs)
-        float(out.logits.sum())  # a host synchronisation
-        return out
-
-    model.forward = syncing_forward
-    mdfast.patch(model)
-    ids = torch.randint(0, 78, (2, 5), device="cuda")
-    eager = model.mdfast_generate(ids, max_new_tokens=8, steps=8, decoder="xflow", cuda_graph=False)
-    with pytest.warns(RuntimeWarning, match="cannot be captured in a CUDA graph"):
-        fallback = model.mdfast_generate(ids, max_new_tokens=8, steps=8, decoder="xflow")
-    assert fallback.graphed_blocks == 0 and "synchroniz" in model.mdfast_adapter.capture_failure
-    assert torch.equal(fallback.sequences, eager.sequences)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        again = model.mdfast_generate(ids, max_new_tokens=8, steps=8, decoder="xflow")
-    assert again.graphed_blocks == 0 and torch.equal(again.sequences, eager.sequences)
-    assert torch.cuda.current_stream() == torch.cuda.default_stream()
-    torch.cuda.empty_cache()
-    other = _tiny_native_llada("cuda")
-    assert mdfast.generate(other, ids, max_new_tokens=8, steps=8, decoder="xflow").graphed_blocks == 1
-
-
-@pytest.mark.parametrize("decoder", ["xflow", "low_confidence"])
-def test_generate_with_a_transformers_model_on_cuda(decoder):
-    """A transformers masked LM: captured or (if its forward synchronises) eager, the same tokens."""
-    transformers = pytest.importorskip("transformers", reason="builds a tiny BERT from transformers classes")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = transformers.BertConfig(
         vocab_size=64,
         hidden_size=32,
@@ -218,11 +190,105 @@ def test_generate_with_a_transformers_model_on_cuda(decoder):
         intermediate_size=64,
         initializer_range=0.5,
     )
-    model = transformers.BertForMaskedLM(config).eval().cuda()
-    ids = torch.randint(5, 64, (2, 6), device="cuda")
-    kwargs = dict(max_new_tokens=8, steps=8, decoder=decoder, mask_token_id=4)
-    eager = mdfast.generate(model, ids, cuda_graph=False, **kwargs)
+    return transformers.BertForMaskedLM(config).eval().to(device)
+
+
+def generate_graphed_and_eager(model, ids, mask=None, **kwargs):
+    """``mdfast.generate`` twice with ``return_history``: eagerly (``cuda_graph=False``) and with
+    whole steps from CUDA graphs; asserts the same tokens and, after every step, the same decoder
+    state bit for bit. Returns (graphed, eager)."""
+    eager = mdfast.generate(model, ids, mask, cuda_graph=False, return_history=True, **kwargs)
+    graphed = mdfast.generate(model, ids, mask, cuda_graph=True, return_history=True, **kwargs)
+    assert eager.graphed_blocks == 0, f"cuda_graph=False replayed {eager.graphed_blocks} block(s) from graphs"
+    assert torch.equal(graphed.sequences, eager.sequences), "the graphed steps decoded other tokens"
+    assert len(graphed.history) == len(eager.history), "a different number of steps"
+    for step, (a, b) in enumerate(zip(graphed.history, eager.history)):
+        for name in a:
+            assert_bitwise_equal(f"step {step} {name}", a[name], b[name])
+    return graphed, eager
+
+
+def check_llada_replays_eager(device, decoder: str, padded: bool, backend: str = "auto"):
+    """The tiny native LLaDA, 2 blocks of 4 steps: graphed steps (on a GPU: at least one block
+    replayed from a graph, so no host synchronisation inside a step) give exactly the tokens, and
+    for x-flow exactly the states, of the eager steps. Returns the graphed output."""
+    model = tiny_native_llada(device)
+    ids = torch.randint(0, 78, (3, 9), device=device)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, :2] = mask[2, :4] = 0
+    graphed, _ = generate_graphed_and_eager(
+        model, ids, mask, max_new_tokens=16, steps=8, decoder=decoder, block_length=8, backend=backend
+    )
+    if torch.device(device).type == "cuda":
+        assert graphed.graphed_blocks > 0, "no block was replayed from a CUDA graph"
+    return graphed
+
+
+def check_capture_fallback(device, backend: str = "auto"):
+    """A forward that reads a tensor back to the host cannot be captured: the warm-up step finds
+    that out before any capture, one warning, eager steps, the same tokens; the patched model
+    remembers it (no second warning), and the process is left as it was (default stream, a
+    working allocator, later captures of other models). On the CPU nothing is captured: the same
+    tokens, no warning."""
+    on_gpu = torch.device(device).type == "cuda"
+    model = tiny_native_llada(device)
+    forward = model.forward
+
+    @functools.wraps(forward)  # keeps forward's signature: mdfast.patch looks for inputs_embeds
+    def syncing_forward(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        float(out.logits.sum())  # a host synchronisation
+        return out
+
+    model.forward = syncing_forward
+    mdfast.patch(model, backend=backend)
+    ids = torch.randint(0, 78, (2, 5), device=device)
+    eager = model.mdfast_generate(ids, max_new_tokens=8, steps=8, decoder="xflow", cuda_graph=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        fallback = model.mdfast_generate(ids, max_new_tokens=8, steps=8, decoder="xflow")
+    capture_warnings = [w for w in caught if "cannot be captured in a CUDA graph" in str(w.message)]
+    assert len(capture_warnings) == (1 if on_gpu else 0), [str(w.message) for w in caught]
+    assert fallback.graphed_blocks == 0 and torch.equal(fallback.sequences, eager.sequences)
+    if on_gpu:
+        assert "synchroniz" in (capture_failure(model) or "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        again = model.mdfast_generate(ids, max_new_tokens=8, steps=8, decoder="xflow")
+    assert again.graphed_blocks == 0 and torch.equal(again.sequences, eager.sequences)
+    if on_gpu:
+        assert torch.cuda.current_stream() == torch.cuda.default_stream()
+        torch.cuda.empty_cache()
+        other = tiny_native_llada(device)
+        later = mdfast.generate(other, ids, max_new_tokens=8, steps=8, decoder="xflow", backend=backend)
+        assert later.graphed_blocks > 0, "a later model was not captured"
+
+
+def check_transformers_model(device, decoder: str, backend: str = "auto"):
+    """A transformers masked LM: captured or (if its forward synchronises) eager after a warning,
+    the same tokens and states as eager steps. Returns the graphed output."""
+    model = tiny_bert(device)
+    ids = torch.randint(5, 64, (2, 6), device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        graphed = mdfast.generate(model, ids, **kwargs)
-    assert torch.equal(graphed.sequences, eager.sequences)
+        graphed, _ = generate_graphed_and_eager(
+            model, ids, max_new_tokens=8, steps=8, decoder=decoder, mask_token_id=4, backend=backend
+        )
+    return graphed
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["no_padding", "left_padding"])
+@pytest.mark.parametrize("decoder", GRAPHABLE)
+def test_generate_replays_whole_steps_from_cuda_graphs(decoder, padded):
+    check_llada_replays_eager("cuda", decoder, padded)
+
+
+def test_a_model_that_cannot_be_captured_falls_back_with_a_warning():
+    check_capture_fallback("cuda")
+
+
+@pytest.mark.parametrize("decoder", ["xflow", "low_confidence"])
+def test_generate_with_a_transformers_model_on_cuda(decoder):
+    pytest.importorskip("transformers", reason="builds a tiny BERT from transformers classes")
+    check_transformers_model("cuda", decoder)

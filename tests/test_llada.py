@@ -12,7 +12,7 @@ and a left-padded batch like the solo runs.
 
 The fused projections (qkv_proj, gate_up_proj) must stay invisible in the state dict: checkpoint
 keys only, row views of the fused weights, and load errors naming checkpoint keys. The eager port
-in bench/llada_eager.py stands in for LLaDA's remote code: it must match SPEC 5 too, and
+in tests/llada_eager.py stands in for LLaDA's remote code: it must match SPEC 5 too, and
 mdfast.patch on it must drive a native body on the same tensors (no second copy) that decodes
 exactly like a native model with those weights, leaving the stand-in's own forward unchanged.
 """
@@ -25,10 +25,10 @@ import math
 import pytest
 import torch
 from checks import assert_close, assert_equal
+from llada_eager import EagerLLaDA, EagerLLaDAConfig
 from safetensors.torch import save_file
 
 import mdfast
-from mdfast.bench.llada_eager import EagerLLaDA, EagerLLaDAConfig
 from mdfast.models import RowSelectingHead
 from mdfast.models.llada import LLaDAConfig, LLaDAModel, load_llada, padding_bias, save_llada
 
@@ -111,7 +111,7 @@ def tiny_llada(**overrides) -> LLaDAModel:
 
 
 def eager_llada(model: LLaDAModel, **overrides) -> EagerLLaDA:
-    """The stand-in for LLaDA's remote code (bench/llada_eager.py) with a copy of ``model``'s weights."""
+    """The stand-in for LLaDA's remote code (tests/llada_eager.py) with a copy of ``model``'s weights."""
     remote = EagerLLaDA(EagerLLaDAConfig(**{**TINY, **overrides})).eval()
     remote.load_state_dict(model.state_dict())
     return remote
@@ -186,7 +186,7 @@ def spec_logits(
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left_padded"])
 def test_forward_matches_spec(variant, padded, body):
-    """The native body, and bench/llada_eager.py (the benchmark's baseline and the remote-code
+    """The native body, and tests/llada_eager.py (the benchmark's baseline and the remote-code
     stand-in) on the same weights, against SPEC 5 in float64."""
     overrides = VARIANTS[variant]
     model = tiny_llada(**overrides)

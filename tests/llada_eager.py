@@ -1,9 +1,9 @@
 """An eager, unfused port of the LLaDA architecture (SPEC 5), in the way LLaDA's remote code
 (``modeling_llada.py``) computes it.
 
-It serves twice:
-- the baseline that ``bench/bench_e2e.py`` compares mdfast's native, fused body
-  (``mdfast.models.llada``) against: the same SPEC, plainly ported, not tuned;
+A test double (here in ``tests/``, not installed) that serves twice:
+- the baseline that ``bench/bench_e2e.py`` (which loads this file by its path) compares mdfast's
+  native, fused body (``mdfast.models.llada``) against: the same SPEC, plainly ported, not tuned;
 - the stand-in for LLaDA's remote-code model in the tests (no remote code is available offline):
   ``config.model_type == "llada"``, a ``transformers.PretrainedConfig`` with LLaDA's
   ``config.json`` fields, modules named so that ``state_dict()`` has exactly SPEC 5's keys, and a
