@@ -19,7 +19,7 @@ package_dir = {
     "mdfast.bench": "bench",
     "mdfast.csrc": "csrc",
 }
-packages = ["mdfast", "mdfast.backends", "mdfast.decode", "mdfast.models", *package_dir]
+packages = ["mdfast", "mdfast.backends", "mdfast.decode", "mdfast.eval", "mdfast.models", *package_dir]
 package_data = {"mdfast.csrc": ["*.h", "*.cpp", "*/*.h", "*/*.cpp", "*/*.cu", "*/*.cuh"], "mdfast.bench": ["*.md"]}
 
 ext_modules, cmdclass = [], {}
