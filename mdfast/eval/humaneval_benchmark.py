@@ -113,7 +113,8 @@ def humaneval(
 
     model: a masked diffusion LM (LLaDA, Dream, any masked LM) already on its device; tokenizer: its tokenizer.
     decoder, steps, gen_length (``max_new_tokens``), block_length, policy, temperature, backend and
-    ``decoder_options`` go to ``mdfast.generate`` as they are; eos_token_id defaults to the tokenizer's.
+    ``decoder_options`` go to ``mdfast.generate`` as they are; eos_token_id and mask_token_id default to the
+    tokenizer's (a None mask id leaves it to the model's config).
     problems: ``load_problems``' argument; batch_size: prompts per call (left-padded).
 
     One record per problem: task_id, completion, response (the whole decoded text), prompt_tokens, nfe, seconds
@@ -134,7 +135,7 @@ def humaneval(
         temperature=temperature,
         eos_token_id=eos,
         backend=backend,
-        mask_token_id=mask_token_id,
+        mask_token_id=tokenizer.mask_token_id if mask_token_id is None else mask_token_id,
         **decoder_options,
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
