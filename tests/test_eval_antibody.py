@@ -229,14 +229,15 @@ def test_records_match_the_fake_decodes(monkeypatch, task):
         json.dumps(r, allow_nan=False)
     reference = next(r for r in records if (r["decoder"], r["budget"]) == ("low_confidence", "1"))
     assert reference["agreement"] == 1.0 and reference["agreement_se"] == 0.0
-    # every call's rows share one step count, the budget's for each of them; one warm-up call per decoder
-    for _decoder, steps, rows in fake.calls:
-        assert any(all(bench.budget_steps(Fraction(b), len(m.positions)) == steps for m in rows) for b in budgets)
-    # each (decoder, budget) decodes every gene once, plus one warm-up row per decoder; the reference decode is
-    # low_confidence at budget 1, not run a second time
+    # each decoder's first call is its warm-up (one gene, one step); then every call's rows share one step
+    # count, the budget's for each of them, and each (decoder, budget) decodes every gene once; the reference
+    # decode is low_confidence at budget 1, not run a second time
     for decoder in decoders:
-        rows = sum(len(c[2]) for c in fake.calls if c[0] == decoder)
-        assert rows == len(budgets) * len(GENES) + 1
+        calls = [(steps, rows) for d, steps, rows in fake.calls if d == decoder]
+        assert calls[0][0] == 1 and len(calls[0][1]) == 1
+        for steps, rows in calls[1:]:
+            assert any(all(bench.budget_steps(Fraction(b), len(m.positions)) == steps for m in rows) for b in budgets)
+        assert sum(len(rows) for _, rows in calls[1:]) == len(budgets) * len(GENES)
 
 
 def test_batch_size_does_not_change_the_records(monkeypatch):

@@ -15,7 +15,8 @@ Every input is ``[CLS] residues [SEP]`` with the masked residues replaced by [MA
 - genes are batched by their step count (rows of one ``infill`` call share ``steps``), left-padded with [PAD];
 - accuracy and agreement pool residues over genes, with standard errors over genes (``metrics.py``; None for a
   single gene); NFE is the mean over genes of the forwards of the call that decoded the gene; tokens/s is
-  masked residues over the wall seconds of the ``infill`` calls (each decoder warmed up by one call first);
+  masked residues over the wall seconds of the ``infill`` calls (each decoder warmed up first by a one-step call
+  on one gene);
 - a predicted special token ([CLS], [SEP], [PAD], [UNK], [MASK]) counts as wrong.
 """
 
@@ -314,7 +315,7 @@ class _Runner:
         out = _Decoded([()] * n, [0] * n, [0] * n, 0.0)
         for steps, rows in batches:
             if decoder not in self.warm:  # first-call costs (extension build, allocator) stay out of the timing
-                self._infill(decoder, steps, rows[:1])
+                self._infill(decoder, 1, rows[:1])
                 self.warm.add(decoder)
             start = time.perf_counter()
             sequences, nfe, offsets = self._infill(decoder, steps, rows)
