@@ -35,9 +35,9 @@ def _limit(kind: int, value: int) -> None:
 
 
 def _leave_network() -> str:
-    libc = ctypes.CDLL(None, use_errno=True)
+    unshare = getattr(ctypes.CDLL(None, use_errno=True), "unshare", None)  # Linux only
     flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
-    if libc.unshare(flags) == 0:
+    if unshare is not None and unshare(flags) == 0:
         return "namespace"
     import _socket
     import socket
