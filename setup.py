@@ -19,8 +19,11 @@ package_dir = {
     "mdfast.triton_kernels": "triton_kernels",
     "mdfast.csrc": "csrc",
 }
-packages = ["mdfast", "mdfast.backends", "mdfast.decode", "mdfast.models", *package_dir]
-package_data = {"mdfast.csrc": ["*.h", "*.cpp", "*/*.h", "*/*.cpp", "*/*.cu", "*/*.cuh"]}
+packages = ["mdfast", "mdfast.backends", "mdfast.decode", "mdfast.eval", "mdfast.models", "mdfast.train", *package_dir]
+package_data = {
+    "mdfast.csrc": ["*.h", "*.cpp", "*/*.h", "*/*.cpp", "*/*.cu", "*/*.cuh"],
+    "mdfast.train": ["*.txt", "*.json"],
+}
 
 ext_modules, cmdclass = [], {}
 if os.environ.get("MDFAST_BUILD_EXT", "0") == "1":

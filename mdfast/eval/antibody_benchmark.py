@@ -1,0 +1,387 @@
+"""The real-weights antibody benchmark (SPEC 7): infill masked residues of held-out human V genes with AntiBERTy.
+
+SPEC 7: "Tasks: "suffix" masks the last 30 residues of a gene; "span" masks one interior span of 12-20 residues
+at a seeded random place; the chain's end ([SEP]) is always given. Score: fraction of masked residues equal to
+the gene's. Metrics, besides accuracy: agreement with the same model's full-budget, one-token-per-step
+low_confidence decode of the same input (how far a budget moves a decoder from sequential decoding), and NFE."
+
+Every input is ``[CLS] residues [SEP]`` with the masked residues replaced by [MASK], decoded by
+``mdfast.infill``. Choices the SPEC leaves open, made here:
+- budget b gives ``steps = max(1, ceil(b * n_masked))`` per gene (exact fractions, no float rounding): suffix
+  (30 masks) at 1/8, 1/4, 1/2, 1 takes 4, 8, 15, 30 steps;
+- the span: length ~ U{12..20}, then its first residue uniform over the places that leave at least one residue
+  before it and one after it; drawn by ``random.Random`` seeded with "seed/chain/species/name", so a gene's span
+  does not depend on which other genes are evaluated;
+- genes are batched by their step count (rows of one ``infill`` call share ``steps``), left-padded with [PAD];
+- accuracy and agreement pool residues over genes, with standard errors over genes (``metrics.py``; None for a
+  single gene); NFE is the mean over genes of the forwards of the call that decoded the gene; tokens/s is
+  masked residues over the wall seconds of the ``infill`` calls (each decoder warmed up first by a one-step call
+  on one gene);
+- a predicted special token ([CLS], [SEP], [PAD], [UNK], [MASK]) counts as wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from .genes import RESIDUES, Gene, held_out_genes
+from .metrics import finite_or_none, pooled_fraction
+from .progress import progress_bar
+
+TASKS = ("suffix", "span")
+SUFFIX_LENGTH = 30
+SPAN_LENGTHS = (12, 20)  # inclusive
+REFERENCE_DECODER = "low_confidence"
+DEFAULT_BUDGETS = (Fraction(1, 8), Fraction(1, 4), Fraction(1, 2), Fraction(1))
+ANTIBERTY_EXTRA_HEADS = ("bert.pooler.", "cls.chain.", "cls.species.", "cls.graft.")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The token ids the benchmark writes: special tokens and one id per residue letter."""
+
+    pad: int
+    cls: int
+    sep: int
+    mask: int
+    residues: dict[str, int]
+
+    @classmethod
+    def from_tokens(cls, tokens: list[str]) -> Vocabulary:
+        """From a vocabulary list (token i has id i) holding [PAD], [CLS], [SEP], [MASK] and the 20 residues."""
+        ids = {token: i for i, token in enumerate(tokens)}
+        needed = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", *RESIDUES]
+        missing = [token for token in needed if token not in ids]
+        if missing:
+            raise ValueError(f"vocabulary: expected the tokens {needed}, missing {missing}")
+        return cls(ids["[PAD]"], ids["[CLS]"], ids["[SEP]"], ids["[MASK]"], {r: ids[r] for r in RESIDUES})
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> Vocabulary:
+        """From a Hugging Face tokenizer whose vocabulary holds the 20 one-letter residues."""
+        vocab = tokenizer.get_vocab()
+        residues = {r: vocab[r] for r in RESIDUES if r in vocab}
+        special = {"pad": tokenizer.pad_token_id, "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id}
+        special["mask"] = tokenizer.mask_token_id
+        missing = [name for name, i in special.items() if i is None] + sorted(set(RESIDUES) - set(residues))
+        if missing:
+            raise ValueError(
+                f"tokenizer: expected pad, cls, sep and mask tokens and the 20 residues, missing {missing}"
+            )
+        return cls(**special, residues=residues)
+
+    def encode(self, sequence: str) -> list[int]:
+        """[CLS] residues [SEP]."""
+        return [self.cls, *(self.residues[r] for r in sequence), self.sep]
+
+
+@dataclass(frozen=True)
+class MaskedGene:
+    """One benchmark input: ``input_ids`` ([CLS] residues [SEP], masked ones as [MASK]), the masked token
+    ``positions`` (ascending) and the gene's token ids there (``target``)."""
+
+    gene: Gene
+    input_ids: tuple[int, ...]
+    positions: tuple[int, ...]
+    target: tuple[int, ...]
+
+
+def antiberty_path() -> Path:
+    """The AntiBERTy checkpoint folder inside the installed ``antiberty`` package (SPEC 4)."""
+    try:
+        import antiberty
+    except ImportError as error:
+        raise ImportError(
+            f"the antibody benchmark's default model needs pip install antiberty==0.1.3 ({error})"
+        ) from None
+    return Path(os.path.dirname(antiberty.__file__)) / "trained_models" / "AntiBERTy_md_smooth"
+
+
+def antiberty_vocabulary() -> Vocabulary:
+    """AntiBERTy's 25 tokens, read from ``trained_models/vocab.txt`` beside the checkpoint (SPEC 7)."""
+    return Vocabulary.from_tokens((antiberty_path().parent / "vocab.txt").read_text().split())
+
+
+def load_antiberty(device: str | torch.device = "cpu") -> torch.nn.Module:
+    """AntiBERTy as a ``BertForMaskedLM`` in eval mode, from the package's files (the hub is never reached).
+
+    The checkpoint's extra heads (``cls.chain``, ``cls.species``, ``cls.graft``, the pooler) are not part of a
+    masked LM: transformers' report of them as unexpected keys is silenced, and any other unexpected or missing
+    key raises ValueError.
+    """
+    from transformers import BertForMaskedLM
+
+    path = antiberty_path()
+    with _quiet_transformers():
+        model, info = BertForMaskedLM.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+    unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(ANTIBERTY_EXTRA_HEADS))
+    if info["missing_keys"] or unexpected or info.get("mismatched_keys"):
+        raise ValueError(
+            f"{path}: expected AntiBERTy's masked-LM weights plus {ANTIBERTY_EXTRA_HEADS}, got missing "
+            f"{sorted(info['missing_keys'])}, unexpected {unexpected}, mismatched {info.get('mismatched_keys')}"
+        )
+    return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' logging at error level and its progress bars off, restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def parse_budget(budget) -> Fraction:
+    """A budget (steps over masked residues) as an exact fraction in (0, 1]: 0.25, "1/4", Fraction(1, 4)."""
+    try:
+        value = Fraction(budget) if not isinstance(budget, float) else Fraction(str(budget))
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise ValueError(f"budgets: expected fractions in (0, 1] such as 1/4 or 0.25, got {budget!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"budgets: expected fractions in (0, 1] such as 1/4 or 0.25, got {budget!r}")
+    return value
+
+
+def budget_steps(budget: Fraction, n_masked: int) -> int:
+    """steps = max(1, ceil(budget * n_masked)), exactly."""
+    return max(1, math.ceil(budget * n_masked))
+
+
+def mask_gene(gene: Gene, task: str, vocab: Vocabulary, seed: int = 0) -> MaskedGene:
+    """The input of ``task`` ("suffix" or "span", module docstring) for one gene."""
+    n = len(gene.sequence)
+    if task == "suffix":
+        if n <= SUFFIX_LENGTH:
+            raise ValueError(f"gene {gene.name}: {n} residues, the suffix task needs more than {SUFFIX_LENGTH}")
+        start, length = n - SUFFIX_LENGTH, SUFFIX_LENGTH
+    elif task == "span":
+        if n < SPAN_LENGTHS[1] + 2:
+            raise ValueError(f"gene {gene.name}: {n} residues, the span task needs at least {SPAN_LENGTHS[1] + 2}")
+        rng = random.Random(f"{seed}/{gene.chain}/{gene.species}/{gene.name}")
+        length = rng.randint(*SPAN_LENGTHS)
+        start = rng.randint(1, n - length - 1)
+    else:
+        raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+    ids = vocab.encode(gene.sequence)
+    positions = tuple(range(1 + start, 1 + start + length))  # token 0 is [CLS]
+    target = tuple(ids[p] for p in positions)
+    for p in positions:
+        ids[p] = vocab.mask
+    return MaskedGene(gene, tuple(ids), positions, target)
+
+
+def antibody(
+    model=None,
+    *,
+    decoders=None,
+    budgets=DEFAULT_BUDGETS,
+    task: str = "suffix",
+    genes=None,
+    seed: int = 0,
+    policy=None,
+    backend: str = "auto",
+    batch_size: int = 32,
+    progress: bool = False,
+    tokenizer=None,
+    device: str | torch.device = "cpu",
+) -> list[dict]:
+    """Run the antibody benchmark; one plain record (JSON-ready dict) per (decoder, budget).
+
+    model: None (AntiBERTy from the ``antiberty`` package), a local model folder (loaded with its tokenizer,
+    never from the hub; both loaded onto ``device``) or a masked-LM module, used where it is (with
+    ``tokenizer``: a tokenizer or ``Vocabulary``; without, AntiBERTy's vocabulary).
+    decoders: names of ``mdfast.decode.DECODERS`` (default: all of them). budgets: fractions of the masked
+    count (``parse_budget``). task: "suffix" or "span". genes: None (every held-out gene), an int n (n evenly
+    spaced held-out genes) or a list of ``Gene``. policy: the x-flow ``StepPolicy`` (None: the default
+    heuristic); other decoders take none. progress: a bar on stderr (tqdm).
+
+    Record keys: task, decoder, budget ("1/4"), budget_value, model, seed, batch_size, genes, residues,
+    accuracy, accuracy_se, agreement, agreement_se, nfe (mean per gene), steps (mean per gene), seconds,
+    tokens_per_s, and per_gene (name, species, chain, masked, correct, agree, nfe per gene).
+    """
+    from mdfast.decode import DECODERS
+
+    decoders = list(DECODERS) if decoders is None else list(decoders)
+    unknown = [d for d in decoders if d not in DECODERS]
+    if unknown or not decoders:
+        raise ValueError(f"decoders: expected names among {sorted(DECODERS)}, got {decoders!r}")
+    budgets = sorted({parse_budget(b) for b in budgets})
+    if not budgets:
+        raise ValueError("budgets: expected at least one budget")
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    model, vocab, model_name = _resolve_model(model, tokenizer, device)
+    if genes is None or isinstance(genes, int):
+        genes = held_out_genes(genes)
+    masked = [mask_gene(gene, task, vocab, seed) for gene in genes]
+    if not masked:
+        raise ValueError("genes: expected at least one gene")
+
+    runs = [(REFERENCE_DECODER, Fraction(1))] + [
+        (d, b) for d in decoders for b in budgets if (d, b) != (REFERENCE_DECODER, Fraction(1))
+    ]
+    batches = {b: _batches(masked, b, batch_size) for b in {b for _, b in runs}}
+    bar = progress_bar(sum(len(batches[b]) for _, b in runs), "mdfast eval antibody", "batch", progress)
+    runner = _Runner(model, vocab, masked, backend, policy)
+    results = {}
+    try:
+        for decoder, budget in runs:
+            results[decoder, budget] = runner.decode(decoder, batches[budget], bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    reference = results[REFERENCE_DECODER, Fraction(1)]
+    common = {"task": task, "model": model_name, "seed": seed, "batch_size": batch_size}
+    return [
+        _record(masked, results[d, b], reference, {**common, "decoder": d, "budget": str(b), "budget_value": float(b)})
+        for d in decoders
+        for b in budgets
+    ]
+
+
+def _resolve_model(model, tokenizer, device) -> tuple[torch.nn.Module, Vocabulary, str]:
+    if model is None:
+        return load_antiberty(device), antiberty_vocabulary(), "AntiBERTy (antiberty 0.1.3)"
+    if isinstance(model, (str, os.PathLike)):
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        with _quiet_transformers():
+            module = AutoModelForMaskedLM.from_pretrained(str(model), local_files_only=True).to(device).eval()
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+        model_name, model = str(model), module
+    elif isinstance(model, torch.nn.Module):
+        model_name = type(model).__name__
+    else:
+        raise TypeError(f"model: expected None, a model folder or a torch.nn.Module, got {type(model).__name__}")
+    if tokenizer is None:
+        vocab = antiberty_vocabulary()
+    elif isinstance(tokenizer, Vocabulary):
+        vocab = tokenizer
+    else:
+        vocab = Vocabulary.from_tokenizer(tokenizer)
+    return model, vocab, model_name
+
+
+def _batches(masked: list[MaskedGene], budget: Fraction, batch_size: int) -> list[tuple[int, list[int]]]:
+    """(steps, gene indices) per ``infill`` call: genes grouped by their step count, in gene order."""
+    groups: dict[int, list[int]] = {}
+    for i, m in enumerate(masked):
+        groups.setdefault(budget_steps(budget, len(m.positions)), []).append(i)
+    return [
+        (steps, rows[k : k + batch_size])
+        for steps, rows in sorted(groups.items())
+        for k in range(0, len(rows), batch_size)
+    ]
+
+
+@dataclass
+class _Decoded:
+    tokens: list[tuple[int, ...]]  # per gene: the decoded ids at its masked positions
+    nfe: list[int]
+    steps: list[int]
+    seconds: float
+
+
+class _Runner:
+    """Left-pads each batch, calls ``mdfast.infill`` and reads the masked positions back."""
+
+    def __init__(self, model, vocab: Vocabulary, masked: list[MaskedGene], backend: str, policy) -> None:
+        self.model, self.vocab, self.masked, self.backend, self.policy = model, vocab, masked, backend, policy
+        self.device = next(model.parameters()).device
+        self.warm: set[str] = set()
+
+    def decode(self, decoder: str, batches, bar) -> _Decoded:
+        n = sum(len(rows) for _, rows in batches)
+        out = _Decoded([()] * n, [0] * n, [0] * n, 0.0)
+        for steps, rows in batches:
+            if decoder not in self.warm:  # first-call costs (extension build, allocator) stay out of the timing
+                self._infill(decoder, 1, rows[:1])
+                self.warm.add(decoder)
+            start = time.perf_counter()
+            sequences, nfe, offsets = self._infill(decoder, steps, rows)
+            out.seconds += time.perf_counter() - start
+            for row, i in enumerate(rows):
+                picked = [offsets[row] + p for p in self.masked[i].positions]
+                out.tokens[i] = tuple(sequences[row, picked].tolist())
+                out.nfe[i], out.steps[i] = nfe, steps
+            if bar is not None:
+                bar.update(1)
+        return out
+
+    def _infill(self, decoder: str, steps: int, rows: list[int]):
+        import mdfast
+
+        inputs = [self.masked[i].input_ids for i in rows]
+        length = max(len(ids) for ids in inputs)
+        offsets = [length - len(ids) for ids in inputs]
+        input_ids = torch.full((len(rows), length), self.vocab.pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for row, (ids, offset) in enumerate(zip(inputs, offsets)):
+            input_ids[row, offset:] = torch.tensor(ids)
+            attention_mask[row, offset:] = 1
+        options = {"policy": self.policy} if decoder == "xflow" and self.policy is not None else {}
+        out = mdfast.infill(
+            self.model,
+            input_ids.to(self.device),
+            attention_mask.to(self.device),
+            steps=steps,
+            decoder=decoder,
+            backend=self.backend,
+            mask_token_id=self.vocab.mask,
+            **options,
+        )
+        return out.sequences.cpu(), out.nfe, offsets
+
+
+def _record(masked: list[MaskedGene], decoded: _Decoded, reference: _Decoded, fields: dict) -> dict:
+    per_gene = []
+    for m, tokens, ref, nfe in zip(masked, decoded.tokens, reference.tokens, decoded.nfe):
+        per_gene.append(
+            {
+                "name": m.gene.name,
+                "species": m.gene.species,
+                "chain": m.gene.chain,
+                "masked": len(m.positions),
+                "correct": sum(a == b for a, b in zip(tokens, m.target)),
+                "agree": sum(a == b for a, b in zip(tokens, ref)),
+                "nfe": nfe,
+            }
+        )
+    counts = [g["masked"] for g in per_gene]
+    accuracy, accuracy_se = pooled_fraction([g["correct"] for g in per_gene], counts)
+    agreement, agreement_se = pooled_fraction([g["agree"] for g in per_gene], counts)
+    residues = sum(counts)
+    return {
+        **fields,
+        "genes": len(per_gene),
+        "residues": residues,
+        "accuracy": accuracy,
+        "accuracy_se": finite_or_none(accuracy_se),
+        "agreement": agreement,
+        "agreement_se": finite_or_none(agreement_se),
+        "nfe": sum(decoded.nfe) / len(per_gene),
+        "steps": sum(decoded.steps) / len(per_gene),
+        "seconds": decoded.seconds,
+        "tokens_per_s": residues / decoded.seconds,
+        "per_gene": per_gene,
+    }
