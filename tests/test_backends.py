@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mdfast
-from mdfast import backends
+from mdfast import backends, ops
 
 
 def test_cpu_extension_builds_where_a_toolchain_exists():
@@ -30,8 +30,11 @@ def test_triton_backend_loads_where_triton_is_installed():
 def test_auto_picks_the_compiled_backend_on_cpu():
     if backends.get("cpu").unavailable_reason() is not None:
         pytest.skip("the C++ backend is unavailable here")
-    assert backends.resolve("auto", torch.device("cpu"), torch.float32).name == "cpu"
-    assert backends.resolve("auto", torch.device("cpu"), torch.float64).name == "torch"
+    assert ops.resolve_backend("auto", torch.device("cpu"), torch.float32) == "cpu"
+    assert ops.resolve_backend("auto", torch.device("cpu"), torch.float64) == "torch"
+    assert ops.resolve_backend("torch", torch.device("cpu"), torch.float32) == "torch"
+    with pytest.raises(ValueError, match="runs on cuda tensors"):
+        ops.resolve_backend("cuda", torch.device("cpu"), torch.float32)
 
 
 def test_available_lists_every_backend_with_a_reason():
@@ -52,7 +55,7 @@ def test_unavailable_backend_explains_itself():
 def test_auto_falls_back_to_torch_with_one_warning(monkeypatch):
     broken = backends.KernelBackend("cpu", "cpu", lambda: (_ for _ in ()).throw(RuntimeError("no compiler")))
     monkeypatch.setitem(backends._BACKENDS, "cpu", broken)
-    monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.setattr(ops, "_warned", set())
     with pytest.warns(RuntimeWarning, match=r"using the eager torch backend on cpu \(cpu: no compiler\)"):
         stats = mdfast.token_stats(torch.randn(3, 50))
     with warnings.catch_warnings():
@@ -61,3 +64,4 @@ def test_auto_falls_back_to_torch_with_one_warning(monkeypatch):
     assert stats.argmax.shape == (3,)
     with pytest.raises(RuntimeError, match="backend 'cpu' is unavailable: no compiler"):
         mdfast.token_stats(torch.randn(3, 50), backend="cpu")
+
