@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .. import backends, ops
+from .. import ops
 from ..models import ModelAdapter
 from .schedule import top_positions, transfer_counts
 
@@ -41,7 +41,7 @@ class Decoder:
         """Whether a step may be replayed from a CUDA graph: not when it draws random numbers, nor on
         the torch backend (the reference reads values back to the host)."""
         logits_dtype = self.adapter.head.linear.weight.dtype
-        return self.temperature == 0.0 and backends.resolve(self.backend, self.device, logits_dtype).name != "torch"
+        return self.temperature == 0.0 and ops.resolve_backend(self.backend, self.device, logits_dtype) != "torch"
 
     @property
     def keeps_graph(self) -> bool:
