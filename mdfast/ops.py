@@ -209,7 +209,8 @@ def xflow_step(
         raise TypeError(
             f"embedding: backend {impl.name!r} reads {', '.join(map(str, impl.logits_dtypes))}, got {embedding.dtype}"
         )
-    scalars = _step_scalars(config, *((policy.hidden, policy.kappa_min, policy.kappa_max) if policy else (0, 0.0, 0.0)))
+    constants = (policy.hidden, policy.kappa_min, policy.kappa_max) if policy is not None else (0, 0.0, 0.0)
+    scalars = _step_scalars(config, *constants)
 
     X_in, t_in = X.contiguous(), t.contiguous()
     X_out, t_out = (X, t) if inplace else (torch.empty_like(X_in), torch.empty_like(t_in))
