@@ -226,6 +226,39 @@ def test_check_finite_false_never_synchronises(backend):
         torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.parametrize(
+    "mode, launches", [("heuristic", 2), ("policy", 3), ("sampled", 2)], ids=["heuristic", "policy", "sampled"]
+)
+def test_a_triton_step_is_few_launches_on_one_allocation(mode, launches, monkeypatch):
+    """Host-bound at B = 1 outside a CUDA graph, an eager Triton step launches the statistics pass with
+    the per-row step in its epilogue (unless the statistics are given), the policy's kernel (with a
+    policy, or given statistics) and one commit-and-update kernel; all of it on one workspace."""
+    device = require_backend("triton")
+    import mdfast.triton_kernels.xflow_step as step_module
+    from mdfast.triton_kernels import workspace
+
+    logits, X, t, embedding, m = make_state(1, 20, 500, 8, device=device)
+    policy = random_policy().to(device) if mode != "heuristic" else None
+    generator = torch.Generator(device).manual_seed(3) if mode == "sampled" else None
+    run = type(step_module._commit_update_kernel).run
+    seen, carved = [], []
+    monkeypatch.setattr(
+        type(step_module._commit_update_kernel),
+        "run",
+        lambda self, *args, **kwargs: seen.append(self.__name__) or run(self, *args, **kwargs),
+    )
+    carve = workspace.carve
+    monkeypatch.setattr(step_module, "carve", lambda *specs: carved.append(len(specs)) or carve(*specs))
+    impl = backends.get("triton")
+    step = impl.xflow_step
+    monkeypatch.setattr(impl, "xflow_step", lambda *args: seen.clear() or step(*args))  # count the step alone
+    mdfast.xflow_step(
+        logits, X, t, embedding, m, policy, 0.5, sample=mode == "sampled", generator=generator, backend="triton"
+    )
+    assert len(seen) == launches and seen[-1] == "_commit_update_kernel", seen
+    assert len(carved) == 1, "one allocation for every intermediate and output"
+
+
 def test_empty_response_is_a_no_op():
     X, t = torch.randn(2, 0, 8), torch.rand(2, 0)
     out = mdfast.xflow_step(torch.randn(2, 0, 50), X, t, torch.randn(50, 8), torch.randn(8), inplace=True)
