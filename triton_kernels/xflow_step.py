@@ -70,16 +70,17 @@ class StepLaunch:
 def step_launch(B: int, N: int, E: int, hidden: int, device: torch.device) -> StepLaunch:
     """The one place that tunes kernels 2-3. 16 rows per action program (128 programs for 2048 rows);
     its second layer multiplies (16, chunk, d) tiles of 4096 products (32 per thread of 4 warps).
-    About 4 commit-and-update programs per multiprocessor in all, at most one per row (each reads its
-    sequence's 2N floats of t and c from L2 to recompute the commit), each writing its rows in tiles
-    of up to 1024 columns (8 floats per thread of 4 warps)."""
+    About 8 commit-and-update programs of 4 warps per multiprocessor in all (32 warps, as many as the
+    update kernel it replaces kept busy; not yet measured on a GPU), at most one per row, each reading
+    its sequence's 2N floats of t and c from L2 to recompute the commit and writing its rows in tiles
+    of up to 1024 columns (8 floats per thread)."""
     action_rows = 16
     return StepLaunch(
         action_rows=action_rows,
         policy_chunk=max(1, 4096 // (action_rows * triton.next_power_of_2(max(hidden, 1)))),
         commit_tile=1024,
         update_cols=min(1024, triton.next_power_of_2(E)),
-        sequence_programs=max(1, min(N, triton.cdiv(4 * multiprocessors(device), B))),
+        sequence_programs=max(1, min(N, triton.cdiv(8 * multiprocessors(device), B))),
     )
 
 
