@@ -14,14 +14,13 @@ marks such tiles in a bit mask, and once every GROUP tiles one reduction of the 
 tiles of the group to read again (from cache) and insert. Then O(k) scalar math gives every output:
 p(j) = exp(z_(j) - m) / S, lse = m + log S and H_full = log S - D / S.
 
-Launches, decided by ``stats_launch``:
-- one program per row (``_stats_row_kernel``) when the rows fill the GPU;
-- else each row is cut into chunks of whole tiles: ``_stats_chunk_kernel`` (grid rows x chunks)
-  writes every chunk's (m, S, D, top-k) to the workspace and ``_stats_merge_kernel`` (grid rows)
-  merges the chunks of a row in a fixed order, so results do not depend on scheduling.
+Launches, decided by ``stats_launch``: ``_stats_kernel``, one program per row, which streams its
+row when the rows fill the GPU; else each row is cut into chunks of whole tiles, ``_stats_chunk_kernel``
+(grid rows x chunks) writes every chunk's (m, S, D, top-k) to the workspace and ``_stats_kernel``
+(SPLIT) merges the chunks of a row in a fixed order, so results do not depend on scheduling.
 
-``xflow_step.py`` runs the same pass (``scan_row``, ``merge_chunks``, ``finish_row``, ``launch_chunks``)
-with the per-row step of SPEC 2 in its rows' epilogue.
+``xflow_step.py`` runs the same pass (``summarize_row``, ``finish_row``, ``launch_chunks``) with the
+per-row step of SPEC 2 in its rows' epilogue.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from torch import Tensor
 
 from .workspace import carve
 
-__all__ = ["StatsLaunch", "finish_row", "launch_chunks", "merge_chunks", "scan_row", "stats_launch", "token_stats"]
+__all__ = ["StatsLaunch", "finish_row", "launch_chunks", "row_program", "stats_launch", "summarize_row", "token_stats"]
 
 # The running top-k starts with k empty slots holding (-inf, SENTINEL + slot): each loses to every
 # real entry, -inf ones too (their indices are smaller), and the slots stay distinct pairs.
@@ -333,18 +332,53 @@ def row_start(logits_ptr, row, N, stride_b, stride_n):
     return logits_ptr + (row // N) * stride_b + (row % N) * stride_n
 
 
+@triton.jit
+def summarize_row(
+    logits_ptr,
+    N,
+    V,
+    stride_b,
+    stride_n,
+    part_ptr,
+    part_v_ptr,
+    part_i_ptr,
+    n_chunks,
+    BLOCK_V: tl.constexpr,
+    GROUP: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    FULL_ENTROPY: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    """(m, S, D, top-k slots) of this program's row: streamed whole (``scan_row``), or, on the split
+    path (SPLIT), merged from its chunks' partials (``merge_chunks``; the logits are not read)."""
+    row = tl.program_id(0).to(tl.int64)
+    if SPLIT:
+        n_rows = tl.num_programs(0).to(tl.int64)
+        return merge_chunks(part_ptr, part_v_ptr, part_i_ptr, row, n_rows, n_chunks, CHUNKS, CANDIDATES, K, KP)
+    else:
+        row_ptr = row_start(logits_ptr, row, N, stride_b, stride_n)
+        return scan_row(row_ptr, 0, V, BLOCK_V, GROUP, K, KP, FULL_ENTROPY)
+
+
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _stats_row_kernel(
+def _stats_kernel(
     logits_ptr,
     N,
     V,
     stride_b,
     stride_n,
+    part_ptr,
+    part_v_ptr,
+    part_i_ptr,
+    n_chunks,
     argmax_ptr,
     probs_ptr,
     ids_ptr,
@@ -355,17 +389,35 @@ def _stats_row_kernel(
     inv_log_k,
     BLOCK_V: tl.constexpr,
     GROUP: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    CANDIDATES: tl.constexpr,
     K: tl.constexpr,
     KP: tl.constexpr,
     FULL_ENTROPY: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
-    """Grid (rows,): one program streams one whole row."""
-    row = tl.program_id(0).to(tl.int64)
-    m, S, D, top_v, top_i = scan_row(
-        row_start(logits_ptr, row, N, stride_b, stride_n), 0, V, BLOCK_V, GROUP, K, KP, FULL_ENTROPY
+    """Grid (rows,): one program per row, which it streams whole or (SPLIT) merges from the chunks."""
+    m, S, D, top_v, top_i = summarize_row(
+        logits_ptr,
+        N,
+        V,
+        stride_b,
+        stride_n,
+        part_ptr,
+        part_v_ptr,
+        part_i_ptr,
+        n_chunks,
+        BLOCK_V,
+        GROUP,
+        CHUNKS,
+        CANDIDATES,
+        K,
+        KP,
+        FULL_ENTROPY,
+        SPLIT,
     )
     finish_row(
-        row,
+        tl.program_id(0).to(tl.int64),
         m,
         S,
         D,
@@ -430,52 +482,6 @@ def _stats_chunk_kernel(
     tl.store(part_i_ptr + at * K + slot, top_i, mask=slot < K)
 
 
-@triton.jit
-def _stats_merge_kernel(
-    part_ptr,
-    part_v_ptr,
-    part_i_ptr,
-    n_chunks,
-    argmax_ptr,
-    probs_ptr,
-    ids_ptr,
-    lse_ptr,
-    margin_ptr,
-    entropy_topk_ptr,
-    entropy_full_ptr,
-    inv_log_k,
-    CHUNKS: tl.constexpr,
-    CANDIDATES: tl.constexpr,
-    K: tl.constexpr,
-    KP: tl.constexpr,
-    FULL_ENTROPY: tl.constexpr,
-):
-    """Grid (rows,): a row's statistics from its chunks' partials."""
-    row = tl.program_id(0).to(tl.int64)
-    m, S, D, top_v, top_i = merge_chunks(
-        part_ptr, part_v_ptr, part_i_ptr, row, tl.num_programs(0).to(tl.int64), n_chunks, CHUNKS, CANDIDATES, K, KP
-    )
-    finish_row(
-        row,
-        m,
-        S,
-        D,
-        top_v,
-        top_i,
-        argmax_ptr,
-        probs_ptr,
-        ids_ptr,
-        lse_ptr,
-        margin_ptr,
-        entropy_topk_ptr,
-        entropy_full_ptr,
-        inv_log_k,
-        K,
-        KP,
-        FULL_ENTROPY,
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------
@@ -512,13 +518,24 @@ def launch_chunks(logits: Tensor, k: int, full_entropy: bool, launch: StatsLaunc
     )
 
 
-def merge_constants(k: int, launch: StatsLaunch) -> dict:
-    """The constexprs of a merge kernel (grid (rows,), one warp)."""
-    return dict(
+def row_program(logits: Tensor, k: int, launch: StatsLaunch, parts: list[Tensor] | None) -> tuple[tuple, dict]:
+    """The arguments of a per-row kernel (``summarize_row``'s) before its outputs, and its constants:
+    on the split path it merges the partials ``parts`` (one warp per row), else it streams its row."""
+    _, N, V = logits.shape
+    split = launch.chunks > 1
+    part, part_v, part_i = parts if split else (logits,) * 3  # unread without a split
+    arguments = (logits, N, V, logits.stride(0), logits.stride(1), part, part_v, part_i, launch.chunks)
+    constants = dict(
+        BLOCK_V=launch.block_v,
+        GROUP=launch.group,
         CHUNKS=triton.next_power_of_2(launch.chunks),
         CANDIDATES=triton.next_power_of_2(launch.chunks * k),
-        num_warps=1,
+        K=k,
+        KP=triton.next_power_of_2(k),
+        SPLIT=split,
+        num_warps=1 if split else launch.num_warps,
     )
+    return arguments, constants
 
 
 def token_stats(logits: Tensor, k: int, full_entropy: bool, launch: StatsLaunch | None = None) -> list[Tensor]:
@@ -536,7 +553,7 @@ def token_stats(logits: Tensor, k: int, full_entropy: bool, launch: StatsLaunch 
     launch = launch or stats_launch(rows, V, logits.device)
     split = launch.chunks > 1
     f32, i64 = torch.float32, torch.int64
-    *results, part, part_v, part_i = carve(
+    views = carve(
         logits.device,
         ((B, N), i64),
         ((B, N, k), f32),
@@ -545,28 +562,13 @@ def token_stats(logits: Tensor, k: int, full_entropy: bool, launch: StatsLaunch 
         ((B, N), f32),
         ((B, N), f32),
         ((B, N) if full_entropy else (0,), f32),
-        *(partials(rows, k, launch) if split else (((0,), f32),) * 3),
+        *(partials(rows, k, launch) if split else ()),
     )
+    results, parts = views[:7], views[7:]
     if rows == 0:
         return results
-    common = dict(K=k, KP=triton.next_power_of_2(k), FULL_ENTROPY=full_entropy)
-    if not split:
-        _stats_row_kernel[(rows,)](
-            logits,
-            N,
-            V,
-            logits.stride(0),
-            logits.stride(1),
-            *results,
-            1.0 / math.log(k),
-            BLOCK_V=launch.block_v,
-            GROUP=launch.group,
-            num_warps=launch.num_warps,
-            **common,
-        )
-        return results
-    launch_chunks(logits, k, full_entropy, launch, part, part_v, part_i)
-    _stats_merge_kernel[(rows,)](
-        part, part_v, part_i, launch.chunks, *results, 1.0 / math.log(k), **merge_constants(k, launch), **common
-    )
+    if split:
+        launch_chunks(logits, k, full_entropy, launch, *parts)
+    arguments, constants = row_program(logits, k, launch, parts)
+    _stats_kernel[(rows,)](*arguments, *results, 1.0 / math.log(k), FULL_ENTROPY=full_entropy, **constants)
     return results

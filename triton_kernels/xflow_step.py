@@ -3,8 +3,8 @@ synchronisation: a fixed sequence of launches on one workspace allocation (every
 output is a view of it), so a whole step can be captured in a CUDA graph.
 
 0. the one-element "bad" flag zeroed (unless ``mdfast.ops`` gives it, holding its input checks);
-1. the statistics pass of ``token_stats.py`` (``_step_row_kernel``, or the chunk kernel and
-   ``_step_merge_kernel``), whose rows' epilogue sets the flag for a row whose lse is not finite
+1. the statistics pass of ``token_stats.py`` (``_step_kernel``, one program per row, after the chunk
+   kernel on the split path), whose rows' epilogue sets the flag for a row whose lse is not finite
    and, when no policy is needed, does the row's step: x_pred, c = p(1), the action (given, or the
    heuristic a_min^(1-c) a_max^c), the re-edit decision and t after SPEC 2.6 (into the workspace);
    skipped when the statistics are given (``sample=True``: ops drew the action from them);
@@ -35,13 +35,11 @@ from mdfast.policy import PolicyLayout
 from .token_stats import (
     finish_row,
     launch_chunks,
-    merge_chunks,
-    merge_constants,
     multiprocessors,
     partials,
-    row_start,
-    scan_row,
+    row_program,
     stats_launch,
+    summarize_row,
 )
 from .workspace import carve
 
@@ -216,77 +214,12 @@ def _row_step(
 
 
 @triton.jit
-def _step_row_kernel(
+def _step_kernel(
     logits_ptr,
     N,
     V,
     stride_b,
     stride_n,
-    tokens_ptr,
-    probs_ptr,
-    ids_ptr,
-    lse_ptr,
-    margin_ptr,
-    entropy_topk_ptr,
-    inv_log_k,
-    t_ptr,
-    action_ptr,
-    confidence_ptr,
-    reedited_ptr,
-    t_new_ptr,
-    bad_ptr,
-    a_min,
-    log_range,
-    reedit_margin,
-    MODE: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-    GROUP: tl.constexpr,
-    K: tl.constexpr,
-    KP: tl.constexpr,
-):
-    """Grid (rows,): one program streams one whole row, then its step (``_row_step``)."""
-    row = tl.program_id(0).to(tl.int64)
-    m, S, D, top_v, top_i = scan_row(
-        row_start(logits_ptr, row, N, stride_b, stride_n), 0, V, BLOCK_V, GROUP, K, KP, False
-    )
-    c, lse = finish_row(
-        row,
-        m,
-        S,
-        D,
-        top_v,
-        top_i,
-        tokens_ptr,
-        probs_ptr,
-        ids_ptr,
-        lse_ptr,
-        margin_ptr,
-        entropy_topk_ptr,
-        lse_ptr,
-        inv_log_k,
-        K,
-        KP,
-        False,
-    )
-    _row_step(
-        row,
-        c,
-        lse,
-        t_ptr,
-        action_ptr,
-        confidence_ptr,
-        reedited_ptr,
-        t_new_ptr,
-        bad_ptr,
-        a_min,
-        log_range,
-        reedit_margin,
-        MODE,
-    )
-
-
-@triton.jit
-def _step_merge_kernel(
     part_ptr,
     part_v_ptr,
     part_i_ptr,
@@ -308,15 +241,35 @@ def _step_merge_kernel(
     log_range,
     reedit_margin,
     MODE: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    GROUP: tl.constexpr,
     CHUNKS: tl.constexpr,
     CANDIDATES: tl.constexpr,
     K: tl.constexpr,
     KP: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
-    """Grid (rows,): a row's statistics from its chunks' partials, then its step (``_row_step``)."""
+    """Grid (rows,): a row's statistics (streamed whole, or on the split path merged from its chunks),
+    then its step (``_row_step``)."""
     row = tl.program_id(0).to(tl.int64)
-    m, S, D, top_v, top_i = merge_chunks(
-        part_ptr, part_v_ptr, part_i_ptr, row, tl.num_programs(0).to(tl.int64), n_chunks, CHUNKS, CANDIDATES, K, KP
+    m, S, D, top_v, top_i = summarize_row(
+        logits_ptr,
+        N,
+        V,
+        stride_b,
+        stride_n,
+        part_ptr,
+        part_v_ptr,
+        part_i_ptr,
+        n_chunks,
+        BLOCK_V,
+        GROUP,
+        CHUNKS,
+        CANDIDATES,
+        K,
+        KP,
+        False,
+        SPLIT,
     )
     c, lse = finish_row(
         row,
@@ -581,37 +534,12 @@ def xflow_step(
     )
 
     if given is None:
+        parts = [ws[name] for name in ("part", "part_v", "part_i") if name in ws]
+        if split:
+            launch_chunks(logits, k, False, stats, *parts)
+        arguments, constants = row_program(logits, k, stats, parts)
         stats_out = (tokens, ws["probs"], ws["ids"], lse, ws["margin"], ws["entropy_topk"], 1.0 / math.log(k))
-        if not split:
-            _step_row_kernel[(R,)](
-                logits,
-                N,
-                V,
-                logits.stride(0),
-                logits.stride(1),
-                *stats_out,
-                *step,
-                MODE=mode,
-                BLOCK_V=stats.block_v,
-                GROUP=stats.group,
-                K=k,
-                KP=triton.next_power_of_2(k),
-                num_warps=stats.num_warps,
-            )
-        else:
-            launch_chunks(logits, k, False, stats, ws["part"], ws["part_v"], ws["part_i"])
-            _step_merge_kernel[(R,)](
-                ws["part"],
-                ws["part_v"],
-                ws["part_i"],
-                stats.chunks,
-                *stats_out,
-                *step,
-                MODE=mode,
-                K=k,
-                KP=triton.next_power_of_2(k),
-                **merge_constants(k, stats),
-            )
+        _step_kernel[(R,)](*arguments, *stats_out, *step, MODE=mode, **constants)
 
     if mode == _POLICY or given is not None:
         d = scalars.hidden if mode == _POLICY else 1
