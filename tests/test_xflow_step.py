@@ -164,20 +164,26 @@ def test_non_finite_logits_write_nothing(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
-    "name, spoil, message",
+    "spoil, message",
     [
-        ("rho", lambda s: s.update(rho=torch.tensor([0.5, math.nan])), r"rho: expected values in \[0, 1\]"),
-        ("rho", lambda s: s.update(rho=torch.tensor(-3.0)), r"rho: expected values in \[0, 1\]"),
-        ("t", lambda s: s["t"].__setitem__((1, 2), math.nan), r"t: expected token progress in \[0, 1\]"),
-        ("t", lambda s: s["t"].__setitem__((0, 0), -1.0), r"t: expected token progress in \[0, 1\]"),
-        ("t", lambda s: s["t"].__setitem__((0, 3), 5.0), r"t: expected token progress in \[0, 1\]"),
-        ("X", lambda s: s["X"].__setitem__((1, 4, 2), math.inf), "X: holds a NaN or infinite entry"),
-        ("embedding", lambda s: s["embedding"].__setitem__((7, 1), math.nan), "embedding: holds a NaN"),
-        ("mask_embedding", lambda s: s["mask_embedding"].__setitem__(0, -math.inf), "mask_embedding: holds a NaN"),
+        pytest.param(
+            lambda s: s.update(rho=torch.tensor([0.5, math.nan])), r"rho: expected values in \[0, 1\]", id="rho-nan"
+        ),
+        pytest.param(lambda s: s.update(rho=torch.tensor(-3.0)), r"rho: expected values in \[0, 1\]", id="rho=-3"),
+        pytest.param(
+            lambda s: s["t"].__setitem__((1, 2), math.nan), r"t: expected token progress in \[0, 1\]", id="t-nan"
+        ),
+        pytest.param(lambda s: s["t"].__setitem__((0, 0), -1.0), r"t: expected token progress in \[0, 1\]", id="t=-1"),
+        pytest.param(lambda s: s["t"].__setitem__((0, 3), 5.0), r"t: expected token progress in \[0, 1\]", id="t=5"),
+        pytest.param(lambda s: s["X"].__setitem__((1, 4, 2), math.inf), "X: holds a NaN or infinite entry", id="X-inf"),
+        pytest.param(lambda s: s["embedding"].__setitem__((7, 1), math.nan), "embedding: holds a NaN", id="table-nan"),
+        pytest.param(
+            lambda s: s["mask_embedding"].__setitem__(0, -math.inf), "mask_embedding: holds a NaN", id="mask-inf"
+        ),
     ],
 )
 @pytest.mark.parametrize("sample", [False, True], ids=["mean", "sampled"])
-def test_bad_values_are_named_and_write_nothing(backend, name, spoil, message, sample):
+def test_bad_values_are_named_and_write_nothing(backend, spoil, message, sample):
     """NaN, inf or out-of-range values in rho, t, X or the embeddings: the same named ValueError on
     every backend (not NaN actions, not a Kummer series that "did not converge"), no state written."""
     device = require_backend(backend)
