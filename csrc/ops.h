@@ -1,8 +1,11 @@
 // The native operations of mdfast, one declaration per op. Each backend (cpu/, cuda/) defines the
 // same functions; bindings.cpp exposes whichever one was compiled under the same Python names, so
 // the Python glue (KernelBackend in mdfast/backends/__init__.py) is shared, with the Triton
-// kernels too (same signatures). Semantics: SPEC.md sections 1 and 2, exactly as
-// mdfast/reference.py evaluates them.
+// kernels too (mdfast/backends/triton.py: the same signatures). Semantics: SPEC.md sections 1 and
+// 2, exactly as mdfast/reference.py evaluates them.
+//
+// mdfast/ops.py validates every argument (shapes, dtypes, devices, strides, ranges) before a call:
+// the functions here trust their inputs and check nothing.
 #pragma once
 
 #include <torch/extension.h>
@@ -13,15 +16,14 @@
 namespace mdfast {
 
 // SPEC 1 over logits (B, N, V) with stride(2) == 1 and any stride(0), stride(1);
-// float32, bfloat16 or float16. 2 <= k <= V and k <= 8 (mdfast.ops checks both).
+// float32, bfloat16 or float16; 2 <= k <= min(8, V); V < 2^31 - 64 and B * N < 2^31.
 // A row holding NaN or +inf, or only -inf, gets a non-finite lse; its other outputs are
 // unspecified except that every id indexes the vocabulary.
 // Returns {argmax (B,N) int64, topk_probs (B,N,k) f32, topk_ids (B,N,k) int64, lse (B,N) f32,
 //          margin (B,N) f32, entropy_topk (B,N) f32, entropy_full (B,N) f32 or an empty tensor}.
 std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool full_entropy);
 
-// What every token_stats checks and allocates: logits (B, N, V) with stride(2) == 1, 2 <= k <= 8,
-// V >= k; the outputs on logits' device in the order token_stats returns them.
+// The outputs of token_stats, allocated on logits' device in the order token_stats returns them.
 struct TokenStatsTensors {
   at::Tensor argmax, topk_probs, topk_ids, lse, margin, entropy_topk, entropy_full;
 
@@ -37,10 +39,6 @@ struct TokenStatsTensors {
   };
 
   TokenStatsTensors(const at::Tensor& logits, int64_t k, bool full_entropy) {
-    TORCH_CHECK(logits.dim() == 3, "token_stats: logits must be (B, N, V), got ", logits.sizes());
-    TORCH_CHECK(logits.stride(2) == 1, "token_stats: logits rows must be contiguous (stride(2) == 1)");
-    TORCH_CHECK(2 <= k && k <= 8, "token_stats: need 2 <= k <= 8, got ", k);
-    TORCH_CHECK(logits.size(2) >= k, "token_stats: need V >= k, got V = ", logits.size(2), ", k = ", k);
     const int64_t B = logits.size(0), N = logits.size(1);
     const auto f32 = logits.options().dtype(at::kFloat);
     const auto i64 = logits.options().dtype(at::kLong);
@@ -64,26 +62,69 @@ struct TokenStatsTensors {
   }
 };
 
-// SPEC 2.2-2.7, one x-flow step, fused: statistics of every row, then the policy state, the
-// action (given `action`, else the policy's Kummer mean, else the heuristic), re-edit or flow
-// update, and the per-sequence hard commit.
-//   logits (B,N,V) stride(2)==1; X, X_out (B,N,E) f32 contiguous; t, t_out (B,N) f32 contiguous
-//   (X_out may alias X and t_out may alias t); embedding (V,E) f32/bf16/f16 with stride(1)==1;
-//   mask_embedding (E,) f32 contiguous; rho (B,) f32;
-//   policy_weights: packed f32 [W1 (d,k+4) row-major, b1 (d), W2 (d,d), b2 (d), w_mu (d),
-//   w_kappa (d), b_mu, b_kappa] with d = hidden, or none for the heuristic a_min^(1-c) a_max^c;
-//   action (B,N) f32 contiguous, or none; rho is read through its stride.
-//   kummer_terms counts the series' terms including term_0 = 1 (FlowConfig.kummer_terms).
-// If any row's lse is not finite (NaN or +inf in the row, or the row all -inf), X_out and t_out
-// are left unwritten and committed is -1 (the other outputs are unspecified); the caller raises.
-// Returns {tokens (B,N) int64, confidence (B,N) f32,
-// action (B,N) f32, reedited (B,N) bool, committed (B,) int64, lse (B,N) f32}.
+// The scalar arguments of one x-flow step: mdfast.backends.StepScalars field by field (bindings.cpp
+// converts one into the other by name).
+struct StepScalars {
+  double a_min, a_max;          // the range of the step size a; z = L ln 2 = ln(a_max / a_min) (SPEC 2.5)
+  double reedit_margin;         // re-edit when c_i - t_i < -reedit_margin (SPEC 2.6)
+  double commit_threshold;      // the hard commit picks among tokens with t_i < commit_threshold (SPEC 2.7)
+  int64_t k;                    // the top-k width: the policy state is [p(1..k), H_k, margin, t, rho]
+  int64_t kummer_terms;         // terms of Kummer's series, term_0 = 1 included (FlowConfig.kummer_terms)
+  int64_t hidden;               // the step policy's hidden width d (0 without a policy)
+  double kappa_min, kappa_max;  // the step policy's kappa range
+};
+
+// The statistics a step needs of each row, computed before it (mdfast.backends.GivenStats:
+// sample=True, where mdfast.ops drew the actions from them), so that the step does not read the
+// logits again: x_pred (B,N) int64, c = p(1) (B,N) f32, lse (B,N) f32, all contiguous.
+struct GivenStats {
+  at::Tensor tokens, confidence, lse;
+};
+
+// The packed step policy, one float32 vector (mdfast.policy.PolicyLayout, the same layout):
+//   [W1 (d, k+4) row-major, b1 (d), W2 (d, d) row-major, b2 (d), w_mu (d), w_kappa (d), b_mu, b_kappa]
+struct PolicyView {
+  int64_t d = 0, width = 0;  // hidden width, state width k + 4
+  const float* W1 = nullptr;
+  const float* b1 = nullptr;
+  const float* W2 = nullptr;
+  const float* b2 = nullptr;
+  const float* w_mu = nullptr;
+  const float* w_kappa = nullptr;
+  const float* b_mu = nullptr;
+  const float* b_kappa = nullptr;
+
+  PolicyView() = default;
+  PolicyView(const float* packed, int64_t hidden, int64_t k) : d(hidden), width(k + 4) {
+    W1 = packed;
+    b1 = W1 + d * width;
+    W2 = b1 + d;
+    b2 = W2 + d * d;
+    w_mu = b2 + d;
+    w_kappa = w_mu + d;
+    b_mu = w_kappa + d;
+    b_kappa = b_mu + 1;
+  }
+};
+
+// SPEC 2.2-2.7, one x-flow step, fused: statistics of every row (unless `given`), then the policy
+// state, the action (given `action`, else the policy's Kummer mean, else the heuristic
+// a_min^(1-c) a_max^c), re-edit or flow update, and the per-sequence hard commit.
+//   logits (B,N,V) as for token_stats (not read when `given`); X, X_out (B,N,E) f32 contiguous;
+//   t, t_out (B,N) f32 contiguous (X_out may alias X and t_out may alias t); embedding (V,E)
+//   f32/bf16/f16 with stride(1) == 1; mask_embedding (E,) f32 contiguous; rho (B,) f32, read
+//   through its stride; policy_weights: the packed policy (PolicyView) of width scalars.hidden
+//   (<= 4096), or none; action (B,N) f32 contiguous, or none; given: the rows' statistics (then
+//   `action` is given too), or none; bad: an int32 (1,) flag on the device, or none.
+// If `bad` is nonzero on entry, or any row's lse is not finite (NaN or +inf in the row, or the row
+// all -inf), X_out and t_out are left unwritten, committed is -1 and `bad` (when given) is set;
+// the caller raises. Returns {tokens (B,N) int64, confidence (B,N) f32, action (B,N) f32,
+// reedited (B,N) bool, committed (B,) int64, lse (B,N) f32} (given tensors are returned as they are).
 std::vector<at::Tensor> xflow_step(const at::Tensor& logits, const at::Tensor& X, const at::Tensor& t,
                                    const at::Tensor& embedding, const at::Tensor& mask_embedding,
                                    const at::Tensor& rho, const std::optional<at::Tensor>& policy_weights,
-                                   int64_t hidden, double kappa_min, double kappa_max,
-                                   const std::optional<at::Tensor>& action, double a_min, double a_max,
-                                   double reedit_margin, double commit_threshold, int64_t k,
-                                   int64_t kummer_terms, at::Tensor& X_out, at::Tensor& t_out);
+                                   const std::optional<at::Tensor>& action, const std::optional<GivenStats>& given,
+                                   const std::optional<at::Tensor>& bad, at::Tensor& X_out, at::Tensor& t_out,
+                                   const StepScalars& scalars);
 
 }  // namespace mdfast

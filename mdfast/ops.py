@@ -1,17 +1,23 @@
-"""The public operations and the one place that picks their backend.
+"""The public operations and the one place that validates their input and picks their backend.
 
-``token_stats`` (SPEC 1) and ``xflow_step`` (SPEC 2) validate their inputs, choose a backend
-(``backend="auto" | "triton" | "cuda" | "cpu" | "torch"``) and return typed results. Bad input
-raises ``TypeError`` (wrong type or dtype) or ``ValueError`` (wrong shape, device, value, or
-non-finite logits) naming the argument and what was expected.
+``token_stats`` (SPEC 1), ``xflow_step`` (SPEC 2) and the LLaDA body's ``rms_norm``, ``rope_`` and
+``swiglu`` (SPEC 5) validate their inputs, choose a backend (``backend="auto" | "triton" | "cuda" |
+"cpu" | "torch"``, ``resolve_backend`` says which one a name gives) and lay the tensors out for it;
+the backends (``mdfast.backends``) and their kernels trust what they get. Bad input raises
+``TypeError`` (wrong type or dtype) or ``ValueError`` (wrong shape, device, value, or non-finite
+logits) naming the argument and what was expected.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import backends, reference
 from .config import FlowConfig
@@ -28,6 +34,12 @@ __all__ = [
     "token_stats",
     "xflow_step",
 ]
+
+# The kernels index the vocabulary and the rows with int32 (the top-k's empty slots sit just below
+# 2^31), and keep the policy's first layer in shared memory.
+MAX_VOCABULARY = 2**31 - 65
+MAX_ROWS = 2**31 - 1
+MAX_POLICY_HIDDEN = 4096
 
 
 @dataclass
@@ -74,10 +86,15 @@ class XFlowStep:
 
 
 def resolve_backend(backend: str, device: torch.device, logits_dtype: torch.dtype) -> str:
-    """The name of the backend that ``backend`` ("auto" | "triton" | "cuda" | "cpu" | "torch") resolves to
-    for logits of ``logits_dtype`` on ``device``, as ``token_stats`` and ``xflow_step`` would pick it
-    (raising as they do for a backend that cannot run there)."""
-    return backends.resolve(backend, device, logits_dtype).name
+    """The name of the backend that ``backend`` ("auto" | "triton" | "cuda" | "cpu" | "torch") runs
+    ``token_stats`` and ``xflow_step`` with for logits of ``logits_dtype`` on ``device``.
+
+    "auto" picks Triton, then CUDA, on CUDA tensors and the C++ backend on CPU tensors, each only
+    where it runs (else "torch", the eager reference, with a one-time warning that says why); an
+    explicit name that cannot run there raises, as the ops would. A step on "torch" cannot be
+    captured in a CUDA graph (the reference synchronises).
+    """
+    return _resolve(backend, torch.device(device), logits_dtype).name
 
 
 def token_stats(
@@ -102,7 +119,8 @@ def token_stats(
         raise ValueError("logits: expected shape (..., V), got a 0-d tensor")
     _check_k(k, logits.shape[-1])
     batch_shape = logits.shape[:-1]
-    impl = backends.resolve(backend, logits.device, logits.dtype)
+    _check_rows(math.prod(batch_shape))
+    impl = _resolve(backend, logits.device, logits.dtype)
     rows = _as_rows(logits)
     if rows.numel() == 0:
         return _empty_stats(batch_shape, k, full_entropy, logits.device)
@@ -145,11 +163,21 @@ def xflow_step(
     index on ties) gets X = E[x_pred], t = 1.
 
     Shapes: logits (B, N, V) float32/bfloat16/float16 (float64 with the torch backend); X (B, N, E)
-    float32; t (B, N) float32; embedding (V, E) any float dtype (the model's input embeddings);
-    mask_embedding (E,); rho = l / max(T-1, 1), a number or a tensor () or (B,). ``inplace`` writes
-    the new X and t into the given tensors (which must then be contiguous). ``sample`` needs a
-    policy; ``generator`` drives its draws. ``check_finite`` as in ``token_stats``: a step with a
-    non-finite row writes no state at all, and raises unless ``check_finite=False``.
+    float32; t (B, N) float32 in [0, 1]; embedding (V, E) (the model's input embeddings; float32,
+    bfloat16 or float16 on the kernel backends); mask_embedding (E,); rho = l / max(T-1, 1) in
+    [0, 1], a number or a tensor () or (B,). ``inplace`` writes the new X and t into the given
+    tensors (which must then be contiguous). ``sample`` needs a policy; ``generator`` drives its
+    draws (the statistics are computed once: the step starts from them and reads the logits once).
+
+    ``check_finite=True`` (the default) raises a ValueError naming what is wrong, and writes no state,
+    when X or mask_embedding holds a NaN or inf, when embedding does (checked once per table and
+    version: an in-place change is seen, a change that bypasses autograd's version counter is not),
+    when t or rho holds a NaN or a value outside [0, 1], or when a logits row is not a finite
+    distribution (a NaN or +inf, or every entry -inf). That costs one host synchronisation per
+    call. With ``check_finite=False`` nothing synchronises (what the decoding loop and CUDA graphs
+    need) and only a number ``rho`` is checked: NaN, inf or out-of-range values in X, t, a tensor
+    rho, embedding or mask_embedding go into the step unnoticed; a non-finite logits row still
+    makes the step write no state, and shows in the result's ``lse``.
     """
     _check_tensor("logits", logits, dims=3, floating=True)
     B, N, V = logits.shape
@@ -166,6 +194,7 @@ def xflow_step(
     if not isinstance(config, FlowConfig):
         raise TypeError(f"config: expected a FlowConfig, got {type(config).__name__}")
     _check_k(config.k, V)
+    _check_rows(B * N)
     _check_policy(policy, config, device)
     if sample and policy is None:
         raise ValueError("sample=True needs a policy: the heuristic action a_min^(1-c) a_max^c is deterministic")
@@ -173,8 +202,15 @@ def xflow_step(
         raise ValueError("generator: only used with sample=True")
     if inplace and not (X.is_contiguous() and t.is_contiguous()):
         raise ValueError("inplace=True needs contiguous X and t")
+    rho_checked = not isinstance(rho, Tensor)
     rho = _rho_tensor(rho, B, device)
-    impl = backends.resolve(backend, device, logits.dtype)
+    impl = _resolve(backend, device, logits.dtype)
+    if embedding.dtype not in impl.logits_dtypes:
+        raise TypeError(
+            f"embedding: backend {impl.name!r} reads {', '.join(map(str, impl.logits_dtypes))}, got {embedding.dtype}"
+        )
+    constants = (policy.hidden, policy.kappa_min, policy.kappa_max) if policy is not None else (0, 0.0, 0.0)
+    scalars = _step_scalars(config, *constants)
 
     X_in, t_in = X.contiguous(), t.contiguous()
     X_out, t_out = (X, t) if inplace else (torch.empty_like(X_in), torch.empty_like(t_in))
@@ -182,38 +218,33 @@ def xflow_step(
         return _empty_step(X_out, t_out, B, N, sample)
 
     logits = _as_rows(logits)
-    action = log_prob = None
+    mask_embedding = mask_embedding.float().contiguous()
+    checks = None
+    if check_finite:
+        checks = _InputChecks(X_in, t_in, None if rho_checked else rho, embedding, mask_embedding)
+    embedding = _unit_stride(embedding)
+    action = log_prob = given = weights = bad = None
     if sample:
-        # The draws come from torch with ``generator`` in every backend (SPEC 2.5, sampling).
+        # The draws come from torch with ``generator`` in every backend (SPEC 2.5, sampling), from
+        # statistics the step then starts from (the logits are read once).
         stats = impl.token_stats(logits, config.k, False)
-        if check_finite:
-            _raise_if_not_finite(stats["lse"], "logits")
+        if checks is not None:
+            checks.raise_if_failed(stats["lse"])  # before the draws: nothing is written
         state = reference.policy_state(stats["topk_probs"], stats["entropy_topk"], stats["margin"], t_in, rho)
         alpha, beta = policy(state)
         action, log_prob = reference.sample_action(alpha, beta, config.a_min, config.a_max, generator)
         action = action.detach().float().contiguous()
-
-    args = backends.XFlowArgs(
-        logits=logits,
-        X=X_in,
-        t=t_in,
-        embedding=_unit_stride(embedding),
-        mask_embedding=mask_embedding.float().contiguous(),
-        rho=rho,
-        policy=policy,
-        action=action,
-        a_min=config.a_min,
-        a_max=config.a_max,
-        reedit_margin=config.reedit_margin,
-        commit_threshold=config.commit_threshold,
-        k=config.k,
-        kummer_terms=config.kummer_terms,
-        X_out=X_out,
-        t_out=t_out,
+        given = backends.GivenStats(stats["argmax"], stats["topk_probs"][..., 0].contiguous(), stats["lse"])
+    else:
+        if policy is not None:
+            weights = policy.packed_weights(device, reference.compute_dtype(logits))
+        if checks is not None:
+            bad = checks.flag()
+    out = impl.xflow_step(
+        logits, X_in, t_in, embedding, mask_embedding, rho, weights, action, given, bad, X_out, t_out, scalars
     )
-    out = impl.xflow_step(args)
-    if check_finite:
-        _raise_if_not_finite(out["lse"], "logits")
+    if checks is not None and not sample:
+        checks.raise_if_failed(out["lse"])
     return XFlowStep(
         X=X_out,
         t=t_out,
@@ -243,14 +274,9 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, *, update: Tensor | None = N
     if update is not None:
         _check_tensor("update", update, dtype=x.dtype, device=x.device)
         _check_shape("update", update, tuple(x.shape), "x's shape")
-    if _body_backend(backend, x, weight, update) == "torch":
-        summed = x + update if update is not None else x
-        normed = reference.rms_norm(summed, weight, eps)
-        return (summed, normed) if update is not None else normed
-    from .triton_kernels.rmsnorm import rms_norm as kernel
-
-    summed, normed = kernel(
-        x.contiguous(), weight.contiguous(), eps, update.contiguous() if update is not None else None
+    impl = _resolve_body(backend, x, weight, update)
+    summed, normed = impl.rms_norm(
+        x.contiguous(), weight.contiguous(), float(eps), update.contiguous() if update is not None else None
     )
     return (summed, normed) if update is not None else normed
 
@@ -264,11 +290,7 @@ def rope_(x: Tensor, theta: float, *, backend: str = "auto") -> Tensor:
             f"x: expected (B, L, H, hd) with an even hd and a dense last dimension, got shape {tuple(x.shape)}, "
             f"strides {x.stride()}"
         )
-    if _body_backend(backend, x) == "torch":
-        return x.copy_(reference.rope(x, theta))
-    from .triton_kernels.rope import rope_ as kernel
-
-    return kernel(x, reference.rope_inv_freq(x.shape[-1], theta, x.device))
+    return _resolve_body(backend, x).rope_(x, float(theta))
 
 
 def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:
@@ -281,34 +303,81 @@ def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:
     _check_tensor("gate", gate, floating=True)
     _check_tensor("up", up, dtype=gate.dtype, device=gate.device)
     _check_shape("up", up, tuple(gate.shape), "gate's shape")
-    if _body_backend(backend, gate, up) == "torch":
-        return reference.swiglu(gate, up)
-    from .triton_kernels.swiglu import swiglu as kernel
+    impl = _resolve_body(backend, gate, up)
 
     def rows(x: Tensor) -> Tensor:  # (..., n) as (rows, n), a copy only where the layout needs one
         return _unit_stride(torch.atleast_2d(x)).flatten(0, -2)
 
-    return kernel(rows(gate), rows(up)).view(gate.shape)
+    return impl.swiglu(rows(gate), rows(up)).view(gate.shape)
 
 
-def _body_backend(backend: str, *tensors: Tensor | None) -> str:
+# --------------------------------------------------------------------------------------------
+# backend choice
+# --------------------------------------------------------------------------------------------
+
+_warned: set[str] = set()
+
+
+def _resolve(name: str, device: torch.device, logits_dtype: torch.dtype) -> backends.Backend:
+    """``resolve_backend``'s backend itself."""
+    if name == "auto":
+        if logits_dtype not in backends.KERNEL_LOGITS_DTYPES:
+            return backends.get("torch")
+        candidates = ("triton", "cuda") if device.type == "cuda" else ("cpu",) if device.type == "cpu" else ()
+        reasons = []
+        for candidate in candidates:
+            reason = backends.get(candidate).unavailable_reason()
+            if reason is None:
+                return backends.get(candidate)
+            reasons.append(f"{candidate}: {reason}")
+        if reasons and device.type not in _warned:
+            _warned.add(device.type)
+            warnings.warn(
+                f"mdfast: using the eager torch backend on {device.type} ({'; '.join(reasons)})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return backends.get("torch")
+    return _available(name, device, logits_dtype)
+
+
+def _available(name: str, device: torch.device, logits_dtype: torch.dtype | None = None) -> backends.Backend:
+    """The backend called ``name`` (not "auto") where it runs on ``device``'s tensors (and reads
+    ``logits_dtype``), else an error."""
+    backend = backends.get(name)
+    if (
+        backend.device_type is not None
+        and backend.device_type != device.type
+        and not (name == "triton" and backends.triton_interpreter())
+    ):
+        raise ValueError(f"backend={name!r} runs on {backend.device_type} tensors, but the inputs are on {device}")
+    if logits_dtype is not None and logits_dtype not in backend.logits_dtypes:
+        raise TypeError(
+            f"logits: backend {name!r} reads {', '.join(str(d) for d in backend.logits_dtypes)}, got {logits_dtype}"
+        )
+    reason = backend.unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"mdfast backend {name!r} is unavailable: {reason}")
+    return backend
+
+
+def _resolve_body(name: str, *tensors: Tensor | None) -> backends.Backend:
     """The body kernels exist in Triton only, forward only: "auto" takes them on CUDA tensors where
     Triton runs and no gradient is wanted (else the reference, which autograd differentiates)."""
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend: the body kernels run on 'auto', 'triton' or 'torch', got {backend!r}")
+    if name not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend: the body kernels run on 'auto', 'triton' or 'torch', got {name!r}")
     wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    if backend == "auto":
-        on_gpu = tensors[0].device.type == "cuda" and backends.get("triton").unavailable_reason() is None
-        return "triton" if on_gpu and not wants_grad else "torch"
-    if backend == "triton":
-        reason = backends.get("triton").unavailable_reason()
-        if reason is not None:
-            raise RuntimeError(f"mdfast backend 'triton' is unavailable: {reason}")
-        if wants_grad:
-            raise ValueError(
-                "backend='triton': the body kernels have no backward; "
-                "use backend='auto' or 'torch' when gradients are needed"
-            )
+    device = tensors[0].device
+    if name == "auto":
+        triton = backends.get("triton")
+        on_gpu = device.type == "cuda" and triton.unavailable_reason() is None
+        return triton if on_gpu and not wants_grad else backends.get("torch")
+    backend = _available(name, device)
+    if name == "triton" and wants_grad:
+        raise ValueError(
+            "backend='triton': the body kernels have no backward; "
+            "use backend='auto' or 'torch' when gradients are needed"
+        )
     return backend
 
 
@@ -340,6 +409,13 @@ def _check_k(k, V: int) -> None:
         raise ValueError(f"k: expected an int in [2, 8], got {k!r}")
     if k > V:
         raise ValueError(f"logits: the vocabulary (last dimension, {V}) must hold at least k = {k} entries")
+    if V > MAX_VOCABULARY:
+        raise ValueError(f"logits: at most {MAX_VOCABULARY} vocabulary entries (int32 ids), got {V}")
+
+
+def _check_rows(rows: int) -> None:
+    if rows > MAX_ROWS:
+        raise ValueError(f"logits: at most {MAX_ROWS} rows (int32 row indices), got {rows}")
 
 
 def _check_policy(policy, config: FlowConfig, device: torch.device) -> None:
@@ -357,6 +433,24 @@ def _check_policy(policy, config: FlowConfig, device: torch.device) -> None:
             f"k={config.k}, a_min={config.a_min}, a_max={config.a_max}; pass "
             "config=FlowConfig(k=policy.k, a_min=policy.a_min, a_max=policy.a_max)"
         )
+    if policy.hidden > MAX_POLICY_HIDDEN:
+        raise ValueError(f"policy: hidden width at most {MAX_POLICY_HIDDEN} (the kernels' limit), got {policy.hidden}")
+
+
+@functools.lru_cache(maxsize=64)
+def _step_scalars(config: FlowConfig, hidden: int, kappa_min: float, kappa_max: float) -> backends.StepScalars:
+    """The kernels' scalars for a (config, policy constants) pair, built once."""
+    return backends.StepScalars(
+        a_min=config.a_min,
+        a_max=config.a_max,
+        reedit_margin=config.reedit_margin,
+        commit_threshold=config.commit_threshold,
+        k=config.k,
+        kummer_terms=config.kummer_terms,
+        hidden=hidden,
+        kappa_min=kappa_min,
+        kappa_max=kappa_max,
+    )
 
 
 def _rho_tensor(rho, B: int, device: torch.device) -> Tensor:
@@ -366,6 +460,8 @@ def _rho_tensor(rho, B: int, device: torch.device) -> Tensor:
         return rho.to(device=device, dtype=torch.float32).expand(B).contiguous()
     if not isinstance(rho, (int, float)):
         raise TypeError(f"rho: expected a number or a tensor, got {type(rho).__name__}")
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho: expected a number in [0, 1] (l / max(T - 1, 1)), got {rho}")
     return torch.full((B,), float(rho), dtype=torch.float32, device=device)
 
 
@@ -393,6 +489,77 @@ def _raise_if_not_finite(lse: Tensor, name: str) -> None:
             f"{name}: {where.shape[0]} row(s) are not a finite distribution (a NaN or +inf entry, or every "
             f"entry -inf), the first at row index {first}; no state was written"
         )
+
+
+_INPUT_PROBLEMS = {
+    "X": "X: holds a NaN or infinite entry",
+    "t": "t: expected token progress in [0, 1], got a NaN or a value outside",
+    "rho": "rho: expected values in [0, 1] (l / max(T - 1, 1)), got a NaN or a value outside",
+    "mask_embedding": "mask_embedding: holds a NaN or infinite entry",
+    "embedding": "embedding: holds a NaN or infinite entry",
+}
+
+
+class _InputChecks:
+    """``xflow_step``'s input checks with ``check_finite=True``, evaluated on the device: their
+    flags become the backend's ``bad`` flag (a set flag makes the step write no state) and are read
+    back together with the logits check, in one host synchronisation."""
+
+    def __init__(self, X: Tensor, t: Tensor, rho: Tensor | None, embedding: Tensor, mask_embedding: Tensor) -> None:
+        self.embedding = embedding
+        self.failed = {
+            "X": ~torch.isfinite(X).all(),
+            "t": ~((t >= 0) & (t <= 1)).all(),
+            "mask_embedding": ~torch.isfinite(mask_embedding).all(),
+        }
+        if rho is not None:  # a number was checked on the host already
+            self.failed["rho"] = ~((rho >= 0) & (rho <= 1)).all()
+        if not _finite_tables.known(embedding):
+            self.failed["embedding"] = ~torch.isfinite(embedding).all()
+
+    def flag(self) -> Tensor:
+        """The backend's int32 (1,) flag: nonzero when an input failed."""
+        return torch.stack(list(self.failed.values())).any().to(torch.int32).reshape(1)
+
+    def raise_if_failed(self, lse: Tensor) -> None:
+        """Raises the ValueError of the first failed check, else the logits' (``lse`` not finite)."""
+        flags = torch.stack([*self.failed.values(), (~torch.isfinite(lse)).any()]).tolist()  # the one sync
+        failed = dict(zip(self.failed, flags))
+        if "embedding" in failed and not failed["embedding"]:
+            _finite_tables.remember(self.embedding)
+        for name, bad in failed.items():
+            if bad:
+                raise ValueError(f"{_INPUT_PROBLEMS[name]}; no state was written")
+        if flags[-1]:
+            _raise_if_not_finite(lse, "logits")
+
+
+class _FiniteTables:
+    """Embedding tables known to be finite, per storage, view and version (autograd's counter of
+    in-place changes): checking a (V, E) table reads it whole, so it is checked once, not every step.
+    A weak reference to the storage keeps a freed table from passing for a new one."""
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple, tuple[StorageWeakRef, int]] = {}
+
+    @staticmethod
+    def _key(x: Tensor) -> tuple:
+        return (x.untyped_storage()._cdata, x.storage_offset(), tuple(x.shape), x.stride(), x.dtype, x.device)
+
+    def known(self, x: Tensor) -> bool:
+        if x.is_inference():  # no version counter: checked every time
+            return False
+        entry = self._tables.get(self._key(x))
+        return entry is not None and not entry[0].expired() and entry[1] == x._version
+
+    def remember(self, x: Tensor) -> None:
+        if x.is_inference():
+            return
+        self._tables = {key: entry for key, entry in self._tables.items() if not entry[0].expired()}
+        self._tables[self._key(x)] = (StorageWeakRef(x.untyped_storage()), x._version)
+
+
+_finite_tables = _FiniteTables()
 
 
 def _empty_stats(batch_shape, k: int, full_entropy: bool, device) -> TokenStats:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
@@ -11,9 +13,83 @@ from torch import Tensor, nn
 from . import reference
 from .errors import describe
 
-__all__ = ["StepPolicy"]
+__all__ = ["PolicyLayout", "StepPolicy"]
 
 _FORMAT = "mdfast.StepPolicy/1"
+
+
+@dataclass(frozen=True)
+class PolicyLayout:
+    """Where each weight of a StepPolicy of hidden width d and top-k width k sits in the one float
+    vector the kernels read (``StepPolicy.packed_weights``; csrc/ops.h ``PolicyView`` is the same
+    layout in C++):
+
+        [W1 (d, k+4) row-major, b1 (d), W2 (d, d) row-major, b2 (d), w_mu (d), w_kappa (d), b_mu, b_kappa]
+
+    The fields below are the element offsets of each piece; ``size`` is the whole vector's length.
+    """
+
+    hidden: int
+    k: int
+
+    @property
+    def width(self) -> int:
+        """The policy state's width k + 4 (SPEC 2.3)."""
+        return self.k + 4
+
+    @property
+    def W1(self) -> int:
+        return 0
+
+    @property
+    def b1(self) -> int:
+        return self.hidden * self.width
+
+    @property
+    def W2(self) -> int:
+        return self.b1 + self.hidden
+
+    @property
+    def b2(self) -> int:
+        return self.W2 + self.hidden * self.hidden
+
+    @property
+    def w_mu(self) -> int:
+        return self.b2 + self.hidden
+
+    @property
+    def w_kappa(self) -> int:
+        return self.w_mu + self.hidden
+
+    @property
+    def b_mu(self) -> int:
+        return self.w_kappa + self.hidden
+
+    @property
+    def b_kappa(self) -> int:
+        return self.b_mu + 1
+
+    @property
+    def size(self) -> int:
+        return self.b_kappa + 1
+
+    def unpack(self, packed: Tensor, kappa_min: float, kappa_max: float) -> SimpleNamespace:
+        """Views of ``packed`` shaped like a StepPolicy's layers (``fc1.weight`` (d, k+4), ...), with
+        kappa_min and kappa_max: what ``mdfast.reference.step_policy`` evaluates."""
+        d, w = self.hidden, self.width
+
+        def layer(weight_at: int, rows: int, cols: int, bias_at: int) -> SimpleNamespace:
+            weight = packed[weight_at : weight_at + rows * cols].view(rows, cols)
+            return SimpleNamespace(weight=weight, bias=packed[bias_at : bias_at + rows])
+
+        return SimpleNamespace(
+            fc1=layer(self.W1, d, w, self.b1),
+            fc2=layer(self.W2, d, d, self.b2),
+            mu_head=layer(self.w_mu, 1, d, self.b_mu),
+            kappa_head=layer(self.w_kappa, 1, d, self.b_kappa),
+            kappa_min=kappa_min,
+            kappa_max=kappa_max,
+        )
 
 
 class StepPolicy(nn.Module):
@@ -58,11 +134,16 @@ class StepPolicy(nn.Module):
         self.fc2 = nn.Linear(hidden, hidden)
         self.mu_head = nn.Linear(hidden, 1)
         self.kappa_head = nn.Linear(hidden, 1)
-        self._packed: tuple[tuple, Tensor] | None = None
+        self._packed: dict[tuple, tuple[tuple, Tensor]] = {}  # (device, dtype) -> (weight versions, vector)
 
     @property
     def state_dim(self) -> int:
         return self.k + 4
+
+    @property
+    def layout(self) -> PolicyLayout:
+        """Where ``packed_weights`` puts each weight."""
+        return PolicyLayout(self.hidden, self.k)
 
     def constants(self) -> dict[str, float | int]:
         return {
@@ -100,26 +181,31 @@ class StepPolicy(nn.Module):
         alpha, beta = self(state)
         return reference.sample_action(alpha, beta, self.a_min, self.a_max, generator)
 
-    def packed_weights(self, device: torch.device) -> Tensor:
-        """The weights as one float32 vector, the layout the kernels read (csrc/ops.h):
-        [W1 (d, k+4) row-major, b1 (d), W2 (d, d), b2 (d), w_mu (d), w_kappa (d), b_mu, b_kappa].
-        Cached until a parameter changes (in place or replaced) or another device is asked for."""
-        params = (
-            self.fc1.weight,
-            self.fc1.bias,
-            self.fc2.weight,
-            self.fc2.bias,
-            self.mu_head.weight,
-            self.kappa_head.weight,
-            self.mu_head.bias,
-            self.kappa_head.bias,
+    def packed_weights(self, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The weights as one vector of ``dtype`` (float32 for the kernels), each at its place in
+        ``self.layout``: [W1 (d, k+4) row-major, b1 (d), W2 (d, d), b2 (d), w_mu (d), w_kappa (d), b_mu,
+        b_kappa]. Cached per device and dtype until a parameter changes (in place or replaced)."""
+        layout = self.layout
+        pieces = (
+            (layout.W1, self.fc1.weight),
+            (layout.b1, self.fc1.bias),
+            (layout.W2, self.fc2.weight),
+            (layout.b2, self.fc2.bias),
+            (layout.w_mu, self.mu_head.weight),
+            (layout.w_kappa, self.kappa_head.weight),
+            (layout.b_mu, self.mu_head.bias),
+            (layout.b_kappa, self.kappa_head.bias),
         )
-        key = (torch.device(device), *((p.data_ptr(), p._version) for p in params))
-        if self._packed is None or self._packed[0] != key:
+        where = (torch.device(device), dtype)
+        versions = tuple((p.data_ptr(), p._version) for _, p in pieces)
+        cached = self._packed.get(where)
+        if cached is None or cached[0] != versions:
+            flat = torch.empty(layout.size, device=device, dtype=dtype)
             with torch.no_grad():
-                flat = torch.cat([p.detach().reshape(-1).to(device=device, dtype=torch.float32) for p in params])
-            self._packed = (key, flat.contiguous())
-        return self._packed[1]
+                for at, p in pieces:
+                    flat[at : at + p.numel()] = p.detach().reshape(-1)
+            cached = self._packed[where] = (versions, flat)
+        return cached[1]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the weights and constants as a plain safetensors file (no pickled code)."""

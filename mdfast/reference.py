@@ -159,6 +159,8 @@ def kummer_1f1(a: Tensor, b: Tensor, z: float, max_terms: int = 1000) -> Tensor:
 
     Summed term by term, term_{n+1} = term_n (a + n) / (b + n) z / (n + 1), until every term
     falls below the dtype's resolution of the partial sum (all terms are positive for a, b, z > 0).
+    A NaN or infinite argument gives a NaN or infinite sum, like every other formula here (it is
+    not a failure to converge).
     """
     term = torch.ones_like(a)
     total = torch.ones_like(a)
@@ -166,7 +168,7 @@ def kummer_1f1(a: Tensor, b: Tensor, z: float, max_terms: int = 1000) -> Tensor:
     for n in range(max_terms):
         term = term * (a + n) / (b + n) * (z / (n + 1))
         total = total + term
-        if bool((term <= eps * total).all()):
+        if bool(((term <= eps * total) | ~torch.isfinite(total)).all()):
             return total
     raise RuntimeError(f"kummer_1f1: series did not converge in {max_terms} terms (z={z})")
 

@@ -43,9 +43,12 @@ def backend_device(name: str) -> str:
 
 
 def require_backend(name: str) -> str:
-    """Skip (saying why) where ``name`` cannot run; returns the device for its inputs."""
+    """Skip (saying why) where ``name`` cannot run; returns the device for its inputs. On a machine
+    with CUDA a GPU backend that does not load fails instead: a broken build must not pass as a skip."""
     reason = backends.get(name).unavailable_reason()
     if reason is not None:
+        if name in ("cuda", "triton") and torch.cuda.is_available():
+            pytest.fail(f"backend {name!r} does not load on this machine with CUDA: {reason}")
         pytest.skip(f"backend {name!r} unavailable here: {reason}")
     return backend_device(name)
 

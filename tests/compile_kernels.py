@@ -1,36 +1,37 @@
-"""Compile every Triton kernel for a Hopper GPU (sm_90) on a machine without one.
+"""Compile every Triton kernel for a Hopper GPU (sm_90), as the runtime would specialise it, on a
+machine without one.
 
-    python tests/compile_kernels.py          # a table: kernel, launch, registers, local memory
+    python tests/compile_kernels.py          # a table: kernel, specialisation, registers, local memory
 
 The Triton interpreter (what CI runs the kernels with) executes the kernels' Python, not the
 compiler: a kernel can pass every interpreted test and still fail to compile, or spill registers,
-on the GPU. This script calls each wrapper of ``mdfast.triton_kernels`` on "meta" tensors at the
-production shapes (the wrappers then plan GPU launches: ``token_stats.META_MULTIPROCESSORS``),
-records each launch instead of running it, and compiles it ahead of time with Triton's compiler
-and ptxas for ``--arch`` (default 90). It exits with 1 if a kernel fails to compile or, with
-``--no-spills``, if one uses local memory (spills). Run it without ``TRITON_INTERPRET``.
+on the GPU. This script calls the launchers of ``mdfast.triton_kernels`` (through
+``mdfast.backends.triton``) on "meta" tensors at the shapes mdfast runs them at: the production
+shapes of both statistics paths, every logits dtype, every k the decoders use, one row and many,
+misaligned and strided rows, every mode of the x-flow step, the body kernels (the launchers then
+plan GPU launches: ``token_stats.META_MULTIPROCESSORS``). It records each launch instead of running
+it and derives its specialisation with Triton's own binder, as ``JITFunction.run`` does at run time
+(an integer argument equal to 1 becomes a constant, one divisible by 16 and a pointer aligned to 16
+bytes are marked so), then compiles each distinct specialisation once, ahead of time, with Triton's
+compiler and its bundled ptxas for ``--arch`` (default 90). Meta tensors carry their storage offset
+in ``data_ptr()``, so a view's alignment is the one it has on the GPU. It exits with 1 if a kernel
+fails to compile or, with ``--no-spills``, if one uses local memory (spills). Run it without
+``TRITON_INTERPRET``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
-
-POINTER_TYPES = {
-    torch.float32: "*fp32",
-    torch.bfloat16: "*bf16",
-    torch.float16: "*fp16",
-    torch.int64: "*i64",
-    torch.int32: "*i32",
-    torch.bool: "*i1",
-}
 
 
 @dataclass
@@ -39,6 +40,16 @@ class Launch:
     fn: object  # triton.runtime.jit.JITFunction
     args: tuple
     kwargs: dict
+
+
+@dataclass
+class Specialisation:
+    """One distinct compile: a kernel with its argument types, constants and divisibility attributes."""
+
+    fn: object
+    source: object  # triton.compiler.ASTSource
+    options: object  # the backend's options (num_warps, ...)
+    labels: list[str] = field(default_factory=list)  # the launches that use it
 
 
 def record_launches(label: str, call) -> list[Launch]:
@@ -59,31 +70,48 @@ def record_launches(label: str, call) -> list[Launch]:
     return launches
 
 
-def compile_launch(launch: Launch, arch: int):
-    """Triton's ahead-of-time compile of one recorded launch for sm_``arch``."""
-    import triton
+def specialise(launches: list[Launch], arch: int) -> list[Specialisation]:
+    """The distinct specialisations of ``launches`` for sm_``arch``, derived by Triton's binder (the
+    code ``JITFunction.run`` runs at each launch), in first-seen order."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
 
-    fn = launch.fn
-    options = {key: launch.kwargs[key] for key in ("num_warps", "num_stages") if key in launch.kwargs}
-    signature, constexprs = {}, {}
-    for i, param in enumerate(fn.params):
-        value = launch.args[i] if i < len(launch.args) else launch.kwargs.get(param.name, param.default)
-        if param.is_constexpr or value is None:
-            signature[param.name], constexprs[param.name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[param.name] = POINTER_TYPES[value.dtype]
-        elif isinstance(value, bool):
-            signature[param.name] = "i1"
-        elif isinstance(value, int):
-            signature[param.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-        elif isinstance(value, float):
-            signature[param.name] = "fp32"
-        else:
-            raise TypeError(f"{fn.__name__}: argument {param.name} of type {type(value).__name__}")
-    source = ASTSource(fn, signature, constexprs)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    binders: dict[object, object] = {}
+    found: dict[tuple, Specialisation] = {}
+    for launch in launches:
+        fn = launch.fn
+        if fn not in binders:
+            binders[fn] = create_function_from_signature(fn.signature, fn.params, backend)
+        bound, specialization, options = binders[fn](*launch.args, **launch.kwargs)
+        options, signature, constexprs, attrs = fn._pack_args(backend, launch.kwargs, bound, specialization, options)
+        source = ASTSource(fn, signature, constexprs, attrs)
+        key = (source.hash(), repr(sorted(options.__dict__.items())))
+        if key not in found:
+            found[key] = Specialisation(fn, source, options)
+        found[key].labels.append(launch.label)
+    return list(found.values())
+
+
+def compile_for(spec: Specialisation, arch: int):
+    """Triton's ahead-of-time compile of one specialisation for sm_``arch``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    return triton.compile(spec.source, target=GPUTarget("cuda", arch, 32), options=spec.options.__dict__)
+
+
+def describe(spec: Specialisation) -> str:
+    """The specialisation in a few words: constants, and the arguments marked divisible by 16."""
+    constants = [
+        f"{spec.fn.arg_names[path[0]]}={value}"
+        for path, value in sorted(spec.source.constants.items())
+        if not spec.fn.params[path[0]].is_constexpr  # a runtime argument that specialised to a constant
+    ]
+    divisible = [spec.fn.arg_names[path[0]] for path, marks in sorted(spec.source.attrs.items()) if marks]
+    return f"{'const ' + ','.join(constants) + '; ' if constants else ''}div16: {','.join(divisible) or '-'}"
 
 
 def resource_usage(cubin: bytes) -> dict[str, int]:
@@ -101,45 +129,101 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 
 
 def production_launches() -> list[Launch]:
-    """The wrappers at the shapes mdfast runs them at, on meta tensors."""
-    from mdfast import reference
-    from mdfast.triton_kernels import rmsnorm, rope, swiglu, token_stats, xflow
+    """The launchers at the shapes mdfast runs them at, on meta tensors."""
+    from mdfast import FlowConfig
+    from mdfast.backends import GivenStats, StepScalars
+    from mdfast.backends import triton as kernels
+    from mdfast.policy import PolicyLayout
 
     meta = torch.device("meta")
+    bf16, f16, f32, i64 = torch.bfloat16, torch.float16, torch.float32, torch.int64
     launches = []
-    for dtype in (torch.bfloat16, torch.float32):
-        name = str(dtype).removeprefix("torch.")
-        for rows, V in ((512, 126464), (8, 126464)):  # the row path, and the split path with few rows
-            logits = torch.empty(1, rows, V, dtype=dtype, device=meta)
-            launches += record_launches(
-                f"token_stats {name} {rows}x{V}", lambda logits=logits: token_stats.token_stats(logits, 4, True)
+
+    def stats(label, logits, k=4, full_entropy=False):
+        name = str(logits.dtype).removeprefix("torch.")
+        launches.extend(
+            record_launches(
+                f"token_stats {name} {'x'.join(map(str, logits.shape))} k={k}{' H_full' if full_entropy else ''} "
+                + label,
+                lambda: kernels.token_stats(logits, k, full_entropy),
             )
-    B, N, V, E, d = 1, 512, 126464, 4096, 64
-    logits = torch.empty(B, N, V, dtype=torch.bfloat16, device=meta)
-    X = torch.empty(B, N, E, device=meta)
-    t = torch.empty(B, N, device=meta)
-    embedding = torch.empty(V, E, dtype=torch.bfloat16, device=meta)
-    mask = torch.empty(E, device=meta)
-    rho = torch.empty(B, device=meta)
-    weights = torch.empty(d * (4 + 4) + d + d * d + d + 2 * d + 2, device=meta)
-    for mode, (w, action) in {"policy": (weights, None), "heuristic": (None, None), "given": (None, t)}.items():
-        launches += record_launches(
-            f"xflow_step {mode} {B}x{N}x{V}x{E}",
-            lambda w=w, action=action: xflow.xflow_step(
-                logits, X, t, embedding, mask, rho, w, d, 1.0, 100.0, action, 1 / 256, 1.0, 0.1, 0.99, 4, 16, X, t
-            ),
         )
-    L, D, H, hd, F = 640, 4096, 32, 128, 12288
-    x = torch.empty(1, L, D, dtype=torch.bfloat16, device=meta)
-    w = torch.empty(D, dtype=torch.bfloat16, device=meta)
-    launches += record_launches(f"rms_norm + residual 1x{L}x{D}", lambda: rmsnorm.rms_norm(x, w, 1e-5, x))
-    qkv = torch.empty(1, L, 3 * D, dtype=torch.bfloat16, device=meta)
-    q = qkv[..., :D].unflatten(-1, (H, hd))
+
+    for dtype in (bf16, f32, f16):
+        for rows in (512, 8):  # the row path; the split path (few rows)
+            for full_entropy in (False, True):
+                stats("", torch.empty(1, rows, 126464, dtype=dtype, device=meta), 4, full_entropy)
+    stats("Dream", torch.empty(1, 2048, 152064, dtype=bf16, device=meta))
+    stats("LLaDA2", torch.empty(8, 64, 157184, dtype=bf16, device=meta))
+    stats("one row", torch.empty(1, 1, 126464, dtype=bf16, device=meta))
+    for k in (2, 3, 8):  # soft-masking's k = 3; the extremes
+        stats("", torch.empty(1, 512, 126464, dtype=bf16, device=meta), k)
+    wide = torch.empty(2, 300, 32003, dtype=bf16, device=meta)
+    stats("strided, misaligned", wide[:, ::2, 5 : 32005 - 5])
+
+    N, V, E, d = 512, 126464, 4096, 64
+    config = FlowConfig()
+    with_policy = StepScalars(config.a_min, config.a_max, 0.1, 0.99, 4, config.kummer_terms, d, 2.0, 100.0)
+    heuristic = StepScalars(config.a_min, config.a_max, 0.1, 0.99, 4, config.kummer_terms)
+    weights = torch.empty(PolicyLayout(d, 4).size, device=meta)
+    for batch in (1, 8):
+        for logits_dtype, emb_dtype in ((bf16, bf16), (f32, f32)):
+            logits = torch.empty(batch, N, V, dtype=logits_dtype, device=meta)
+            X = torch.empty(batch, N, E, device=meta)
+            t = torch.empty(batch, N, device=meta)
+            embedding = torch.empty(V, E, dtype=emb_dtype, device=meta)
+            mask = torch.empty(E, device=meta)
+            rho = torch.empty(batch, device=meta)
+            bad = torch.empty(1, dtype=torch.int32, device=meta)
+            given = GivenStats(torch.empty(batch, N, dtype=i64, device=meta), t, t)
+            modes = {
+                "policy": (weights, None, None, None, with_policy),
+                "policy, checked": (weights, None, None, bad, with_policy),
+                "heuristic": (None, None, None, None, heuristic),
+                "given action": (None, t, None, None, heuristic),
+                "sampled (given statistics)": (None, t, given, None, heuristic),
+            }
+            for mode, (w, action, stats_given, flag, scalars) in modes.items():
+                name = str(logits_dtype).removeprefix("torch.")
+                launches += record_launches(
+                    f"xflow_step {mode} {name} {batch}x{N}x{V}x{E}",
+                    functools.partial(
+                        kernels.xflow_step,
+                        logits,
+                        X,
+                        t,
+                        embedding,
+                        mask,
+                        rho,
+                        w,
+                        action,
+                        stats_given,
+                        flag,
+                        X,
+                        t,
+                        scalars,
+                    ),
+                )
+    block = torch.empty(1, 32, V, dtype=bf16, device=meta)  # a semi-autoregressive block: the split path
+    X32, t32 = torch.empty(1, 32, E, device=meta), torch.empty(1, 32, device=meta)
     launches += record_launches(
-        f"rope_ 1x{L}x{H}x{hd}", lambda: rope.rope_(q, reference.rope_inv_freq(hd, 500000.0, meta))
+        "xflow_step heuristic bfloat16 1x32 (split path)",
+        lambda: kernels.xflow_step(
+            block, X32, t32, embedding, mask, rho[:1], None, None, None, None, X32, t32, heuristic
+        ),
     )
-    gate_up = torch.empty(L, 2 * F, dtype=torch.bfloat16, device=meta)
-    launches += record_launches(f"swiglu {L}x{F}", lambda: swiglu.swiglu(gate_up[:, :F], gate_up[:, F:]))
+
+    L, D, H, hd, F = 640, 4096, 32, 128, 12288
+    x = torch.empty(1, L, D, dtype=bf16, device=meta)
+    w = torch.empty(D, dtype=bf16, device=meta)
+    launches += record_launches(f"rms_norm 1x{L}x{D}", lambda: kernels.rms_norm(x, w, 1e-5, None))
+    launches += record_launches(f"rms_norm + residual 1x{L}x{D}", lambda: kernels.rms_norm(x, w, 1e-5, x))
+    qkv = torch.empty(1, L, 3 * D, dtype=bf16, device=meta)
+    for name, at in (("q", 0), ("k", D)):
+        view = qkv[..., at : at + D].unflatten(-1, (H, hd))
+        launches += record_launches(f"rope_ {name} 1x{L}x{H}x{hd}", lambda view=view: kernels.rope_(view, 500000.0))
+    gate_up = torch.empty(L, 2 * F, dtype=bf16, device=meta)
+    launches += record_launches(f"swiglu {L}x{F}", lambda: kernels.swiglu(gate_up[:, :F], gate_up[:, F:]))
     return launches
 
 
@@ -151,20 +235,31 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("unset TRITON_INTERPRET: the interpreter compiles nothing", file=sys.stderr)
         return 2
+    start = time.monotonic()
+    launches = production_launches()
+    specialisations = specialise(launches, args.arch)
     failed = 0
-    print("| launch | kernel | registers | local bytes | shared bytes |\n|---|---|---|---|---|")
-    for launch in production_launches():
-        name = launch.fn.__name__
+    print("| kernel | specialisation | launches (first) | registers | local bytes | shared bytes |")
+    print("|---|---|---|---|---|---|")
+    for spec in specialisations:
+        name, used = spec.fn.__name__, f"{len(spec.labels)} ({spec.labels[0]})"
         try:
-            usage = resource_usage(compile_launch(launch, args.arch).asm["cubin"])
+            usage = resource_usage(compile_for(spec, args.arch).asm["cubin"])
         except Exception as error:
             failed += 1
             first_line = str(error).splitlines()[0] if str(error) else ""
-            print(f"| {launch.label} | {name} | FAILED: {type(error).__name__}: {first_line} | | |")
+            print(f"| {name} | {describe(spec)} | {used} | FAILED: {type(error).__name__}: {first_line} | | |")
             continue
         spills = usage.get("LOCAL", 0)
         failed += bool(args.no_spills and spills)
-        print(f"| {launch.label} | {name} | {usage.get('REG')} | {spills} | {usage.get('SHARED')} |", flush=True)
+        print(
+            f"| {name} | {describe(spec)} | {used} | {usage.get('REG')} | {spills} | {usage.get('SHARED')} |",
+            flush=True,
+        )
+    print(
+        f"\n{len(launches)} launches recorded, {len(specialisations)} distinct specialisations compiled for "
+        f"sm_{args.arch} in {time.monotonic() - start:.0f} s"
+    )
     return 1 if failed else 0
 
 

@@ -59,6 +59,21 @@ def test_rope_in_place(backend, shape):
         assert torch.equal(wide[:, :, 0], untouched), "only x's heads are rotated"
 
 
+def test_rope_computes_inv_freq_once():
+    """The Triton RoPE keeps inv_freq per (hd, theta, device): a forward (and a captured graph) runs
+    the kernel alone, not ~256 tiny kernels recomputing it."""
+    device = require_backend("triton")
+    import mdfast.backends.triton as triton_backend
+
+    x = torch.randn(1, 4, 2, 16, device=device)
+    ops.rope_(x, 12345.0, backend="triton")
+    key = (16, 12345.0, x.device)
+    first = triton_backend._inv_freq[key]
+    ops.rope_(torch.randn(2, 3, 1, 16, device=device), 12345.0, backend="triton")
+    assert triton_backend._inv_freq[key] is first
+    assert torch.equal(first, reference.rope_inv_freq(16, 12345.0, x.device))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(1, 1, 5), (2, 9, 333), (1, 4, 3000)])
 def test_swiglu(backend, shape):
@@ -82,7 +97,7 @@ def test_swiglu_strided(backend, shape, monkeypatch):
     device = require_backend(backend)
     *lead, F = shape
     if backend == "triton":  # the kernel must receive the views themselves
-        import mdfast.triton_kernels.swiglu as kernel_module
+        import mdfast.backends.triton as kernel_module
 
         seen, kernel = [], kernel_module.swiglu
         monkeypatch.setattr(
@@ -121,8 +136,8 @@ def test_bad_input_is_named():
 def test_gradients_take_the_reference():
     """The Triton body kernels have no backward: "auto" takes the differentiable reference when a
     gradient is wanted, and an explicit "triton" refuses rather than cut the graph."""
-    require_backend("triton")
-    gate, up = torch.randn(3, 8, requires_grad=True), torch.randn(3, 8)
+    device = require_backend("triton")
+    gate, up = torch.randn(3, 8, device=device, requires_grad=True), torch.randn(3, 8, device=device)
     ops.swiglu(gate, up).sum().backward()
     assert gate.grad is not None and torch.isfinite(gate.grad).all()
     with pytest.raises(ValueError, match="no backward"):

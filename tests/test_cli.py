@@ -444,18 +444,14 @@ def test_info_says_available_for_a_compiled_extension(capsys, monkeypatch):
     assert status == 0 and any(line.split()[:2] == ["cpu", "available"] for line in out.splitlines())
 
 
-def test_build_state_compares_the_cached_build_with_the_sources(tmp_path, monkeypatch):
+def test_build_state_finds_the_build_of_these_sources_only(tmp_path, monkeypatch):
     monkeypatch.setenv("MDFAST_BUILD_DIR", str(tmp_path))
     monkeypatch.setattr(native, "_loaded", {})
     spec = native.ExtensionSpec(name="mdfast_probe", prebuilt="mdfast._probe_ext", sources=(), cflags=())
-    folder = tmp_path / spec.name
+    folder = native.build_dir(spec)
     assert native.build_state(spec) == (False, str(folder))
     folder.mkdir()
-    built = folder / "mdfast_probe.so"
-    built.write_bytes(b"")
-    sources = [f for f in native.csrc_dir().rglob("*") if f.suffix in (".h", ".cpp", ".cu", ".cuh")]
-    newest = max(f.stat().st_mtime for f in sources)
-    os.utime(built, (newest - 10, newest - 10))
-    assert native.build_state(spec) == (False, str(folder)), "a build older than csrc/ recompiles"
-    os.utime(built, (newest + 10, newest + 10))
+    (folder / f"{native.module_name(spec)}.so").write_bytes(b"")
     assert native.build_state(spec) == (True, str(folder))
+    other = native.ExtensionSpec(name="mdfast_probe", prebuilt="mdfast._probe_ext", sources=(), cflags=("-O1",))
+    assert native.build_dir(other) != folder and not native.build_state(other)[0], "other flags: another build"

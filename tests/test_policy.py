@@ -90,6 +90,12 @@ def test_packed_weights_follow_the_kernel_layout():
     alpha, beta = policy(state)
     assert_close("alpha", alpha, mu * kappa, 1e-6)
     assert_close("beta", beta, (1 - mu) * kappa, 1e-6)
+    layout = policy.layout  # the offsets csrc/ops.h's PolicyView computes too
+    assert (layout.b1, layout.W2, layout.b2, layout.w_mu, layout.w_kappa) == (40, 45, 70, 75, 80)
+    assert (layout.b_mu, layout.b_kappa, layout.size) == (85, 86, flat.numel())
+    alpha_unpacked, beta_unpacked = reference.step_policy(layout.unpack(flat, 2.0, 100.0), state)
+    assert torch.equal(alpha_unpacked, alpha) and torch.equal(beta_unpacked, beta)
+    assert policy.packed_weights(torch.device("cpu"), torch.float64).dtype == torch.float64
     assert policy.packed_weights(torch.device("cpu")) is flat, "cached while the weights are unchanged"
     with torch.no_grad():
         policy.fc2.bias.add_(1.0)

@@ -146,3 +146,16 @@ def test_xflow_step_follows_spec_loops():
         assert_close("X", out["X"][b], X_new, 1e-12, scale=1.0)
         assert_close("t", out["t"][b], t_new, 1e-12, scale=1.0)
     assert int(out["committed"][2]) == -1
+
+
+def test_kummer_series_of_a_non_finite_argument_is_not_finite():
+    """NaN in, NaN out (a step with a NaN rho is refused by mdfast.ops, not by a "did not converge")."""
+    a = torch.tensor([0.5, math.nan, 2.0], dtype=torch.float64)
+    total = reference.kummer_1f1(a, a + 1.0, math.log(256))
+    assert math.isnan(total[1].item()) and bool(torch.isfinite(total[[0, 2]]).all())
+    assert_close(
+        "1F1",
+        total[[0, 2]],
+        torch.from_numpy(scipy_special.hyp1f1(a[[0, 2]].numpy(), a[[0, 2]].numpy() + 1, math.log(256))),
+        1e-12,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from checks import (
 )
 
 import mdfast
-from mdfast import FlowConfig, StepPolicy
+from mdfast import FlowConfig, StepPolicy, backends, ops
 
 BACKENDS = ["torch", "cpu", "triton", "cuda"]
 
@@ -83,40 +84,55 @@ def test_inplace_strided_logits_and_config(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sampling_draws_like_the_reference(backend):
-    """sample=True: the same generator seed gives the reference's draws, and log pi(y) carries
-    gradients to the policy's weights."""
+    """sample=True: the same generator seed gives the reference's draws (on the CPU, where the float64
+    reference draws with the CPU generator; on a GPU, the torch backend's draws on the same device
+    with the same seed), the step applies them as the float64 reference does, log pi(y) is the
+    reference's, and it carries gradients to the policy's weights."""
     device = require_backend(backend)
     policy = random_policy().to(device)
     logits, X, t, embedding, m = make_state(2, 30, 900, 16, device=device)
     X_before = X.clone()
-    out = mdfast.xflow_step(
-        logits,
-        X,
-        t,
-        embedding,
-        m,
-        policy,
-        0.25,
-        sample=True,
-        generator=torch.Generator(device).manual_seed(7),
-        backend=backend,
-    )
-    want = reference_step(
-        logits,
-        X,
-        t,
-        embedding,
-        m,
-        policy,
-        0.25,
-        FlowConfig(),
-        sample=True,
-        generator=torch.Generator(device).manual_seed(7),
-    )
+
+    def sampled(name):
+        generator = torch.Generator(device).manual_seed(7)
+        return mdfast.xflow_step(
+            logits, X, t, embedding, m, policy, 0.25, sample=True, generator=generator, backend=name
+        )
+
+    out = sampled(backend)
+    if device == "cpu":  # the reference draws in float64 with the same CPU generator
+        cpu = torch.Generator().manual_seed(7)
+        drawn = reference_step(logits, X, t, embedding, m, policy, 0.25, FlowConfig(), sample=True, generator=cpu)
+    else:  # CUDA draws differ from CPU draws: the torch backend's, on the same device with the same seed
+        torch_out = sampled("torch")
+        drawn = {"action": torch_out.action, "log_prob": torch_out.log_prob}
+    assert_close("drawn action", out.action, drawn["action"], RTOL[torch.float32])
+    assert_close("log_prob", out.log_prob, drawn["log_prob"], 1e-4, scale=1.0)
+    want = reference_step(logits, X, t, embedding, m, policy, 0.25, FlowConfig(), action=out.action.double().cpu())
     check_step(out, want, X_before, embedding, RTOL[torch.float32])
-    assert_close("log_prob", out.log_prob, want["log_prob"], 1e-4, scale=1.0)
     out.log_prob.sum().backward()
     assert policy.fc1.weight.grad is not None and bool(policy.fc1.weight.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
+def test_a_step_from_given_statistics_does_not_read_the_logits(backend):
+    """sample=True reads the logits once: the backend's step starts from the statistics ops computed
+    (x_pred, p(1), lse) and the drawn action. Given them, the step must not depend on the logits."""
+    device = require_backend(backend)
+    logits, X, t, embedding, m = make_state(2, 20, 700, 12, device=device)
+    stats = mdfast.token_stats(logits, 4, backend=backend)
+    action = torch.rand(2, 20, device=device) * 0.5 + 1 / 256
+    given = backends.GivenStats(stats.argmax, stats.topk_probs[..., 0].contiguous(), stats.lse)
+    garbage = torch.full_like(logits, math.nan)  # would poison every row, were it read
+    X_out, t_out = torch.empty_like(X), torch.empty_like(t)
+    scalars = backends.StepScalars(1 / 256, 1.0, 0.1, 0.99, 4, FlowConfig().kummer_terms)
+    rho = torch.zeros(2, device=device)
+    impl = backends.get(backend)
+    out = impl.xflow_step(garbage, X, t, embedding, m, rho, None, action, given, None, X_out, t_out, scalars)
+    want = reference_step(logits, X, t, embedding, m, None, 0.0, FlowConfig(), action=action.double().cpu())
+    for name, value in (("X", X_out), ("t", t_out)):
+        out[name] = value
+    check_step(SimpleNamespace(**out), want, X, embedding, RTOL[torch.float32])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -144,6 +160,109 @@ def test_non_finite_logits_write_nothing(backend):
     assert torch.equal(X, X_before) and torch.equal(t, t_before)
     mdfast.xflow_step(logits, X, t, embedding, m, inplace=True, backend=backend, check_finite=False)
     assert torch.equal(X, X_before) and torch.equal(t, t_before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        pytest.param(
+            lambda s: s.update(rho=torch.tensor([0.5, math.nan])), r"rho: expected values in \[0, 1\]", id="rho-nan"
+        ),
+        pytest.param(lambda s: s.update(rho=torch.tensor(-3.0)), r"rho: expected values in \[0, 1\]", id="rho=-3"),
+        pytest.param(
+            lambda s: s["t"].__setitem__((1, 2), math.nan), r"t: expected token progress in \[0, 1\]", id="t-nan"
+        ),
+        pytest.param(lambda s: s["t"].__setitem__((0, 0), -1.0), r"t: expected token progress in \[0, 1\]", id="t=-1"),
+        pytest.param(lambda s: s["t"].__setitem__((0, 3), 5.0), r"t: expected token progress in \[0, 1\]", id="t=5"),
+        pytest.param(lambda s: s["X"].__setitem__((1, 4, 2), math.inf), "X: holds a NaN or infinite entry", id="X-inf"),
+        pytest.param(lambda s: s["embedding"].__setitem__((7, 1), math.nan), "embedding: holds a NaN", id="table-nan"),
+        pytest.param(
+            lambda s: s["mask_embedding"].__setitem__(0, -math.inf), "mask_embedding: holds a NaN", id="mask-inf"
+        ),
+    ],
+)
+@pytest.mark.parametrize("sample", [False, True], ids=["mean", "sampled"])
+def test_bad_values_are_named_and_write_nothing(backend, spoil, message, sample):
+    """NaN, inf or out-of-range values in rho, t, X or the embeddings: the same named ValueError on
+    every backend (not NaN actions, not a Kummer series that "did not converge"), no state written."""
+    device = require_backend(backend)
+    logits, X, t, embedding, m = make_state(2, 9, 300, 8, device=device)
+    state = dict(X=X, t=t, embedding=embedding, mask_embedding=m, rho=torch.full((2,), 0.3, device=device))
+    spoil(state)
+    X_before, t_before = state["X"].clone(), state["t"].clone()
+    policy = random_policy().to(device)
+    generator = torch.Generator(device).manual_seed(1) if sample else None
+    with pytest.raises(ValueError, match=message + ".*no state was written"):
+        mdfast.xflow_step(
+            logits, **state, policy=policy, sample=sample, generator=generator, inplace=True, backend=backend
+        )
+    assert bool((state["X"] == X_before).logical_or(state["X"].isnan() & X_before.isnan()).all())
+    assert bool((state["t"] == t_before).logical_or(state["t"].isnan() & t_before.isnan()).all())
+
+
+def test_a_finite_embedding_table_is_checked_once_per_version():
+    logits, X, t, embedding, m = make_state(1, 5, 60, 4, device="cpu")
+    assert not ops._finite_tables.known(embedding)
+    mdfast.xflow_step(logits, X, t, embedding, m, backend="torch")
+    assert ops._finite_tables.known(embedding) and ops._finite_tables.known(embedding.detach())
+    with torch.no_grad():
+        embedding[3, 1] = math.nan  # an in-place change: a new version, checked again
+    assert not ops._finite_tables.known(embedding)
+    with pytest.raises(ValueError, match="embedding: holds a NaN"):
+        mdfast.xflow_step(logits, X, t, embedding, m, backend="torch")
+    assert not ops._finite_tables.known(torch.randn(60, 4)), "another table is not known"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_check_finite_false_never_synchronises(backend):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (torch.cuda.set_sync_debug_mode)")
+    device = require_backend(backend)
+    logits, X, t, embedding, m = make_state(2, 64, 4099, 32, device=device)
+    policy = random_policy().to(device)
+    rho = torch.full((2,), 0.5, device=device)
+    mdfast.xflow_step(logits, X, t, embedding, m, policy, rho, backend=backend, check_finite=False)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mdfast.xflow_step(logits, X, t, embedding, m, policy, rho, backend=backend, check_finite=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize(
+    "mode, launches", [("heuristic", 2), ("policy", 3), ("sampled", 2)], ids=["heuristic", "policy", "sampled"]
+)
+def test_a_triton_step_is_few_launches_on_one_allocation(mode, launches, monkeypatch):
+    """Host-bound at B = 1 outside a CUDA graph, an eager Triton step launches the statistics pass with
+    the per-row step in its epilogue (unless the statistics are given), the policy's kernel (with a
+    policy, or given statistics) and one commit-and-update kernel; all of it on one workspace."""
+    device = require_backend("triton")
+    import mdfast.triton_kernels.xflow_step as step_module
+    from mdfast.triton_kernels import workspace
+
+    logits, X, t, embedding, m = make_state(1, 20, 500, 8, device=device)
+    policy = random_policy().to(device) if mode != "heuristic" else None
+    generator = torch.Generator(device).manual_seed(3) if mode == "sampled" else None
+    run = type(step_module._commit_update_kernel).run
+    seen, carved = [], []
+    monkeypatch.setattr(
+        type(step_module._commit_update_kernel),
+        "run",
+        lambda self, *args, **kwargs: seen.append(self.__name__) or run(self, *args, **kwargs),
+    )
+    carve = workspace.carve
+    monkeypatch.setattr(step_module, "carve", lambda *specs: carved.append(len(specs)) or carve(*specs))
+    impl = backends.get("triton")
+    step = impl.xflow_step
+    monkeypatch.setattr(impl, "xflow_step", lambda *args: seen.clear() or step(*args))  # count the step alone
+    mdfast.xflow_step(
+        logits, X, t, embedding, m, policy, 0.5, sample=mode == "sampled", generator=generator, backend="triton"
+    )
+    assert len(seen) == launches and seen[-1] == "_commit_update_kernel", seen
+    assert len(carved) == 1, "one allocation for every intermediate and output"
 
 
 def test_empty_response_is_a_no_op():
@@ -177,6 +296,9 @@ def _valid():
         (dict(X=torch.randn(2, 5, 6, device="meta")), ValueError, "X: expected a tensor on cpu"),
         (dict(rho=torch.rand(3)), ValueError, r"rho: expected a number or a tensor of shape \(\) or \(2,\)"),
         (dict(rho="0.5"), TypeError, "rho: expected a number or a tensor"),
+        (dict(rho=math.nan), ValueError, r"rho: expected a number in \[0, 1\]"),
+        (dict(rho=-3.0), ValueError, r"rho: expected a number in \[0, 1\]"),
+        (dict(rho=math.inf, check_finite=False), ValueError, r"rho: expected a number in \[0, 1\]"),
         (dict(sample=True), ValueError, "sample=True needs a policy"),
         (dict(generator=torch.Generator()), ValueError, "generator: only used with sample=True"),
         (dict(policy=torch.nn.Linear(8, 2)), TypeError, "policy: expected a mdfast.StepPolicy"),

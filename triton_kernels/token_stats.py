@@ -5,19 +5,22 @@
     H_k = -(1/log k) sum_{j<=k} q_j log q_j, q_j = p(j) / sum_{i<=k} p(i) (0 log 0 = 0);
     H_full = lse - sum_v p_v z_v.
 
-A program streams its logits in tiles of BLOCK_V, keeping a running maximum m, the sums
-S = sum exp(z - m) and T = sum exp(z - m)(z - m) (rescaled when m grows; T only for H_full), and an
-exact running top-k of (value, index) pairs. Then O(k) scalar math gives every output:
-p(j) = exp(z_(j) - m) / S, lse = m + log S and H_full = log S - T / S.
+A program streams its logits in tiles of BLOCK_V, two tiles of loads in flight. Each lane keeps its
+own running maximum m and the sums S = sum exp(z - m) and D = sum exp(z - m)(z - m) relative to it
+(D only for H_full; the names of csrc/cuda/row_stats.cuh), updated element by element with one exp
+and no reduction across the program; the lanes are combined once, at the end of the row. An exact
+running top-k of (value, index) pairs changes only where an entry reaches its k-th value: each lane
+marks such tiles in a bit mask, and once every GROUP tiles one reduction of the masks says which
+tiles of the group to read again (from cache) and insert. Then O(k) scalar math gives every output:
+p(j) = exp(z_(j) - m) / S, lse = m + log S and H_full = log S - D / S.
 
-Launches, decided by ``stats_config``:
-- one program per row (``_stats_row_kernel``) when the rows fill the GPU;
-- else each row is cut into ``split`` chunks of whole tiles: ``_stats_chunk_kernel`` (grid rows x
-  chunks) writes every chunk's (m, S, T, top-k) to a workspace and ``_stats_merge_kernel`` (grid
-  rows) merges the chunks of a row in a fixed order, so results do not depend on scheduling.
+Launches, decided by ``stats_launch``: ``_stats_kernel``, one program per row, which streams its
+row when the rows fill the GPU; else each row is cut into chunks of whole tiles, ``_stats_chunk_kernel``
+(grid rows x chunks) writes every chunk's (m, S, D, top-k) to the workspace and ``_stats_kernel``
+(SPLIT) merges the chunks of a row in a fixed order, so results do not depend on scheduling.
 
-``xflow.py`` launches the same kernels through ``compute_token_stats``, with a flag that rows whose
-lse is not finite raise, for the kernels after it to read without a host synchronisation.
+``xflow_step.py`` runs the same pass (``summarize_row``, ``finish_row``, ``launch_chunks``) with the
+per-row step of SPEC 2 in its rows' epilogue.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["token_stats"]
+from .workspace import carve
+
+__all__ = ["StatsLaunch", "finish_row", "launch_chunks", "row_program", "stats_launch", "summarize_row", "token_stats"]
 
 # The running top-k starts with k empty slots holding (-inf, SENTINEL + slot): each loses to every
 # real entry, -inf ones too (their indices are smaller), and the slots stay distinct pairs.
@@ -42,12 +47,14 @@ _NO_CANDIDATE = tl.constexpr(2**31 - 1)
 
 
 @dataclass(frozen=True)
-class StatsConfig:
+class StatsLaunch:
     """Launch parameters of the statistics pass."""
 
     block_v: int  # logits per tile of the streaming loop
+    group: int  # tiles per top-k decision
     num_warps: int
-    split: int  # programs per row; 1: a single program streams the whole row
+    chunks: int  # programs per row; 1: a single program streams the whole row
+    chunk_len: int  # logits per chunk, whole tiles (the row's length when chunks == 1)
 
 
 # Multiprocessors assumed for "meta" tensors, which plan GPU launches without a device (an H100 SXM:
@@ -56,7 +63,8 @@ META_MULTIPROCESSORS = 132
 
 
 @functools.cache
-def _multiprocessors(device: torch.device) -> int:
+def multiprocessors(device: torch.device) -> int:
+    """The device's multiprocessor count (a few for the interpreter's CPU tensors)."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     if device.type == "meta":
@@ -64,20 +72,30 @@ def _multiprocessors(device: torch.device) -> int:
     return 4  # the interpreter: a few, so that small test shapes take the split path
 
 
-def stats_config(n_rows: int, V: int, device: torch.device) -> StatsConfig:
+def stats_launch(n_rows: int, V: int, device: torch.device) -> StatsLaunch:
     """The one place that tunes the statistics pass.
 
     On the GPU, tiles of 2048 logits over 8 warps: 8 per thread, one 16-byte load of bf16 (two of
-    float32), with the next tile in flight; 88 registers for sm_90 (``tests/compile_kernels.py``,
-    Triton 3.9), so 2 programs fit on a multiprocessor. With fewer than 2 rows per multiprocessor,
-    rows are split to give about 4 programs per multiprocessor, in chunks of whole tiles. Under the
-    interpreter (CPU tensors) the tiles are small (256) so that short test rows still take several tiles and chunks.
+    float32), two tiles of loads in flight, a top-k decision every 4 tiles (registers and spills for
+    sm_90: ``python tests/compile_kernels.py``). With fewer than 2 rows per multiprocessor, rows are
+    split to give about 4 programs per multiprocessor, in chunks of whole tiles. Under the
+    interpreter (CPU tensors) the tiles are small (256) and the groups 2 tiles, so that short test
+    rows still take several tiles, groups and chunks.
     """
-    block_v = min(256 if device.type == "cpu" else 2048, triton.next_power_of_2(V))
+    interpreted = device.type == "cpu"
+    block_v = min(256 if interpreted else 2048, triton.next_power_of_2(V))
     num_warps = max(1, min(8, block_v // 256))
-    sms = _multiprocessors(device)
+    sms = multiprocessors(device)
     split = 1 if n_rows >= 2 * sms else min(triton.cdiv(V, block_v), triton.cdiv(4 * sms, n_rows))
-    return StatsConfig(block_v=block_v, num_warps=num_warps, split=split)
+    n_tiles = triton.cdiv(V, block_v)
+    chunk_tiles = triton.cdiv(n_tiles, max(1, min(split, n_tiles)))
+    return StatsLaunch(
+        block_v=block_v,
+        group=2 if interpreted else 4,
+        num_warps=num_warps,
+        chunks=triton.cdiv(n_tiles, chunk_tiles),
+        chunk_len=chunk_tiles * block_v,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,53 +161,125 @@ def _topk_insert(top_v, top_i, last_v, last_i, vals, idx, valid, K: tl.constexpr
 @triton.jit
 def _rescale_log(m_old, m_new):
     """log of the factor exp(m_old - m_new) that moves sums kept relative to m_old onto m_new;
-    0 while m_old = -inf (nothing finite seen yet: those sums are 0 whatever the factor)."""
-    return tl.where(m_old == float("-inf"), 0.0, m_old - m_new)
+    0 while m_old = -inf (nothing finite seen yet: those sums are 0, or NaN, whatever the factor)."""
+    return tl.where(m_old == float("-inf"), 0.0, m_old - tl.where(m_new == float("-inf"), 0.0, m_new))
 
 
 @triton.jit
-def _scan(row_ptr, lo, hi, BLOCK_V: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, FULL_ENTROPY: tl.constexpr):
+def _bit_or(a, b):
+    return a | b
+
+
+@triton.jit
+def scan_row(
+    row_ptr,
+    lo,
+    hi,
+    BLOCK_V: tl.constexpr,
+    GROUP: tl.constexpr,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    FULL_ENTROPY: tl.constexpr,
+):
     """One streaming pass over z[lo:hi] of the row at ``row_ptr`` (any float dtype, read as float32).
 
-    Returns m = max z, S = sum exp(z - m), T = sum exp(z - m)(z - m) (0 unless FULL_ENTROPY) and the
-    unsorted top-k slots. S and T are kept per lane and summed once at the end; when m grows to
-    m', S' = S e^(m - m') and T' = (T + (m - m') S) e^(m - m'). Entries z = -inf add nothing
-    (SPEC: "entries with z_v = -inf have p_v = 0 and add nothing"), never NaN.
+    Returns m = max z, S = sum exp(z - m), D = sum exp(z - m)(z - m) (0 unless FULL_ENTROPY) and the
+    unsorted top-k slots. Per lane, an entry z either stays below the lane's maximum m (S += e^(z - m),
+    D += e^(z - m)(z - m)) or becomes it (S' = S e^(m - z) + 1, D' = (D + (m - z) S) e^(m - z)): one
+    exp either way. Entries z = -inf add nothing (SPEC: "entries with z_v = -inf have p_v = 0 and add
+    nothing"), never NaN; a NaN reaches S through its exp, a +inf makes S NaN when the lanes are
+    combined (e^(inf - inf)): lse is not finite exactly for the rows ops.h names.
     """
     offs = tl.arange(0, BLOCK_V)
-    m = tl.full([], float("-inf"), tl.float32)
-    s_lane = tl.zeros([BLOCK_V], tl.float32)
-    t_lane = tl.zeros([BLOCK_V], tl.float32)
+    m_lane = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    S_lane = tl.zeros([BLOCK_V], tl.float32)
+    D_lane = tl.zeros([BLOCK_V], tl.float32)
     top_v, top_i, last_v, last_i = _topk_empty(K, KP)
-    # Each iteration loads the next tile before working on this one (two tiles in flight).
+    # Two tiles of loads in flight: each step loads the tile two ahead before working on this one.
     ahead = tl.load(row_ptr + lo + offs, mask=lo + offs < hi, other=float("-inf"))
-    for start in range(lo, hi, BLOCK_V):
-        idx = start + offs
-        valid = idx < hi
-        z = ahead.to(tl.float32)
-        ahead = tl.load(row_ptr + BLOCK_V + idx, mask=BLOCK_V + idx < hi, other=float("-inf"))
-        tile_max = tl.max(z, 0)
-        m_new = tl.maximum(m, tile_max)
-        shift = _rescale_log(m, m_new)
-        scale = tl.exp(shift)
-        z_rel = z - tl.where(m_new == float("-inf"), 0.0, m_new)
-        e = tl.exp(z_rel)
-        if FULL_ENTROPY:
-            t_lane = (t_lane + shift * s_lane) * scale + e * tl.where(e > 0.0, z_rel, 0.0)
-        s_lane = s_lane * scale + e
-        m = m_new
-        # Only a tile that reaches the k-th value so far can change the top-k.
-        if tile_max >= last_v:
-            top_v, top_i, last_v, last_i = _topk_insert(top_v, top_i, last_v, last_i, z, idx, valid, K, KP)
-    return m, tl.sum(s_lane, 0), tl.sum(t_lane, 0), top_v, top_i
+    after = tl.load(row_ptr + lo + BLOCK_V + offs, mask=lo + BLOCK_V + offs < hi, other=float("-inf"))
+    for group_start in range(lo, hi, GROUP * BLOCK_V):
+        hits = tl.zeros([BLOCK_V], tl.int32)  # bit j: this lane's entry of tile j may enter the top-k
+        for j in range(GROUP):
+            idx = group_start + j * BLOCK_V + offs
+            z = ahead.to(tl.float32)
+            ahead = after
+            after = tl.load(row_ptr + 2 * BLOCK_V + idx, mask=2 * BLOCK_V + idx < hi, other=float("-inf"))
+            grow = z > m_lane  # never for NaN
+            # x = -|z - m|: -inf for z = -inf, or while m = -inf (each side computed without -inf - (-inf))
+            x = tl.where(grow, m_lane - tl.where(grow, z, 0.0), z - tl.where(m_lane == float("-inf"), 0.0, m_lane))
+            e = tl.exp(x)
+            if FULL_ENTROPY:
+                x_finite = tl.where(e > 0.0, x, 0.0)  # e^x x = 0 at x = -inf, not NaN
+                D_lane = tl.where(grow, (D_lane + x_finite * S_lane) * e, D_lane + e * x_finite)
+            S_lane = tl.where(grow, S_lane * e + 1.0, S_lane + e)
+            m_lane = tl.where(grow, z, m_lane)
+            hits |= tl.where((idx < hi) & (z >= last_v), 1 << j, 0)
+        # Only the tiles holding an entry >= the k-th value so far can change the top-k: read them
+        # again (from cache) and insert their candidates, in tile order.
+        tiles = tl.reduce(hits, 0, _bit_or)
+        if tiles != 0:
+            for j in range(GROUP):
+                if ((tiles >> j) & 1) != 0:
+                    idx = group_start + j * BLOCK_V + offs
+                    valid = idx < hi
+                    z = tl.load(row_ptr + idx, mask=valid, other=float("-inf")).to(tl.float32)
+                    top_v, top_i, last_v, last_i = _topk_insert(top_v, top_i, last_v, last_i, z, idx, valid, K, KP)
+    m = tl.max(m_lane, 0)
+    shift = _rescale_log(m_lane, m)
+    scale = tl.exp(shift)
+    S = tl.sum(S_lane * scale, 0)
+    D = tl.sum((D_lane + shift * S_lane) * scale, 0) if FULL_ENTROPY else tl.zeros([], tl.float32)
+    return m, S, D, top_v, top_i
 
 
 @triton.jit
-def _finish_row(
+def merge_chunks(
+    part_ptr,
+    part_v_ptr,
+    part_i_ptr,
+    row,
+    n_rows,
+    n_chunks,
+    CHUNKS: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+):
+    """The (m, S, D, top-k slots) of a row from its n_chunks partials (``_stats_chunk_kernel``;
+    CHUNKS >= n_chunks, CANDIDATES >= n_chunks * k, powers of two), merged in a fixed order the
+    way ``scan_row`` combines its lanes."""
+    plane = n_rows * n_chunks
+    c = tl.arange(0, CHUNKS)
+    at = row * n_chunks + c
+    live = c < n_chunks
+    m_c = tl.load(part_ptr + at, mask=live, other=float("-inf"))
+    S_c = tl.load(part_ptr + plane + at, mask=live, other=0.0)
+    D_c = tl.load(part_ptr + 2 * plane + at, mask=live, other=0.0)
+    m = tl.max(m_c, 0)
+    shift = _rescale_log(m_c, m)
+    scale = tl.exp(shift)
+    S = tl.sum(S_c * scale, 0)
+    D = tl.sum((D_c + shift * S_c) * scale, 0)
+
+    f = tl.arange(0, CANDIDATES)
+    held = f < n_chunks * K
+    cand_v = tl.load(part_v_ptr + row * n_chunks * K + f, mask=held, other=float("-inf"))
+    cand_i = tl.load(part_i_ptr + row * n_chunks * K + f, mask=held, other=_SENTINEL)
+    top_v, top_i, last_v, last_i = _topk_empty(K, KP)
+    # Empty slots of short chunks are no candidates.
+    top_v, top_i, last_v, last_i = _topk_insert(
+        top_v, top_i, last_v, last_i, cand_v, cand_i, held & (cand_i < _SENTINEL), K, KP
+    )
+    return m, S, D, top_v, top_i
+
+
+@triton.jit
+def finish_row(
     row,
     m,
-    s,
-    t,
+    S,
+    D,
     top_v,
     top_i,
     argmax_ptr,
@@ -199,14 +289,14 @@ def _finish_row(
     margin_ptr,
     entropy_topk_ptr,
     entropy_full_ptr,
-    bad_ptr,
     inv_log_k,
     K: tl.constexpr,
     KP: tl.constexpr,
     FULL_ENTROPY: tl.constexpr,
-    FLAG_BAD: tl.constexpr,
 ):
-    """The O(k) scalar math of SPEC 1 from a row's m, S, T and top-k slots, and its stores."""
+    """The O(k) scalar math of SPEC 1 from a row's m, S, D and top-k slots, and its stores.
+    Returns (p(1), lse). An empty slot (only in a row holding NaN, whose lse is NaN) reads id 0,
+    so every id indexes the vocabulary."""
     slot = tl.arange(0, KP)
     live = slot < K
     # Each slot's place in the top-k: how many live slots rank before it.
@@ -214,33 +304,63 @@ def _finish_row(
     rank = tl.sum(before.to(tl.int32), 1)
     # p(j) = exp(z_(j) - lse) = exp(z_(j) - m) / S
     e = tl.exp(top_v - tl.where(m == float("-inf"), 0.0, m))
-    p = e / s
-    lse = m + tl.log(s)
+    p = e / S
+    lse = m + tl.log(S)
     first = rank == 0
     p1 = tl.sum(tl.where(first, p, 0.0), 0)
     p2 = tl.sum(tl.where(rank == 1, p, 0.0), 0)
     # H_k = -(1/log k) * sum_{j<=k} q_j log q_j,  q_j = p(j) / sum_{i<=k} p(i)  (0 log 0 = 0)
     q = e / tl.sum(tl.where(live, e, 0.0), 0)
     entropy_topk = -tl.sum(tl.where(live, q * tl.log(tl.where(q > 0.0, q, 1.0)), 0.0), 0) * inv_log_k
+    ids = tl.where(top_i < _SENTINEL, top_i, 0).to(tl.int64)
 
-    tl.store(argmax_ptr + row, tl.sum(tl.where(first, top_i, 0), 0).to(tl.int64))
+    tl.store(argmax_ptr + row, tl.sum(tl.where(first, ids, 0), 0))
     tl.store(probs_ptr + row * K + rank, p, mask=live)
-    tl.store(ids_ptr + row * K + rank, top_i.to(tl.int64), mask=live)
+    tl.store(ids_ptr + row * K + rank, ids, mask=live)
     tl.store(lse_ptr + row, lse)
     tl.store(margin_ptr + row, p1 - p2)  # margin = p(1) - p(2)
     tl.store(entropy_topk_ptr + row, entropy_topk)
     if FULL_ENTROPY:
-        # H_full = lse - sum_v p_v z_v = (m + log S) - (m + T / S)
-        tl.store(entropy_full_ptr + row, tl.log(s) - t / s)
-    if FLAG_BAD:
-        # A NaN or +inf in the row, or a row all -inf: later kernels must not write anything.
-        tl.store(bad_ptr, 1, mask=(lse != lse) | (tl.abs(lse) == float("inf")))
+        # H_full = lse - sum_v p_v z_v = (m + log S) - (m + D / S)
+        tl.store(entropy_full_ptr + row, tl.log(S) - D / S)
+    return p1, lse
 
 
 @triton.jit
-def _row_start(logits_ptr, row, N, stride_b, stride_n):
+def row_start(logits_ptr, row, N, stride_b, stride_n):
     """Address of row (b, n) = (row // N, row % N), int64 offsets (b * stride_b can pass 2^31)."""
     return logits_ptr + (row // N) * stride_b + (row % N) * stride_n
+
+
+@triton.jit
+def summarize_row(
+    logits_ptr,
+    N,
+    V,
+    stride_b,
+    stride_n,
+    part_ptr,
+    part_v_ptr,
+    part_i_ptr,
+    n_chunks,
+    BLOCK_V: tl.constexpr,
+    GROUP: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    FULL_ENTROPY: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    """(m, S, D, top-k slots) of this program's row: streamed whole (``scan_row``), or, on the split
+    path (SPLIT), merged from its chunks' partials (``merge_chunks``; the logits are not read)."""
+    row = tl.program_id(0).to(tl.int64)
+    if SPLIT:
+        n_rows = tl.num_programs(0).to(tl.int64)
+        return merge_chunks(part_ptr, part_v_ptr, part_i_ptr, row, n_rows, n_chunks, CHUNKS, CANDIDATES, K, KP)
+    else:
+        row_ptr = row_start(logits_ptr, row, N, stride_b, stride_n)
+        return scan_row(row_ptr, 0, V, BLOCK_V, GROUP, K, KP, FULL_ENTROPY)
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,12 +369,16 @@ def _row_start(logits_ptr, row, N, stride_b, stride_n):
 
 
 @triton.jit
-def _stats_row_kernel(
+def _stats_kernel(
     logits_ptr,
     N,
     V,
     stride_b,
     stride_n,
+    part_ptr,
+    part_v_ptr,
+    part_i_ptr,
+    n_chunks,
     argmax_ptr,
     probs_ptr,
     ids_ptr,
@@ -262,24 +386,41 @@ def _stats_row_kernel(
     margin_ptr,
     entropy_topk_ptr,
     entropy_full_ptr,
-    bad_ptr,
     inv_log_k,
     BLOCK_V: tl.constexpr,
+    GROUP: tl.constexpr,
+    CHUNKS: tl.constexpr,
+    CANDIDATES: tl.constexpr,
     K: tl.constexpr,
     KP: tl.constexpr,
     FULL_ENTROPY: tl.constexpr,
-    FLAG_BAD: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
-    """Grid (rows,): one program streams one whole row."""
-    row = tl.program_id(0).to(tl.int64)
-    m, s, t, top_v, top_i = _scan(
-        _row_start(logits_ptr, row, N, stride_b, stride_n), 0, V, BLOCK_V, K, KP, FULL_ENTROPY
+    """Grid (rows,): one program per row, which it streams whole or (SPLIT) merges from the chunks."""
+    m, S, D, top_v, top_i = summarize_row(
+        logits_ptr,
+        N,
+        V,
+        stride_b,
+        stride_n,
+        part_ptr,
+        part_v_ptr,
+        part_i_ptr,
+        n_chunks,
+        BLOCK_V,
+        GROUP,
+        CHUNKS,
+        CANDIDATES,
+        K,
+        KP,
+        FULL_ENTROPY,
+        SPLIT,
     )
-    _finish_row(
-        row,
+    finish_row(
+        tl.program_id(0).to(tl.int64),
         m,
-        s,
-        t,
+        S,
+        D,
         top_v,
         top_i,
         argmax_ptr,
@@ -289,12 +430,10 @@ def _stats_row_kernel(
         margin_ptr,
         entropy_topk_ptr,
         entropy_full_ptr,
-        bad_ptr,
         inv_log_k,
         K,
         KP,
         FULL_ENTROPY,
-        FLAG_BAD,
     )
 
 
@@ -310,99 +449,37 @@ def _stats_chunk_kernel(
     part_v_ptr,
     part_i_ptr,
     BLOCK_V: tl.constexpr,
+    GROUP: tl.constexpr,
     K: tl.constexpr,
     KP: tl.constexpr,
     FULL_ENTROPY: tl.constexpr,
 ):
     """Grid (rows, chunks): the partial statistics of z[c * chunk : (c + 1) * chunk] of a row.
 
-    Writes part[0 | 1 | 2, row, c] = m, S, T and part_v/part_i[row, c, :k] = its top-k slots.
+    Writes part[0 | 1 | 2, row, c] = m, S, D and part_v/part_i[row, c, :k] = its top-k slots.
     """
     row = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     n_chunks = tl.num_programs(1)
     lo = c * chunk
-    m, s, t, top_v, top_i = _scan(
-        _row_start(logits_ptr, row, N, stride_b, stride_n), lo, tl.minimum(lo + chunk, V), BLOCK_V, K, KP, FULL_ENTROPY
+    m, S, D, top_v, top_i = scan_row(
+        row_start(logits_ptr, row, N, stride_b, stride_n),
+        lo,
+        tl.minimum(lo + chunk, V),
+        BLOCK_V,
+        GROUP,
+        K,
+        KP,
+        FULL_ENTROPY,
     )
     at = row * n_chunks + c
     plane = tl.num_programs(0).to(tl.int64) * n_chunks
     tl.store(part_ptr + at, m)
-    tl.store(part_ptr + plane + at, s)
-    tl.store(part_ptr + 2 * plane + at, t)
+    tl.store(part_ptr + plane + at, S)
+    tl.store(part_ptr + 2 * plane + at, D)
     slot = tl.arange(0, KP)
     tl.store(part_v_ptr + at * K + slot, top_v, mask=slot < K)
     tl.store(part_i_ptr + at * K + slot, top_i, mask=slot < K)
-
-
-@triton.jit
-def _stats_merge_kernel(
-    part_ptr,
-    part_v_ptr,
-    part_i_ptr,
-    n_chunks,
-    argmax_ptr,
-    probs_ptr,
-    ids_ptr,
-    lse_ptr,
-    margin_ptr,
-    entropy_topk_ptr,
-    entropy_full_ptr,
-    bad_ptr,
-    inv_log_k,
-    CHUNKS: tl.constexpr,
-    CANDIDATES: tl.constexpr,
-    K: tl.constexpr,
-    KP: tl.constexpr,
-    FULL_ENTROPY: tl.constexpr,
-    FLAG_BAD: tl.constexpr,
-):
-    """Grid (rows,): merges the n_chunks partials of a row (CHUNKS >= n_chunks, CANDIDATES >=
-    n_chunks * k, powers of two) the way ``_scan`` merges its tiles, in a fixed order."""
-    row = tl.program_id(0).to(tl.int64)
-    plane = tl.num_programs(0).to(tl.int64) * n_chunks
-    c = tl.arange(0, CHUNKS)
-    at = row * n_chunks + c
-    live = c < n_chunks
-    m_c = tl.load(part_ptr + at, mask=live, other=float("-inf"))
-    s_c = tl.load(part_ptr + plane + at, mask=live, other=0.0)
-    t_c = tl.load(part_ptr + 2 * plane + at, mask=live, other=0.0)
-    m = tl.max(m_c, 0)
-    shift = _rescale_log(m_c, m)
-    scale = tl.exp(shift)
-    s = tl.sum(s_c * scale, 0)
-    t = tl.sum((t_c + shift * s_c) * scale, 0)
-
-    f = tl.arange(0, CANDIDATES)
-    held = f < n_chunks * K
-    cand_v = tl.load(part_v_ptr + row * n_chunks * K + f, mask=held, other=float("-inf"))
-    cand_i = tl.load(part_i_ptr + row * n_chunks * K + f, mask=held, other=_SENTINEL)
-    top_v, top_i, last_v, last_i = _topk_empty(K, KP)
-    # Empty slots of short chunks are no candidates.
-    top_v, top_i, last_v, last_i = _topk_insert(
-        top_v, top_i, last_v, last_i, cand_v, cand_i, held & (cand_i < _SENTINEL), K, KP
-    )
-    _finish_row(
-        row,
-        m,
-        s,
-        t,
-        top_v,
-        top_i,
-        argmax_ptr,
-        probs_ptr,
-        ids_ptr,
-        lse_ptr,
-        margin_ptr,
-        entropy_topk_ptr,
-        entropy_full_ptr,
-        bad_ptr,
-        inv_log_k,
-        K,
-        KP,
-        FULL_ENTROPY,
-        FLAG_BAD,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,91 +487,88 @@ def _stats_merge_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def compute_token_stats(
-    logits: Tensor, k: int, full_entropy: bool, bad: Tensor | None = None, config: StatsConfig | None = None
-) -> list[Tensor]:
-    """``token_stats``, and what ``xflow_step`` launches: ``bad`` (a zeroed int32 tensor of one
-    element), when given, is set to 1 by every row whose lse is not finite; ``config`` overrides
-    ``stats_config`` (tests use it to force the split path)."""
-    if logits.dim() != 3 or logits.stride(2) != 1:
-        raise ValueError(f"token_stats: logits must be (B, N, V) with stride(2) == 1, got {tuple(logits.shape)}")
-    if logits.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"token_stats: logits must be float32, bfloat16 or float16, got {logits.dtype}")
-    B, N, V = logits.shape
-    if not 2 <= k <= 8 or not k <= V < SENTINEL:
-        raise ValueError(f"token_stats: need 2 <= k <= 8 and k <= V < {SENTINEL}, got k={k}, V={V}")
-    rows = B * N
-    device = logits.device
-    f32 = dict(device=device, dtype=torch.float32)
-    argmax = torch.empty((B, N), device=device, dtype=torch.int64)
-    probs = torch.empty((B, N, k), **f32)
-    ids = torch.empty((B, N, k), device=device, dtype=torch.int64)
-    lse = torch.empty((B, N), **f32)
-    margin = torch.empty((B, N), **f32)
-    entropy_topk = torch.empty((B, N), **f32)
-    entropy_full = torch.empty((B, N) if full_entropy else (0,), **f32)
-    results = [argmax, probs, ids, lse, margin, entropy_topk, entropy_full]
-    if rows == 0:
-        return results
+def partials(rows: int, k: int, launch: StatsLaunch) -> tuple[tuple[tuple[int, ...], torch.dtype], ...]:
+    """(shape, dtype) of the split path's workspace: (m, S, D) per chunk, and its top-k slots."""
+    return (
+        ((3, rows, launch.chunks), torch.float32),
+        ((rows, launch.chunks, k), torch.float32),
+        ((rows, launch.chunks, k), torch.int32),
+    )
 
-    cfg = config or stats_config(rows, V, device)
-    n_tiles = triton.cdiv(V, cfg.block_v)
-    chunk_tiles = triton.cdiv(n_tiles, max(1, min(cfg.split, n_tiles)))
-    n_chunks = triton.cdiv(n_tiles, chunk_tiles)
-    outputs = (argmax, probs, ids, lse, margin, entropy_topk, entropy_full, lse if bad is None else bad)
-    common = dict(K=k, KP=triton.next_power_of_2(k), FULL_ENTROPY=full_entropy)
-    finish = dict(FLAG_BAD=bad is not None, **common)
-    strides = (logits.stride(0), logits.stride(1))
-    if n_chunks == 1:
-        _stats_row_kernel[(rows,)](
-            logits,
-            N,
-            V,
-            *strides,
-            *outputs,
-            1.0 / math.log(k),
-            BLOCK_V=cfg.block_v,
-            num_warps=cfg.num_warps,
-            **finish,
-        )
-        return results
-    part = torch.empty((3, rows, n_chunks), **f32)
-    part_v = torch.empty((rows, n_chunks, k), **f32)
-    part_i = torch.empty((rows, n_chunks, k), device=device, dtype=torch.int32)
-    _stats_chunk_kernel[(rows, n_chunks)](
+
+def launch_chunks(logits: Tensor, k: int, full_entropy: bool, launch: StatsLaunch, part, part_v, part_i) -> None:
+    """The split path's first launch: every chunk's partial statistics into (part, part_v, part_i)."""
+    B, N, V = logits.shape
+    _stats_chunk_kernel[(B * N, launch.chunks)](
         logits,
         N,
         V,
-        *strides,
-        chunk_tiles * cfg.block_v,
+        logits.stride(0),
+        logits.stride(1),
+        launch.chunk_len,
         part,
         part_v,
         part_i,
-        BLOCK_V=cfg.block_v,
-        num_warps=cfg.num_warps,
-        **common,
+        BLOCK_V=launch.block_v,
+        GROUP=launch.group,
+        K=k,
+        KP=triton.next_power_of_2(k),
+        FULL_ENTROPY=full_entropy,
+        num_warps=launch.num_warps,
     )
-    _stats_merge_kernel[(rows,)](
-        part,
-        part_v,
-        part_i,
-        n_chunks,
-        *outputs,
-        1.0 / math.log(k),
-        CHUNKS=triton.next_power_of_2(n_chunks),
-        CANDIDATES=triton.next_power_of_2(n_chunks * k),
-        num_warps=1,
-        **finish,
-    )
-    return results
 
 
-def token_stats(logits: Tensor, k: int, full_entropy: bool) -> list[Tensor]:
-    """SPEC 1 over logits (B, N, V), stride(2) == 1, float32/bfloat16/float16 (csrc/ops.h).
+def row_program(logits: Tensor, k: int, launch: StatsLaunch, parts: list[Tensor] | None) -> tuple[tuple, dict]:
+    """The arguments of a per-row kernel (``summarize_row``'s) before its outputs, and its constants:
+    on the split path it merges the partials ``parts`` (one warp per row), else it streams its row."""
+    _, N, V = logits.shape
+    split = launch.chunks > 1
+    part, part_v, part_i = parts if split else (logits,) * 3  # unread without a split
+    arguments = (logits, N, V, logits.stride(0), logits.stride(1), part, part_v, part_i, launch.chunks)
+    constants = dict(
+        BLOCK_V=launch.block_v,
+        GROUP=launch.group,
+        CHUNKS=triton.next_power_of_2(launch.chunks),
+        CANDIDATES=triton.next_power_of_2(launch.chunks * k),
+        K=k,
+        KP=triton.next_power_of_2(k),
+        SPLIT=split,
+        num_warps=1 if split else launch.num_warps,
+    )
+    return arguments, constants
+
+
+def token_stats(logits: Tensor, k: int, full_entropy: bool, launch: StatsLaunch | None = None) -> list[Tensor]:
+    """SPEC 1 over logits (B, N, V), stride(2) == 1, float32/bfloat16/float16 (csrc/ops.h), inputs as
+    ``mdfast.ops`` validated them; ``launch`` overrides ``stats_launch`` (tests force the split path).
 
     Returns [argmax (B,N) int64, topk_probs (B,N,k) f32, topk_ids (B,N,k) int64, lse (B,N) f32,
-    margin (B,N) f32, entropy_topk (B,N) f32, entropy_full (B,N) f32 or an empty tensor].
-    A row with a NaN or +inf, or all -inf, gets a non-finite lse (NaN where the reference may give
-    +inf); its other outputs are then unspecified. No host synchronisation.
+    margin (B,N) f32, entropy_topk (B,N) f32, entropy_full (B,N) f32 or an empty tensor], views of one
+    allocation. A row with a NaN or +inf, or all -inf, gets a non-finite lse (NaN where the reference
+    may give +inf); its other outputs are then unspecified (ids index the vocabulary). No host
+    synchronisation.
     """
-    return compute_token_stats(logits, k, full_entropy)
+    B, N, V = logits.shape
+    rows = B * N
+    launch = launch or stats_launch(rows, V, logits.device)
+    split = launch.chunks > 1
+    f32, i64 = torch.float32, torch.int64
+    views = carve(
+        logits.device,
+        ((B, N), i64),
+        ((B, N, k), f32),
+        ((B, N, k), i64),
+        ((B, N), f32),
+        ((B, N), f32),
+        ((B, N), f32),
+        ((B, N) if full_entropy else (0,), f32),
+        *(partials(rows, k, launch) if split else ()),
+    )
+    results, parts = views[:7], views[7:]
+    if rows == 0:
+        return results
+    if split:
+        launch_chunks(logits, k, full_entropy, launch, *parts)
+    arguments, constants = row_program(logits, k, launch, parts)
+    _stats_kernel[(rows,)](*arguments, *results, 1.0 / math.log(k), FULL_ENTROPY=full_entropy, **constants)
+    return results

@@ -2,13 +2,13 @@
 // log-sum-exp, its exact top-k and, optionally, the sum behind the full entropy; everything else
 // of SPEC 1 is O(k) scalar math on that summary (`finish_topk`).
 //
-// The row is read in blocks of kBlock elements (16 KiB of float32, well inside L1). Per block:
-//   1. one vectorized pass: the max of every chunk of kChunk elements and the block max bm
-//      (bf16/f16 blocks are first converted to float32 into a per-thread buffer);
-//   2. when bm reaches the current k-th largest value, a scan for top-k candidates over the chunks
-//      whose max reaches it (after the first block this is rare);
-//   3. when bm exceeds the running max m, the running sums are rescaled once to the new m;
-//   4. S += sum exp(z - m) (and D += sum exp(z - m) (z - m)) over the block while it is in L1:
+// The row is read in tiles of kTile elements (16 KiB of float32, well inside L1). Per tile:
+//   1. one vectorized pass: the max of every slice of kSlice elements and the tile max tm
+//      (bf16/f16 tiles are first converted to float32 into a per-thread buffer);
+//   2. when tm reaches the current k-th largest value, a scan for top-k candidates over the slices
+//      whose max reaches it (after the first tile this is rare);
+//   3. when tm exceeds the running max m, the running sums are rescaled once to the new m;
+//   4. S += sum exp(z - m) (and D += sum exp(z - m) (z - m)) over the tile while it is in L1:
 //      a vectorized polynomial exp, float32 lanes flushed into double lanes every few terms.
 // Everything here is per row: the callers parallelize over rows, one row per thread, so the results
 // never depend on the thread count.
@@ -29,8 +29,8 @@ namespace mdfast {
 namespace cpu {
 
 constexpr int kMaxTopK = 8;       // ops.h: 2 <= k <= 8
-constexpr int64_t kBlock = 4096;  // elements per block of a row
-constexpr int64_t kChunk = 64;    // granularity of the top-k candidate scan
+constexpr int64_t kTile = 4096;  // elements per tile of a row
+constexpr int64_t kSlice = 64;   // granularity of the top-k candidate scan
 constexpr int kMaxLanes = 16;     // lanes of the max pass (one 512-bit vector)
 constexpr int kLanes = 32;        // float32 accumulators of the exp sums (accuracy and ILP)
 constexpr int64_t kLanesRun = 256;  // elements summed in float32 lanes before a double flush
@@ -74,8 +74,8 @@ inline float to_float(c10::Half x) {
   return bits_to_float(sign | magnitude);
 }
 
-// Calls fn(scalar_t{}) for the float32, bfloat16 or float16 dtype `type`; any other dtype is an
-// error (mdfast.ops validates dtypes earlier: this is the last line of defence).
+// Calls fn(scalar_t{}) for the float32, bfloat16 or float16 dtype `type` (mdfast.ops admits no
+// other: another one is a broken invariant).
 template <typename Fn>
 void dispatch_float_types(c10::ScalarType type, const char* what, Fn&& fn) {
   switch (type) {
@@ -89,7 +89,7 @@ void dispatch_float_types(c10::ScalarType type, const char* what, Fn&& fn) {
       fn(c10::Half{});
       break;
     default:
-      TORCH_CHECK(false, what, ": expected float32, bfloat16 or float16, got ", type);
+      TORCH_INTERNAL_ASSERT(false, what, ": float32, bfloat16 or float16 expected, got ", type);
   }
 }
 
@@ -168,7 +168,7 @@ struct TopK {
 };
 
 // ------------------------------------------------------------------------------------------------
-// Block kernels (z: n <= kBlock float32 values in L1).
+// Tile kernels (z: n <= kTile float32 values in L1).
 // ------------------------------------------------------------------------------------------------
 
 // lanes[l] = max(lanes[l], lanes[l + kWidth]) for l < kWidth, then the same on the lower half:
@@ -183,17 +183,17 @@ inline float fold_max(float* lanes) {
 // max of lanes[0..kMaxLanes) (overwrites lanes).
 inline float lanes_max(float* lanes) { return fold_max<kMaxLanes / 2>(lanes); }
 
-// The max of each chunk of kChunk entries into chunk_max[c], and the block max, in one pass of
+// The max of each slice of kSlice entries into slice_max[c], and the tile max, in one pass of
 // kMaxLanes lanes. NaN entries are skipped (std::max(a, NaN) is a); `summarize_row` sees them in
 // the exp sums.
-inline float block_maxima(const float* z, int64_t n, float* chunk_max) {
-  float block_lanes[kMaxLanes];
-  std::fill(block_lanes, block_lanes + kMaxLanes, -kInf);
-  for (int64_t c = 0, c0 = 0; c0 < n; ++c, c0 += kChunk) {
+inline float tile_maxima(const float* z, int64_t n, float* slice_max) {
+  float tile_lanes[kMaxLanes];
+  std::fill(tile_lanes, tile_lanes + kMaxLanes, -kInf);
+  for (int64_t c = 0, c0 = 0; c0 < n; ++c, c0 += kSlice) {
     float lanes[kMaxLanes];
     std::fill(lanes, lanes + kMaxLanes, -kInf);
-    if (c0 + kChunk <= n) {
-      for (int64_t i = c0; i < c0 + kChunk; i += kMaxLanes) {
+    if (c0 + kSlice <= n) {
+      for (int64_t i = c0; i < c0 + kSlice; i += kMaxLanes) {
 #pragma omp simd
         for (int l = 0; l < kMaxLanes; ++l) lanes[l] = std::max(lanes[l], z[i + l]);
       }
@@ -201,33 +201,33 @@ inline float block_maxima(const float* z, int64_t n, float* chunk_max) {
       for (int64_t i = c0; i < n; ++i) lanes[0] = std::max(lanes[0], z[i]);
     }
 #pragma omp simd
-    for (int l = 0; l < kMaxLanes; ++l) block_lanes[l] = std::max(block_lanes[l], lanes[l]);
-    chunk_max[c] = lanes_max(lanes);
+    for (int l = 0; l < kMaxLanes; ++l) tile_lanes[l] = std::max(tile_lanes[l], lanes[l]);
+    slice_max[c] = lanes_max(lanes);
   }
-  return lanes_max(block_lanes);
+  return lanes_max(tile_lanes);
 }
 
-inline bool block_has_nan(const float* z, int64_t n) {
+inline bool tile_has_nan(const float* z, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
     if (std::isnan(z[i])) return true;
   return false;
 }
 
-// Offers the block's entries (global indices base + i) to `top` in index order, skipping the
-// chunks whose max is below its threshold.
-inline void block_topk(const float* z, int64_t n, int64_t base, const float* chunk_max, TopK& top) {
-  for (int64_t c = 0, c0 = 0; c0 < n; ++c, c0 += kChunk) {
-    if (!(chunk_max[c] >= top.threshold())) continue;
-    for (int64_t i = c0; i < std::min(c0 + kChunk, n); ++i)
+// Offers the tile's entries (global indices base + i) to `top` in index order, skipping the
+// slices whose max is below its threshold.
+inline void tile_topk(const float* z, int64_t n, int64_t base, const float* slice_max, TopK& top) {
+  for (int64_t c = 0, c0 = 0; c0 < n; ++c, c0 += kSlice) {
+    if (!(slice_max[c] >= top.threshold())) continue;
+    for (int64_t i = c0; i < std::min(c0 + kSlice, n); ++i)
       if (z[i] >= top.threshold()) top.offer(z[i], base + i);
   }
 }
 
-// sum exp(z - m) and, with kFullEntropy, sum exp(z - m) (z - m) over the block: kLanes float32
+// sum exp(z - m) and, with kFullEntropy, sum exp(z - m) (z - m) over the tile: kLanes float32
 // lanes, each summing kLanesRun / kLanes = 8 consecutive terms of its lane, then added into kLanes
 // double lanes (float32 error ~1e-8 relative instead of ~1e-7 for 128 terms per float lane).
 template <bool kFullEntropy>
-inline void block_exp_sums(const float* z, int64_t n, float m, double& sum, double& sum_d) {
+inline void tile_exp_sums(const float* z, int64_t n, float m, double& sum, double& sum_d) {
   double acc[kLanes] = {}, acc_d[kLanes] = {};
   const int64_t full = n - n % kLanes;
   for (int64_t run = 0; run < full; run += kLanesRun) {
@@ -259,11 +259,11 @@ inline void block_exp_sums(const float* z, int64_t n, float m, double& sum, doub
   }
 }
 
-// Block i of a row as float32: the row itself for float32, else converted into `buffer`.
-inline const float* load_block(const float* src, int64_t, float*) { return src; }
+// A tile of a row as float32: the row itself for float32, else converted into `buffer`.
+inline const float* load_tile(const float* src, int64_t, float*) { return src; }
 
 template <typename scalar_t>
-inline const float* load_block(const scalar_t* src, int64_t n, float* buffer) {
+inline const float* load_tile(const scalar_t* src, int64_t n, float* buffer) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) buffer[i] = to_float(src[i]);
   return buffer;
@@ -292,33 +292,33 @@ struct RowSummary {
   double entropy_full() const { return std::log(sum) - sum_d / sum; }
 };
 
-// One streaming pass over row[0..V) (V >= k). `buffer` holds kBlock floats (bf16/f16 rows).
+// One streaming pass over row[0..V) (V >= k). `buffer` holds kTile floats (bf16/f16 rows).
 template <bool kFullEntropy, typename scalar_t>
 RowSummary summarize_row(const scalar_t* row, int64_t V, int k, float* buffer) {
   RowSummary row_summary(k);
   float& m = row_summary.max;
-  float chunk_max[kBlock / kChunk];
-  for (int64_t base = 0; base < V; base += kBlock) {
-    const int64_t n = std::min(kBlock, V - base);
-    const float* z = load_block(row + base, n, buffer);
-    const float bm = block_maxima(z, n, chunk_max);
-    if (bm >= row_summary.top.threshold()) block_topk(z, n, base, chunk_max, row_summary.top);
-    if (bm > m) {
-      if (m > -kInf) {  // rescale S and D from the old max to bm
-        const double shift = double(m) - double(bm);
+  float slice_max[kTile / kSlice];
+  for (int64_t base = 0; base < V; base += kTile) {
+    const int64_t n = std::min(kTile, V - base);
+    const float* z = load_tile(row + base, n, buffer);
+    const float tm = tile_maxima(z, n, slice_max);
+    if (tm >= row_summary.top.threshold()) tile_topk(z, n, base, slice_max, row_summary.top);
+    if (tm > m) {
+      if (m > -kInf) {  // rescale S and D from the old max to tm
+        const double shift = double(m) - double(tm);
         const double scale = std::exp(shift);
         row_summary.sum_d = scale * (row_summary.sum_d + shift * row_summary.sum);
         row_summary.sum *= scale;
       }
-      m = bm;
+      m = tm;
     }
     if (m == -kInf) {
       // Every entry so far is -inf (or NaN, which max skips): nothing to add, but a NaN must
       // still poison the row.
-      if (block_has_nan(z, n)) row_summary.sum = std::numeric_limits<double>::quiet_NaN();
+      if (tile_has_nan(z, n)) row_summary.sum = std::numeric_limits<double>::quiet_NaN();
       continue;
     }
-    block_exp_sums<kFullEntropy>(z, n, m, row_summary.sum, row_summary.sum_d);
+    tile_exp_sums<kFullEntropy>(z, n, m, row_summary.sum, row_summary.sum_d);
   }
   if (m == -kInf) row_summary.sum = std::numeric_limits<double>::quiet_NaN();  // all -inf: no lse
   return row_summary;

@@ -20,7 +20,7 @@ void token_stats_rows(const at::Tensor& logits, int k, const TokenStatsOutputs& 
   const scalar_t* data = logits.data_ptr<scalar_t>();
 #pragma omp parallel
   {
-    float buffer[cpu::kBlock];  // bf16/f16 blocks converted to float32
+    float buffer[cpu::kTile];  // bf16/f16 tiles converted to float32
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const scalar_t* row = data + (r / N) * stride_b + (r % N) * stride_n;
@@ -42,7 +42,6 @@ void token_stats_rows(const at::Tensor& logits, int k, const TokenStatsOutputs& 
 }  // namespace
 
 std::vector<at::Tensor> token_stats(const at::Tensor& logits, int64_t k, bool full_entropy) {
-  TORCH_CHECK(logits.device().is_cpu(), "token_stats: logits must be on the CPU");
   const TokenStatsTensors t(logits, k, full_entropy);
   const TokenStatsOutputs out = t.pointers();
   cpu::dispatch_float_types(logits.scalar_type(), "token_stats: logits", [&](auto tag) {

@@ -2,7 +2,9 @@
 //
 //   1. per row (OpenMP over rows): the statistics (cpu/row_stats.h), x_pred, c, lse, and the action
 //      (given, else the policy's Kummer mean, else the heuristic) -> tokens, confidence, action, lse;
-//   2. if any row's lse is not finite: return, X_out and t_out untouched (the caller raises);
+//      skipped when the statistics are given (then so is the action);
+//   2. if the flag `bad` is set or any row's lse is not finite: return, X_out and t_out untouched
+//      (the caller raises);
 //   3. per sequence (OpenMP over b): re-edit test and t update of every token, then the hard
 //      commit among them -> reedited, t_out, committed;
 //   4. per row (OpenMP over rows): X_out written once: E[x] for the committed token, else the
@@ -31,28 +33,6 @@
 namespace mdfast {
 namespace {
 
-// The step policy's packed float32 weights (ops.h): [W1 (d, k+4) row-major, b1 (d), W2 (d, d),
-// b2 (d), w_mu (d), w_kappa (d), b_mu, b_kappa], with its constants kappa_min, kappa_max.
-struct PolicyWeights {
-  int64_t d, width;  // hidden width, state width k + 4
-  const float *W1, *b1, *W2, *b2, *w_mu, *w_kappa;
-  double b_mu, b_kappa, kappa_min, kappa_max;
-
-  static int64_t numel(int64_t d, int64_t width) { return d * width + d + d * d + d + d + d + 2; }
-
-  PolicyWeights(const float* packed, int64_t d_, int64_t width_, double kappa_min_, double kappa_max_)
-      : d(d_), width(width_), kappa_min(kappa_min_), kappa_max(kappa_max_) {
-    W1 = packed;
-    b1 = W1 + d * width;
-    W2 = b1 + d;
-    b2 = W2 + d * d;
-    w_mu = b2 + d;
-    w_kappa = w_mu + d;
-    b_mu = w_kappa[d];
-    b_kappa = w_kappa[d + 1];
-  }
-};
-
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double silu(double x) { return x * sigmoid(x); }
 
@@ -72,13 +52,14 @@ inline void silu_layer(const float* W, const float* bias, const double* x, int64
 // SPEC 2.4: h = SiLU(W2 SiLU(W1 s + b1) + b2);
 // mu = 0.05 + 0.9 sigmoid(w_mu.h + b_mu); kappa = kmin + (kmax - kmin) sigmoid(w_k.h + b_k);
 // alpha = mu kappa, beta = (1 - mu) kappa. `scratch` holds 2 d doubles.
-inline void step_policy(const PolicyWeights& w, const double* state, double* scratch, double& alpha, double& beta) {
+inline void step_policy(const PolicyView& w, double kappa_min, double kappa_max, const double* state, double* scratch,
+                        double& alpha, double& beta) {
   double* h1 = scratch;
   double* h2 = scratch + w.d;
   silu_layer(w.W1, w.b1, state, w.d, w.width, h1);
   silu_layer(w.W2, w.b2, h1, w.d, w.d, h2);
-  const double mu = 0.05 + 0.9 * sigmoid(dot(w.w_mu, h2, w.d) + w.b_mu);
-  const double kappa = w.kappa_min + (w.kappa_max - w.kappa_min) * sigmoid(dot(w.w_kappa, h2, w.d) + w.b_kappa);
+  const double mu = 0.05 + 0.9 * sigmoid(dot(w.w_mu, h2, w.d) + double(*w.b_mu));
+  const double kappa = kappa_min + (kappa_max - kappa_min) * sigmoid(dot(w.w_kappa, h2, w.d) + double(*w.b_kappa));
   alpha = mu * kappa;
   beta = (1.0 - mu) * kappa;
 }
@@ -100,14 +81,8 @@ inline double kummer_action(double alpha, double beta, double z, int64_t terms, 
 // a_min * exp(c z), z = ln(a_max / a_min) (the same number, one exp).
 inline double heuristic_action(double c, double a_min, double z) { return a_min * std::exp(c * z); }
 
-struct StepArgs {
-  int64_t B, N, V, E, k;
-  const at::Tensor* policy_weights;  // null: no policy
-  int64_t hidden;
-  double kappa_min, kappa_max;
-  const at::Tensor* action;  // null: no given action
-  double a_min, a_max, reedit_margin, commit_threshold;
-  int64_t kummer_terms;
+struct StepShape {
+  int64_t B, N, V, E;
 };
 
 struct StepOutputs {
@@ -120,27 +95,22 @@ struct StepOutputs {
 };
 
 // Phase 1, per row: SPEC 2.2 statistics, x_pred = argmax, c = p(1); SPEC 2.3 state
-// s = [p(1..k), H_k, margin, t_i, rho_b]; SPEC 2.4-2.5 action.
+// s = [p(1..k), H_k, margin, t_i, rho_b]; SPEC 2.4-2.5 action (out.action already holds a given one).
 template <typename scalar_t>
-void row_statistics_and_action(const at::Tensor& logits, const float* t, const at::Tensor& rho,
-                               const StepArgs& args, const StepOutputs& out) {
-  const int64_t N = args.N, V = args.V, rows = args.B * N;
-  const int k = int(args.k);
+void row_statistics_and_action(const at::Tensor& logits, const float* t, const at::Tensor& rho, bool action_given,
+                               const PolicyView* policy, const StepScalars& s, const StepShape& shape,
+                               const StepOutputs& out) {
+  const int64_t N = shape.N, V = shape.V, rows = shape.B * N;
+  const int k = int(s.k);
   const int64_t stride_b = logits.stride(0), stride_n = logits.stride(1);
   const scalar_t* data = logits.data_ptr<scalar_t>();
   const float* rho_data = rho.data_ptr<float>();
   const int64_t rho_stride = rho.stride(0);
-  const float* given = args.action ? args.action->data_ptr<float>() : nullptr;
-  const int64_t given_stride_b = given ? args.action->stride(0) : 0;
-  const int64_t given_stride_n = given ? args.action->stride(1) : 0;
-  std::optional<PolicyWeights> policy;
-  if (!given && args.policy_weights)
-    policy.emplace(args.policy_weights->data_ptr<float>(), args.hidden, args.k + 4, args.kappa_min, args.kappa_max);
-  const double log_ratio = std::log(args.a_max / args.a_min);  // z = L ln 2
+  const double log_ratio = std::log(s.a_max / s.a_min);  // z = L ln 2
 #pragma omp parallel
   {
-    float buffer[cpu::kBlock];  // bf16/f16 blocks converted to float32
-    std::vector<double> scratch(policy ? 2 * args.hidden : 0);  // the policy's h1, h2
+    float buffer[cpu::kTile];  // bf16/f16 tiles converted to float32
+    std::vector<double> scratch(policy ? 2 * policy->d : 0);  // the policy's h1, h2
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t b = r / N, n = r % N;
@@ -150,10 +120,9 @@ void row_statistics_and_action(const at::Tensor& logits, const float* t, const a
       out.tokens[r] = cpu::output_id(summary.top.id[0]);
       out.confidence[r] = float(stats.prob[0]);
       out.lse[r] = float(summary.lse());
+      if (action_given) continue;
       double a;
-      if (given) {
-        a = given[b * given_stride_b + n * given_stride_n];
-      } else if (policy) {
+      if (policy) {
         double state[cpu::kMaxTopK + 4];
         std::copy(stats.prob, stats.prob + k, state);
         state[k] = stats.entropy;
@@ -161,10 +130,10 @@ void row_statistics_and_action(const at::Tensor& logits, const float* t, const a
         state[k + 2] = t[r];
         state[k + 3] = rho_data[b * rho_stride];
         double alpha, beta;
-        step_policy(*policy, state, scratch.data(), alpha, beta);
-        a = kummer_action(alpha, beta, log_ratio, args.kummer_terms, args.a_min, args.a_max);
+        step_policy(*policy, s.kappa_min, s.kappa_max, state, scratch.data(), alpha, beta);
+        a = kummer_action(alpha, beta, log_ratio, s.kummer_terms, s.a_min, s.a_max);
       } else {
-        a = heuristic_action(stats.prob[0], args.a_min, log_ratio);
+        a = heuristic_action(stats.prob[0], s.a_min, log_ratio);
       }
       out.action[r] = float(a);
     }
@@ -174,18 +143,19 @@ void row_statistics_and_action(const at::Tensor& logits, const float* t, const a
 // Phase 3, per sequence b: SPEC 2.6 re-edit test (t before the update): c - t < -margin re-edits
 // (t = c), else t += a (1 - t); then SPEC 2.7 hard commit: among n with t_out < threshold, the
 // largest c (smallest n on ties) gets t = 1; committed[b] = that n, or -1 if none.
-void update_progress_and_commit(const float* t, float* t_out, const StepArgs& args, const StepOutputs& out) {
-  const int64_t N = args.N;
+void update_progress_and_commit(const float* t, float* t_out, const StepScalars& s, const StepShape& shape,
+                                const StepOutputs& out) {
+  const int64_t N = shape.N;
 #pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < args.B; ++b) {
+  for (int64_t b = 0; b < shape.B; ++b) {
     int64_t best = -1;
     for (int64_t i = b * N; i < (b + 1) * N; ++i) {
       const float c = out.confidence[i], a = out.action[i], t_i = t[i];
-      const bool reedit = double(c) - double(t_i) < -args.reedit_margin;
+      const bool reedit = double(c) - double(t_i) < -s.reedit_margin;
       const float t_new = reedit ? c : t_i + a * (1.0f - t_i);
       out.reedited[i] = reedit;
       t_out[i] = t_new;
-      if (double(t_new) < args.commit_threshold && (best < 0 || c > out.confidence[best])) best = i;
+      if (double(t_new) < s.commit_threshold && (best < 0 || c > out.confidence[best])) best = i;
     }
     if (best >= 0) t_out[best] = 1.0f;
     out.committed[b] = best < 0 ? -1 : best - b * N;
@@ -197,8 +167,8 @@ void update_progress_and_commit(const float* t, float* t_out, const StepArgs& ar
 // else the flow update (SPEC 2.6): X += (target - X) a.
 template <typename emb_t>
 void update_embeddings(const float* X, const at::Tensor& embedding, const float* mask, float* X_out,
-                       const StepArgs& args, const StepOutputs& out) {
-  const int64_t N = args.N, E = args.E, rows = args.B * N;
+                       const StepShape& shape, const StepOutputs& out) {
+  const int64_t N = shape.N, E = shape.E, rows = shape.B * N;
   const emb_t* emb = embedding.data_ptr<emb_t>();
   const int64_t emb_stride = embedding.stride(0);
 #pragma omp parallel for schedule(static)
@@ -221,83 +191,48 @@ void update_embeddings(const float* X, const at::Tensor& embedding, const float*
   }
 }
 
-void check_f32_contiguous(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(), "xflow_step: ", name,
-              " must be a contiguous float32 CPU tensor");
-}
-
 }  // namespace
 
 std::vector<at::Tensor> xflow_step(const at::Tensor& logits, const at::Tensor& X, const at::Tensor& t,
                                    const at::Tensor& embedding, const at::Tensor& mask_embedding,
                                    const at::Tensor& rho, const std::optional<at::Tensor>& policy_weights,
-                                   int64_t hidden, double kappa_min, double kappa_max,
-                                   const std::optional<at::Tensor>& action, double a_min, double a_max,
-                                   double reedit_margin, double commit_threshold, int64_t k,
-                                   int64_t kummer_terms, at::Tensor& X_out, at::Tensor& t_out) {
-  TORCH_CHECK(logits.device().is_cpu() && logits.dim() == 3 && logits.stride(2) == 1,
-              "xflow_step: logits must be a (B, N, V) CPU tensor with stride(2) == 1");
-  const int64_t B = logits.size(0), N = logits.size(1), V = logits.size(2);
-  TORCH_CHECK(2 <= k && k <= cpu::kMaxTopK && V >= k, "xflow_step: need 2 <= k <= ", cpu::kMaxTopK,
-              " and V >= k, got k = ", k, ", V = ", V);
-  check_f32_contiguous(X, "X");
-  check_f32_contiguous(X_out, "X_out");
-  check_f32_contiguous(t, "t");
-  check_f32_contiguous(t_out, "t_out");
-  check_f32_contiguous(mask_embedding, "mask_embedding");
-  TORCH_CHECK(X.dim() == 3 && X.size(0) == B && X.size(1) == N && X_out.sizes() == X.sizes(),
-              "xflow_step: X and X_out must be (B, N, E)");
-  const int64_t E = X.size(2);
-  TORCH_CHECK(t.sizes() == at::IntArrayRef({B, N}) && t_out.sizes() == t.sizes(), "xflow_step: t and t_out must be (B, N)");
-  TORCH_CHECK(embedding.device().is_cpu() && embedding.dim() == 2 && embedding.size(0) == V &&
-                  embedding.size(1) == E && embedding.stride(1) == 1,
-              "xflow_step: embedding must be a (V, E) CPU tensor with stride(1) == 1");
-  // Checked here, not only at its dispatch: that runs after t_out is written.
-  TORCH_CHECK(embedding.scalar_type() == at::kFloat || embedding.scalar_type() == at::kBFloat16 ||
-                  embedding.scalar_type() == at::kHalf,
-              "xflow_step: embedding: expected float32, bfloat16 or float16, got ", embedding.scalar_type());
-  TORCH_CHECK(mask_embedding.numel() == E, "xflow_step: mask_embedding must be (E,)");
-  TORCH_CHECK(rho.device().is_cpu() && rho.scalar_type() == at::kFloat && rho.dim() == 1 && rho.size(0) == B,
-              "xflow_step: rho must be a (B,) float32 CPU tensor");
-  TORCH_CHECK(0.0 < a_min && a_min < a_max, "xflow_step: need 0 < a_min < a_max");
-  if (action) {
-    TORCH_CHECK(action->device().is_cpu() && action->scalar_type() == at::kFloat &&
-                    action->sizes() == at::IntArrayRef({B, N}),
-                "xflow_step: action must be a (B, N) float32 CPU tensor");
-  } else if (policy_weights) {
-    check_f32_contiguous(*policy_weights, "policy_weights");
-    TORCH_CHECK(hidden >= 1 && policy_weights->numel() == PolicyWeights::numel(hidden, k + 4),
-                "xflow_step: policy_weights must hold ", PolicyWeights::numel(hidden, k + 4),
-                " floats for hidden = ", hidden, " and k = ", k, ", got ", policy_weights->numel());
-    TORCH_CHECK(kummer_terms >= 1, "xflow_step: kummer_terms must be >= 1");
-  }
-
-  const auto f32 = logits.options().dtype(at::kFloat);
-  const auto i64 = logits.options().dtype(at::kLong);
-  at::Tensor tokens = at::empty({B, N}, i64);
-  at::Tensor confidence = at::empty({B, N}, f32);
-  at::Tensor action_out = at::empty({B, N}, f32);
-  at::Tensor reedited = at::zeros({B, N}, logits.options().dtype(at::kBool));
-  at::Tensor committed = at::full({B}, -1, i64);
-  at::Tensor lse = at::empty({B, N}, f32);
+                                   const std::optional<at::Tensor>& action, const std::optional<GivenStats>& given,
+                                   const std::optional<at::Tensor>& bad, at::Tensor& X_out, at::Tensor& t_out,
+                                   const StepScalars& scalars) {
+  const StepShape shape{X.size(0), X.size(1), embedding.size(0), X.size(2)};
+  const int64_t B = shape.B, N = shape.N;
+  const auto f32 = X.options().dtype(at::kFloat);
+  const auto i64 = X.options().dtype(at::kLong);
+  const at::Tensor tokens = given ? given->tokens : at::empty({B, N}, i64);
+  const at::Tensor confidence = given ? given->confidence : at::empty({B, N}, f32);
+  const at::Tensor lse = given ? given->lse : at::empty({B, N}, f32);
+  const at::Tensor action_out = action ? *action : at::empty({B, N}, f32);
+  const at::Tensor reedited = at::zeros({B, N}, X.options().dtype(at::kBool));
+  const at::Tensor committed = at::full({B}, -1, i64);
   const std::vector<at::Tensor> result{tokens, confidence, action_out, reedited, committed, lse};
+  int* flag = bad ? bad->data_ptr<int>() : nullptr;
+  if (flag && *flag != 0) return result;
 
-  const StepArgs args{B, N, V, E, k, policy_weights ? &*policy_weights : nullptr, hidden, kappa_min, kappa_max,
-                      action ? &*action : nullptr, a_min, a_max, reedit_margin, commit_threshold, kummer_terms};
   const StepOutputs out{tokens.data_ptr<int64_t>(), confidence.data_ptr<float>(), action_out.data_ptr<float>(),
                         reedited.data_ptr<bool>(),  committed.data_ptr<int64_t>(), lse.data_ptr<float>()};
   const float* t_data = t.data_ptr<float>();
+  if (!given) {
+    std::optional<PolicyView> policy;
+    if (!action && policy_weights) policy.emplace(policy_weights->data_ptr<float>(), scalars.hidden, scalars.k);
+    cpu::dispatch_float_types(logits.scalar_type(), "xflow_step: logits", [&](auto tag) {
+      row_statistics_and_action<decltype(tag)>(logits, t_data, rho, action.has_value(), policy ? &*policy : nullptr,
+                                               scalars, shape, out);
+    });
+  }
+  if (!std::all_of(out.lse, out.lse + B * N, [](float v) { return std::isfinite(v); })) {
+    if (flag) *flag = 1;
+    return result;
+  }
 
-  cpu::dispatch_float_types(logits.scalar_type(), "xflow_step: logits", [&](auto tag) {
-    row_statistics_and_action<decltype(tag)>(logits, t_data, rho, args, out);
-  });
-  const float* lse_data = out.lse;
-  if (!std::all_of(lse_data, lse_data + B * N, [](float v) { return std::isfinite(v); })) return result;
-
-  update_progress_and_commit(t_data, t_out.data_ptr<float>(), args, out);
+  update_progress_and_commit(t_data, t_out.data_ptr<float>(), scalars, shape, out);
   cpu::dispatch_float_types(embedding.scalar_type(), "xflow_step: embedding", [&](auto tag) {
     update_embeddings<decltype(tag)>(X.data_ptr<float>(), embedding, mask_embedding.data_ptr<float>(),
-                                     X_out.data_ptr<float>(), args, out);
+                                     X_out.data_ptr<float>(), shape, out);
   });
   return result;
 }

@@ -1,7 +1,7 @@
 // SPEC 2.2-2.7 on CUDA: one fused x-flow step, a fixed sequence of launches on the current stream
 // with no host synchronisation (so a step can be captured in a CUDA graph):
 //
-//   0. a zeroed one-int "bad" flag (at::zeros);
+//   0. a zeroed one-int "bad" flag (at::zeros), unless mdfast.ops gives it (holding its input checks);
 //   1. the statistics pass of cuda/row_stats.cuh, with the per-row step folded into its epilogue:
 //      - rows >= 2 x SMs: `xflow_row_kernel`, grid (rows,), 256 threads;
 //      - else `chunk_kernel`, grid (rows x chunks,), 256 threads, then `xflow_merge_kernel`, grid
@@ -10,6 +10,8 @@
 //      policy state s = [p(1..k), H_k, margin, t_i, rho_b], the action (given; else the policy MLP
 //      and Kummer's series, spread over the block; else the heuristic), the re-edit decision and the
 //      new t (into a workspace; t_out is not touched yet). A row whose lse is not finite sets the flag.
+//      With given statistics (sample=True: the logits are not read again) `given_stats_kernel`,
+//      grid-stride over the rows, does the same from them and the given action;
 //   2. `commit_update_kernel`, grid (B x Y,), 256 threads: block (b, y) reads the flag (set: it writes
 //      committed[b] = -1 and nothing else), chooses sequence b's hard commit (every block of the
 //      sequence computes the same choice from the same data in the same fixed order), then writes
@@ -42,17 +44,15 @@ constexpr int kHeuristic = 2;
 
 constexpr int kUpdateThreads = 256;
 constexpr int kUpdateWarps = kUpdateThreads / kWarp;
-constexpr int64_t kMaxHidden = 4096;  // the policy's h1 lives in shared memory (<= 32 KiB of doubles)
 
-struct XflowArgs {
+// The per-row step's inputs and outputs (the statistics kernels' epilogue, `xflow_tail`).
+struct RowStepArgs {
   // inputs
   const float* t;  // (rows) contiguous
   const float* rho;
   int64_t rho_stride;
-  const float* action;  // (B, N) or null
-  int64_t action_stride_b, action_stride_n;
-  const float* weights;  // packed policy weights or null
-  int hidden;
+  const float* action;  // (rows) contiguous, or null
+  PolicyView policy;    // the packed step policy (d = 0 without one)
   double kappa_min, kappa_max;
   int mode;
   double a_min, a_max;
@@ -70,7 +70,7 @@ struct XflowArgs {
 };
 
 template <int kWarps>
-struct XflowScratch {
+struct RowStepScratch {
   double state[kMaxTopK + 4];  // s = [p(1..k), H_k, margin, t_i, rho]
   double c;                    // p(1)
   double lse;
@@ -111,15 +111,16 @@ __device__ __forceinline__ double kummer_1f1(double alpha, double beta, double z
 // on the packed weights [W1 (d, k+4) row-major, b1 (d), W2 (d, d), b2 (d), w_mu (d), w_kappa (d),
 // b_mu, b_kappa]. In double. Returns a in warp 0 (every lane), 0 elsewhere.
 template <int kWarps>
-__device__ __forceinline__ double policy_action(const XflowArgs& args, int k, int warp, int lane,
-                                                XflowScratch<kWarps>& xs, double* h1) {
-  const int d = args.hidden, width = k + 4;
-  const float* W1 = args.weights;
-  const float* b1 = W1 + int64_t(d) * width;
-  const float* W2 = b1 + d;
-  const float* b2 = W2 + int64_t(d) * d;
-  const float* w_mu = b2 + d;
-  const float* w_kappa = w_mu + d;
+__device__ __forceinline__ double policy_action(const RowStepArgs& args, int k, int warp, int lane,
+                                                RowStepScratch<kWarps>& xs, double* h1) {
+  const PolicyView& w = args.policy;
+  const int d = int(w.d), width = k + 4;
+  const float* W1 = w.W1;
+  const float* b1 = w.b1;
+  const float* W2 = w.W2;
+  const float* b2 = w.b2;
+  const float* w_mu = w.w_mu;
+  const float* w_kappa = w.w_kappa;
   // h1 = SiLU(W1 s + b1): one output per thread
   for (int i = threadIdx.x; i < d; i += kWarps * kWarp) {
     double acc = 0.0;
@@ -165,7 +166,7 @@ __device__ __forceinline__ double policy_action(const XflowArgs& args, int k, in
     sum_mu += xs.u_mu[w];
     sum_kappa += xs.u_kappa[w];
   }
-  const double b_mu = w_kappa[d], b_kappa = w_kappa[d + 1];
+  const double b_mu = *w.b_mu, b_kappa = *w.b_kappa;
   const double mu = 0.05 + 0.9 * sigmoid(sum_mu + b_mu);
   const double kappa = args.kappa_min + (args.kappa_max - args.kappa_min) * sigmoid(sum_kappa + b_kappa);
   const double alpha = mu * kappa, beta = (1.0 - mu) * kappa;
@@ -178,9 +179,9 @@ __device__ __forceinline__ double policy_action(const XflowArgs& args, int k, in
 // re-edit test with t before the update (c - t < -margin: t = c, else t += a (1 - t)).
 template <int kWarps>
 __device__ __forceinline__ void xflow_tail(int64_t row, int64_t N, const WarpTopK& top, const RowTotals& totals,
-                                           int k, int warp, int lane, const XflowArgs& args,
-                                           XflowScratch<kWarps>& xs, double* h1) {
-  const int64_t b = row / N, n = row % N;
+                                           int k, int warp, int lane, const RowStepArgs& args,
+                                           RowStepScratch<kWarps>& xs, double* h1) {
+  const int64_t b = row / N;
   if (warp == 0) {
     const RowTail tail = row_tail(top, totals, k, lane);
     if (lane < k) xs.state[lane] = tail.p;
@@ -199,7 +200,7 @@ __device__ __forceinline__ void xflow_tail(int64_t row, int64_t N, const WarpTop
   if (args.mode == kPolicy) a = policy_action<kWarps>(args, k, warp, lane, xs, h1);  // block-uniform branch
   if (warp == 0 && lane == 0) {
     if (args.mode == kGiven) {
-      a = double(args.action[b * args.action_stride_b + n * args.action_stride_n]);
+      a = double(args.action[row]);
     } else if (args.mode == kHeuristic) {
       // a = a_min^(1 - c) * a_max^c = a_min * exp(c ln(a_max / a_min))
       a = args.a_min * exp(xs.c * args.log_range);
@@ -208,7 +209,7 @@ __device__ __forceinline__ void xflow_tail(int64_t row, int64_t N, const WarpTop
     const bool reedit = double(c) - double(t) < -args.reedit_margin;
     args.tokens[row] = xs.token;
     args.confidence[row] = c;
-    args.action_out[row] = a_f;
+    if (args.mode != kGiven) args.action_out[row] = a_f;
     args.reedited[row] = reedit;
     args.t_new[row] = reedit ? c : t + a_f * (1.0f - t);
     const float lse = float(xs.lse);
@@ -219,13 +220,14 @@ __device__ __forceinline__ void xflow_tail(int64_t row, int64_t N, const WarpTop
   }
 }
 
-// Grid (rows,), kRowThreads threads, dynamic shared memory: `hidden` doubles with a policy.
+// Grid (rows,), kRowThreads threads, dynamic shared memory: `hidden` doubles with a policy (the
+// policy's h1; mdfast.ops bounds hidden by 4096: 32 KiB).
 template <class T>
 __global__ void __launch_bounds__(kRowThreads, 4)
     xflow_row_kernel(const typename T::storage* __restrict__ logits, int64_t N, int V, int64_t stride_b,
-                     int64_t stride_n, int k, XflowArgs args) {
+                     int64_t stride_n, int k, RowStepArgs args) {
   __shared__ CombineScratch<kRowWarps> sh;
-  __shared__ XflowScratch<kRowWarps> xs;
+  __shared__ RowStepScratch<kRowWarps> xs;
   extern __shared__ double h1[];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = blockIdx.x;
@@ -238,15 +240,32 @@ __global__ void __launch_bounds__(kRowThreads, 4)
 
 // Grid (rows,), kMergeThreads threads: the chunks of a row (chunk_kernel) merged in chunk order.
 __global__ void __launch_bounds__(kMergeThreads)
-    xflow_merge_kernel(ChunkParts parts, int chunks, int64_t N, int k, XflowArgs args) {
+    xflow_merge_kernel(ChunkParts parts, int chunks, int64_t N, int k, RowStepArgs args) {
   __shared__ CombineScratch<kMergeWarps> sh;
-  __shared__ XflowScratch<kMergeWarps> xs;
+  __shared__ RowStepScratch<kMergeWarps> xs;
   extern __shared__ double h1[];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = blockIdx.x;
   WarpTopK top;
   const RowTotals totals = merge_chunks<false>(parts, row, chunks, k, warp, lane, top, sh);
   xflow_tail<kMergeWarps>(row, N, top, totals, k, warp, lane, args, xs, h1);
+}
+
+// Grid-stride over the rows, kUpdateThreads threads: the step of a row from given statistics and
+// action (no logits pass), as `xflow_tail` writes it: the flag for a row whose lse is not finite,
+// the re-edit decision and t after SPEC 2.6 (c - t < -margin: t = c, else t += a (1 - t)).
+__global__ void __launch_bounds__(kUpdateThreads)
+    given_stats_kernel(const float* __restrict__ confidence, const float* __restrict__ lse,
+                       const float* __restrict__ t, const float* __restrict__ action, bool* __restrict__ reedited,
+                       float* __restrict__ t_new, int* bad, int64_t rows, double reedit_margin) {
+  for (int64_t row = int64_t(blockIdx.x) * kUpdateThreads + threadIdx.x; row < rows;
+       row += int64_t(gridDim.x) * kUpdateThreads) {
+    const float c = confidence[row], a = action[row], t_row = t[row];
+    const bool reedit = double(c) - double(t_row) < -reedit_margin;
+    reedited[row] = reedit;
+    t_new[row] = reedit ? c : t_row + a * (1.0f - t_row);
+    if (!is_finite(lse[row])) *bad = 1;  // a benign race: every writer stores the same 1
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -408,7 +427,7 @@ __global__ void __launch_bounds__(kUpdateThreads)
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <class T>
-void launch_step_stats(const at::Tensor& logits, int k, const XflowArgs& args, size_t smem, cudaStream_t stream) {
+void launch_step_stats(const at::Tensor& logits, int k, const RowStepArgs& args, size_t smem, cudaStream_t stream) {
   launch_pass<T, false>(
       logits, k, stream,
       [&](const typename T::storage* data, int64_t N, int V, int64_t rows) {
@@ -436,122 +455,72 @@ void launch_commit_update(const CommitArgs& args, const at::Tensor& embedding, i
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void check_f32_contiguous(const at::Tensor& x, const at::Tensor& logits, const char* name) {
-  TORCH_CHECK(x.device() == logits.device() && x.scalar_type() == at::kFloat && x.is_contiguous(), "xflow_step: ",
-              name, " must be a contiguous float32 tensor on ", logits.device());
-}
-
 }  // namespace
 
 std::vector<at::Tensor> xflow_step(const at::Tensor& logits, const at::Tensor& X, const at::Tensor& t,
                                    const at::Tensor& embedding, const at::Tensor& mask_embedding,
                                    const at::Tensor& rho, const std::optional<at::Tensor>& policy_weights,
-                                   int64_t hidden, double kappa_min, double kappa_max,
-                                   const std::optional<at::Tensor>& action, double a_min, double a_max,
-                                   double reedit_margin, double commit_threshold, int64_t k,
-                                   int64_t kummer_terms, at::Tensor& X_out, at::Tensor& t_out) {
-  TORCH_CHECK(logits.is_cuda() && logits.dim() == 3 && logits.stride(2) == 1,
-              "xflow_step: logits must be a (B, N, V) CUDA tensor with stride(2) == 1");
-  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16 ||
-                  logits.scalar_type() == at::kHalf,
-              "xflow_step: logits: expected float32, bfloat16 or float16, got ", logits.scalar_type());
-  const int64_t B = logits.size(0), N = logits.size(1), V = logits.size(2);
-  TORCH_CHECK(2 <= k && k <= gpu::kMaxTopK && V >= k, "xflow_step: need 2 <= k <= ", gpu::kMaxTopK,
-              " and V >= k, got k = ", k, ", V = ", V);
-  TORCH_CHECK(V < gpu::kSentinel - 64, "xflow_step: V must be below 2^31 - 64, got ", V);
-  TORCH_CHECK(B * N <= INT_MAX && N <= INT_MAX, "xflow_step: at most 2^31 - 1 rows, got ", B * N);
-  check_f32_contiguous(X, logits, "X");
-  check_f32_contiguous(X_out, logits, "X_out");
-  check_f32_contiguous(t, logits, "t");
-  check_f32_contiguous(t_out, logits, "t_out");
-  check_f32_contiguous(mask_embedding, logits, "mask_embedding");
-  TORCH_CHECK(X.dim() == 3 && X.size(0) == B && X.size(1) == N && X_out.sizes() == X.sizes(),
-              "xflow_step: X and X_out must be (B, N, E)");
-  const int64_t E = X.size(2);
-  TORCH_CHECK(t.sizes() == at::IntArrayRef({B, N}) && t_out.sizes() == t.sizes(),
-              "xflow_step: t and t_out must be (B, N)");
-  TORCH_CHECK(embedding.device() == logits.device() && embedding.dim() == 2 && embedding.size(0) == V &&
-                  embedding.size(1) == E && embedding.stride(1) == 1,
-              "xflow_step: embedding must be a (V, E) tensor on ", logits.device(), " with stride(1) == 1");
-  TORCH_CHECK(embedding.scalar_type() == at::kFloat || embedding.scalar_type() == at::kBFloat16 ||
-                  embedding.scalar_type() == at::kHalf,
-              "xflow_step: embedding: expected float32, bfloat16 or float16, got ", embedding.scalar_type());
-  TORCH_CHECK(mask_embedding.numel() == E, "xflow_step: mask_embedding must be (E,)");
-  TORCH_CHECK(rho.device() == logits.device() && rho.scalar_type() == at::kFloat && rho.dim() == 1 &&
-                  rho.size(0) == B,
-              "xflow_step: rho must be a (B,) float32 tensor on ", logits.device());
-  TORCH_CHECK(0.0 < a_min && a_min < a_max, "xflow_step: need 0 < a_min < a_max");
-  int mode = kHeuristic;
-  if (action) {
-    TORCH_CHECK(action->device() == logits.device() && action->scalar_type() == at::kFloat &&
-                    action->sizes() == at::IntArrayRef({B, N}),
-                "xflow_step: action must be a (B, N) float32 tensor on ", logits.device());
-    mode = kGiven;
-  } else if (policy_weights) {
-    check_f32_contiguous(*policy_weights, logits, "policy_weights");
-    const int64_t d = hidden, w = k + 4;
-    const int64_t numel = d * w + d + d * d + d + d + d + 2;
-    TORCH_CHECK(hidden >= 1 && hidden <= kMaxHidden && policy_weights->numel() == numel,
-                "xflow_step: policy_weights must hold ", numel, " floats for hidden = ", hidden, " (at most ",
-                kMaxHidden, ") and k = ", k, ", got ", policy_weights->numel());
-    TORCH_CHECK(kummer_terms >= 1, "xflow_step: kummer_terms must be >= 1");
-    mode = kPolicy;
-  }
-
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const auto f32 = logits.options().dtype(at::kFloat);
-  const auto i64 = logits.options().dtype(at::kLong);
-  at::Tensor tokens = at::empty({B, N}, i64);
-  at::Tensor confidence = at::empty({B, N}, f32);
-  at::Tensor action_out = at::empty({B, N}, f32);
-  at::Tensor reedited = at::empty({B, N}, logits.options().dtype(at::kBool));
-  at::Tensor lse = at::empty({B, N}, f32);
+                                   const std::optional<at::Tensor>& action, const std::optional<GivenStats>& given,
+                                   const std::optional<at::Tensor>& bad, at::Tensor& X_out, at::Tensor& t_out,
+                                   const StepScalars& scalars) {
+  const int64_t B = X.size(0), N = X.size(1), E = X.size(2), k = scalars.k;
+  const int mode = action ? kGiven : policy_weights ? kPolicy : kHeuristic;
+  const c10::cuda::CUDAGuard guard(X.device());
+  const auto f32 = X.options().dtype(at::kFloat);
+  const auto i64 = X.options().dtype(at::kLong);
+  const at::Tensor tokens = given ? given->tokens : at::empty({B, N}, i64);
+  const at::Tensor confidence = given ? given->confidence : at::empty({B, N}, f32);
+  const at::Tensor lse = given ? given->lse : at::empty({B, N}, f32);
+  const at::Tensor action_out = action ? *action : at::empty({B, N}, f32);
+  const at::Tensor reedited = at::empty({B, N}, X.options().dtype(at::kBool));
+  const at::Tensor committed = at::empty({B}, i64);
+  const at::Tensor flag = bad ? *bad : at::zeros({1}, X.options().dtype(at::kInt));
+  const at::Tensor t_new = at::empty({B, N}, f32);
   const int64_t rows = B * N;
-  if (rows == 0) {
-    at::Tensor committed = at::full({B}, -1, i64);
-    return {tokens, confidence, action_out, reedited, committed, lse};
-  }
-  at::Tensor committed = at::empty({B}, i64);
-  at::Tensor bad = at::zeros({1}, logits.options().dtype(at::kInt));
-  at::Tensor t_new = at::empty({B, N}, f32);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
-  XflowArgs args{};
+  RowStepArgs args{};
   args.t = t.data_ptr<float>();
   args.rho = rho.data_ptr<float>();
   args.rho_stride = rho.stride(0);
   args.action = mode == kGiven ? action->data_ptr<float>() : nullptr;
-  args.action_stride_b = mode == kGiven ? action->stride(0) : 0;
-  args.action_stride_n = mode == kGiven ? action->stride(1) : 0;
-  args.weights = mode == kPolicy ? policy_weights->data_ptr<float>() : nullptr;
-  args.hidden = mode == kPolicy ? int(hidden) : 0;
-  args.kappa_min = kappa_min;
-  args.kappa_max = kappa_max;
+  if (mode == kPolicy) args.policy = PolicyView(policy_weights->data_ptr<float>(), scalars.hidden, k);
+  args.kappa_min = scalars.kappa_min;
+  args.kappa_max = scalars.kappa_max;
   args.mode = mode;
-  args.a_min = a_min;
-  args.a_max = a_max;
-  args.log_range = std::log(a_max / a_min);
-  args.reedit_margin = reedit_margin;
-  args.kummer_terms = int(std::min<int64_t>(kummer_terms, INT_MAX));
+  args.a_min = scalars.a_min;
+  args.a_max = scalars.a_max;
+  args.log_range = std::log(scalars.a_max / scalars.a_min);
+  args.reedit_margin = scalars.reedit_margin;
+  args.kummer_terms = int(std::min<int64_t>(scalars.kummer_terms, INT_MAX));
   args.tokens = tokens.data_ptr<int64_t>();
   args.confidence = confidence.data_ptr<float>();
   args.action_out = action_out.data_ptr<float>();
   args.reedited = reedited.data_ptr<bool>();
   args.t_new = t_new.data_ptr<float>();
   args.lse = lse.data_ptr<float>();
-  args.bad = bad.data_ptr<int>();
-  const size_t smem = mode == kPolicy ? size_t(hidden) * sizeof(double) : 0;
+  args.bad = flag.data_ptr<int>();
 
-  switch (logits.scalar_type()) {
-    case at::kFloat:
-      launch_step_stats<F32>(logits, int(k), args, smem, stream);
-      break;
-    case at::kBFloat16:
-      launch_step_stats<BF16>(logits, int(k), args, smem, stream);
-      break;
-    default:
-      launch_step_stats<F16>(logits, int(k), args, smem, stream);
-      break;
+  if (given) {
+    const unsigned grid = unsigned(std::min<int64_t>((rows + kUpdateThreads - 1) / kUpdateThreads,
+                                                     4 * int64_t(multiprocessors(X.get_device()))));
+    given_stats_kernel<<<grid, kUpdateThreads, 0, stream>>>(args.confidence, args.lse, args.t, args.action,
+                                                            args.reedited, args.t_new, args.bad, rows,
+                                                            args.reedit_margin);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    const size_t smem = mode == kPolicy ? size_t(scalars.hidden) * sizeof(double) : 0;
+    switch (logits.scalar_type()) {
+      case at::kFloat:
+        launch_step_stats<F32>(logits, int(k), args, smem, stream);
+        break;
+      case at::kBFloat16:
+        launch_step_stats<BF16>(logits, int(k), args, smem, stream);
+        break;
+      default:
+        launch_step_stats<F16>(logits, int(k), args, smem, stream);
+        break;
+    }
   }
 
   CommitArgs commit{};
@@ -567,7 +536,7 @@ std::vector<at::Tensor> xflow_step(const at::Tensor& logits, const at::Tensor& X
   commit.mask = mask_embedding.data_ptr<float>();
   commit.emb_stride = embedding.stride(0);
   commit.committed = committed.data_ptr<int64_t>();
-  commit.commit_threshold = commit_threshold;
+  commit.commit_threshold = scalars.commit_threshold;
   const size_t emb_bytes = embedding.element_size();
   const bool vec4 = E % 4 == 0 && aligned(commit.X, 16) && aligned(commit.X_out, 16) && aligned(commit.mask, 16) &&
                     aligned(embedding.data_ptr(), 4 * emb_bytes) && embedding.stride(0) % 4 == 0;

@@ -5,25 +5,28 @@
     cuda    CUDA C++ (``csrc/cuda``), compiled with ninja on first use
     triton  Triton kernels (``triton_kernels/``, installed as ``mdfast.triton_kernels``)
 
-Every backend takes already-validated arguments (``mdfast.ops`` checks them) and returns plain
-dicts of tensors named like the fields of ``TokenStats`` and ``XFlowStep``. The compiled and
-Triton backends share one calling convention, stated in ``csrc/ops.h``.
+``mdfast.ops`` validates every input, picks the backend and lays the tensors out; a backend trusts
+them and returns plain dicts of tensors named like the fields of ``TokenStats`` and ``XFlowStep``.
+Every backend has the same methods, with the signatures of the compiled extension and of
+``mdfast.backends.triton`` (csrc/ops.h states the contract): ``token_stats``, ``xflow_step`` (its
+scalars in one ``StepScalars``), and, on the torch and Triton backends, the LLaDA body's
+``rms_norm``, ``rope_`` and ``swiglu``.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .. import reference
+from ..policy import PolicyLayout
 from . import native
 
-__all__ = ["NAMES", "Backend", "XFlowArgs", "available", "get", "resolve"]
+__all__ = ["NAMES", "Backend", "GivenStats", "KernelBackend", "StepScalars", "available", "get"]
 
 NAMES = ("torch", "cpu", "cuda", "triton")
 
@@ -32,79 +35,91 @@ XFLOW_FIELDS = ("tokens", "confidence", "action", "reedited", "committed", "lse"
 KERNEL_LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-@dataclass
-class XFlowArgs:
-    """The validated inputs of one x-flow step, in the order of ``xflow_step`` in csrc/ops.h."""
+@dataclass(frozen=True)
+class StepScalars:
+    """The scalar arguments of one x-flow step, ``StepScalars`` of csrc/ops.h field by field
+    (csrc/bindings.cpp converts one into the other by name).
 
-    logits: Tensor  # (B, N, V), stride(-1) == 1
-    X: Tensor  # (B, N, E) float32, contiguous
-    t: Tensor  # (B, N) float32, contiguous
-    embedding: Tensor  # (V, E), stride(-1) == 1
-    mask_embedding: Tensor  # (E,) float32, contiguous
-    rho: Tensor  # (B,) float32
-    policy: object | None  # a StepPolicy, or None for the heuristic action
-    action: Tensor | None  # (B, N) float32: the action to apply instead of the policy's
+    a_min, a_max, reedit_margin, commit_threshold, k: ``FlowConfig``'s (SPEC 2.5-2.7);
+    kummer_terms: the terms of Kummer's series a kernel sums (``FlowConfig.kummer_terms``);
+    hidden, kappa_min, kappa_max: the step policy's width d and kappa range (0 without a policy).
+    """
+
     a_min: float
     a_max: float
     reedit_margin: float
     commit_threshold: float
     k: int
     kummer_terms: int
-    X_out: Tensor  # (B, N, E) float32, may be X
-    t_out: Tensor  # (B, N) float32, may be t
+    hidden: int = 0
+    kappa_min: float = 0.0
+    kappa_max: float = 0.0
 
-    def kernel_arguments(self) -> tuple:
-        """The positional arguments of the compiled and Triton ``xflow_step``."""
-        policy = self.policy
-        weights = policy.packed_weights(self.logits.device) if policy is not None else None
-        hidden, kappa_min, kappa_max = (
-            (policy.hidden, policy.kappa_min, policy.kappa_max) if policy is not None else (0, 0.0, 0.0)
-        )
-        return (
-            self.logits,
-            self.X,
-            self.t,
-            self.embedding,
-            self.mask_embedding,
-            self.rho,
-            weights,
-            hidden,
-            kappa_min,
-            kappa_max,
-            self.action,
-            self.a_min,
-            self.a_max,
-            self.reedit_margin,
-            self.commit_threshold,
-            self.k,
-            self.kummer_terms,
-            self.X_out,
-            self.t_out,
-        )
+
+class GivenStats(NamedTuple):
+    """The statistics a step needs of each row, computed before it (``sample=True``: ``mdfast.ops``
+    drew the actions from them), so that the step does not read the logits again: x_pred = argmax
+    (B, N) int64, c = p(1) (B, N) float32 contiguous, lse (B, N) float32. Given with an action."""
+
+    tokens: Tensor
+    confidence: Tensor
+    lse: Tensor
 
 
 class Backend:
-    """One implementation of the ops. ``device_type`` is "cpu", "cuda" or None (any device)."""
+    """One implementation of the ops. ``device_type`` is "cpu", "cuda" or None (any device);
+    ``body_ops``: whether it has the LLaDA body's ``rms_norm``, ``rope_`` and ``swiglu``."""
 
     name: str
     device_type: str | None
     logits_dtypes: tuple[torch.dtype, ...]
+    body_ops: bool
 
     def unavailable_reason(self) -> str | None:
         """None when the backend can run here, else why it cannot."""
         raise NotImplementedError
 
     def token_stats(self, logits: Tensor, k: int, full_entropy: bool) -> dict[str, Tensor | None]:
+        """SPEC 1 over logits (B, N, V), stride(2) == 1."""
         raise NotImplementedError
 
-    def xflow_step(self, args: XFlowArgs) -> dict[str, Tensor]:
+    def xflow_step(
+        self,
+        logits: Tensor,
+        X: Tensor,
+        t: Tensor,
+        embedding: Tensor,
+        mask_embedding: Tensor,
+        rho: Tensor,
+        policy_weights: Tensor | None,
+        action: Tensor | None,
+        given: GivenStats | None,
+        bad: Tensor | None,
+        X_out: Tensor,
+        t_out: Tensor,
+        scalars: StepScalars,
+    ) -> dict[str, Tensor]:
+        """SPEC 2.2-2.7, the arguments of csrc/ops.h ``xflow_step``."""
+        raise NotImplementedError
+
+    def rms_norm(self, x: Tensor, weight: Tensor, eps: float, update: Tensor | None) -> tuple[Tensor | None, Tensor]:
+        """(x + update or None, RMSNorm(x + update; weight)) for contiguous x, update (..., d) (SPEC 5)."""
+        raise NotImplementedError
+
+    def rope_(self, x: Tensor, theta: float) -> Tensor:
+        """RoPE on x (B, L, H, hd), last dimension dense, in place; returns x (SPEC 5)."""
+        raise NotImplementedError
+
+    def swiglu(self, gate: Tensor, up: Tensor) -> Tensor:
+        """SiLU(gate) * up for gate, up (rows, n) with stride(1) == 1: a new contiguous tensor (SPEC 5)."""
         raise NotImplementedError
 
 
 class TorchBackend(Backend):
-    """The reference itself, in float32 (float64 for float64 logits), eager PyTorch."""
+    """The reference itself, in float32 (float64 for float64 logits), eager PyTorch, differentiable
+    where the reference is (the body ops)."""
 
-    name, device_type = "torch", None
+    name, device_type, body_ops = "torch", None, True
     logits_dtypes = (*KERNEL_LOGITS_DTYPES, torch.float64)
 
     def unavailable_reason(self) -> str | None:
@@ -114,34 +129,57 @@ class TorchBackend(Backend):
         stats = reference.token_stats(logits, k, full_entropy)
         return {name: _as_float32(value) for name, value in stats.items()}
 
-    def xflow_step(self, args):
+    def xflow_step(
+        self, logits, X, t, embedding, mask_embedding, rho, policy_weights, action, given, bad, X_out, t_out, scalars
+    ):
+        # The statistics are computed again (given or not): the reference is one function.
+        policy = None
+        if policy_weights is not None:
+            layout = PolicyLayout(scalars.hidden, scalars.k)
+            policy = layout.unpack(policy_weights, scalars.kappa_min, scalars.kappa_max)
         with torch.no_grad():  # inference: the policy's weights carry no graph into the state
             out = reference.xflow_step(
-                args.logits,
-                args.X,
-                args.t,
-                args.embedding,
-                args.mask_embedding,
-                args.policy,
-                args.rho,
-                a_min=args.a_min,
-                a_max=args.a_max,
-                reedit_margin=args.reedit_margin,
-                commit_threshold=args.commit_threshold,
-                k=args.k,
-                action=args.action,
+                logits,
+                X,
+                t,
+                embedding,
+                mask_embedding,
+                policy,
+                rho,
+                a_min=scalars.a_min,
+                a_max=scalars.a_max,
+                reedit_margin=scalars.reedit_margin,
+                commit_threshold=scalars.commit_threshold,
+                k=scalars.k,
+                action=action,
             )
-        finite = torch.isfinite(out["lse"]).all()  # the contract: no write when a row is not finite
-        args.X_out.copy_(torch.where(finite, out["X"], args.X))  # (decided on the device: no sync)
-        args.t_out.copy_(torch.where(finite, out["t"], args.t))
+        # The contract: no write when a row is not finite or the flag is set (decided on the device: no sync).
+        write = torch.isfinite(out["lse"]).all()
+        if bad is not None:
+            write &= bad[0] == 0
+            bad.copy_(~write)
+        X_out.copy_(torch.where(write, out["X"], X))
+        t_out.copy_(torch.where(write, out["t"], t))
+        out["committed"] = torch.where(write, out["committed"], -1)
         return {name: _as_float32(out[name]) for name in XFLOW_FIELDS}
+
+    def rms_norm(self, x, weight, eps, update):
+        summed = x + update if update is not None else None
+        return summed, reference.rms_norm(x if summed is None else summed, weight, eps)
+
+    def rope_(self, x, theta):
+        return x.copy_(reference.rope(x, theta))
+
+    def swiglu(self, gate, up):
+        return reference.swiglu(gate, up)
 
 
 class KernelBackend(Backend):
-    """A backend whose kernels follow csrc/ops.h: the compiled extensions and the Triton kernels."""
+    """A backend whose kernels are a module with the functions of csrc/ops.h: a compiled extension,
+    or ``mdfast.backends.triton``. ``load()`` returns that module or raises with the reason."""
 
-    def __init__(self, name: str, device_type: str, load) -> None:
-        self.name, self.device_type, self._load = name, device_type, load
+    def __init__(self, name: str, device_type: str, load, body_ops: bool = False) -> None:
+        self.name, self.device_type, self._load, self.body_ops = name, device_type, load, body_ops
         self.logits_dtypes = KERNEL_LOGITS_DTYPES
         self._kernels = None
         self._reason: str | None = None
@@ -164,22 +202,35 @@ class KernelBackend(Backend):
         return None
 
     def token_stats(self, logits, k, full_entropy):
-        values = self.kernels().token_stats(logits, k, full_entropy)
-        stats = dict(zip(TOKEN_STATS_FIELDS, values))
+        stats = dict(zip(TOKEN_STATS_FIELDS, self.kernels().token_stats(logits, k, full_entropy)))
         if not full_entropy:
             stats["entropy_full"] = None
         return stats
 
-    def xflow_step(self, args):
-        return dict(zip(XFLOW_FIELDS, self.kernels().xflow_step(*args.kernel_arguments())))
+    def xflow_step(self, *args):
+        return dict(zip(XFLOW_FIELDS, self.kernels().xflow_step(*args)))
+
+    def rms_norm(self, x, weight, eps, update):
+        return self.kernels().rms_norm(x, weight, eps, update)
+
+    def rope_(self, x, theta):
+        return self.kernels().rope_(x, theta)
+
+    def swiglu(self, gate, up):
+        return self.kernels().swiglu(gate, up)
+
+
+def triton_interpreter() -> bool:
+    """TRITON_INTERPRET=1: the Triton kernels run on CPU tensors, under Triton's interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _load_triton():
-    if not torch.cuda.is_available() and not _triton_interpreter():
+    if not torch.cuda.is_available() and not triton_interpreter():
         raise RuntimeError("no CUDA device (set TRITON_INTERPRET=1 to run the Triton kernels on the CPU)")
-    token_stats = importlib.import_module("mdfast.triton_kernels.token_stats")
-    xflow = importlib.import_module("mdfast.triton_kernels.xflow")
-    return _Kernels(token_stats=token_stats.token_stats, xflow_step=xflow.xflow_step)
+    from . import triton
+
+    return triton
 
 
 def _load_cuda():
@@ -188,25 +239,16 @@ def _load_cuda():
     return native.load(native.CUDA_EXTENSION)
 
 
-def _triton_interpreter() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@dataclass(frozen=True)
-class _Kernels:
-    token_stats: object
-    xflow_step: object
-
-
 _BACKENDS: dict[str, Backend] = {
     "torch": TorchBackend(),
     "cpu": KernelBackend("cpu", "cpu", lambda: native.load(native.CPU_EXTENSION)),
     "cuda": KernelBackend("cuda", "cuda", _load_cuda),
-    "triton": KernelBackend("triton", "cuda", _load_triton),
+    "triton": KernelBackend("triton", "cuda", _load_triton, body_ops=True),
 }
 
 
 def get(name: str) -> Backend:
+    """The backend called ``name`` (one of NAMES)."""
     if name not in _BACKENDS:
         raise ValueError(f"backend: expected one of {('auto', *NAMES)}, got {name!r}")
     return _BACKENDS[name]
@@ -215,48 +257,6 @@ def get(name: str) -> Backend:
 def available() -> dict[str, str | None]:
     """Each backend's name and None where it runs here, else the reason it does not."""
     return {name: backend.unavailable_reason() for name, backend in _BACKENDS.items()}
-
-
-_warned: set[str] = set()
-
-
-def resolve(name: str, device: torch.device, logits_dtype: torch.dtype) -> Backend:
-    """The backend for ``name`` on ``device``: "auto" picks Triton, then CUDA, on CUDA tensors and
-    the C++ backend on CPU tensors, each only where it runs (else the torch reference, with a
-    one-time warning that says why). An explicit name that cannot run raises."""
-    if name == "auto":
-        if logits_dtype not in KERNEL_LOGITS_DTYPES:
-            return _BACKENDS["torch"]
-        candidates = ("triton", "cuda") if device.type == "cuda" else ("cpu",) if device.type == "cpu" else ()
-        reasons = []
-        for candidate in candidates:
-            reason = _BACKENDS[candidate].unavailable_reason()
-            if reason is None:
-                return _BACKENDS[candidate]
-            reasons.append(f"{candidate}: {reason}")
-        if reasons and device.type not in _warned:
-            _warned.add(device.type)
-            warnings.warn(
-                f"mdfast: using the eager torch backend on {device.type} ({'; '.join(reasons)})",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return _BACKENDS["torch"]
-    backend = get(name)
-    if (
-        backend.device_type is not None
-        and backend.device_type != device.type
-        and not (name == "triton" and _triton_interpreter())
-    ):
-        raise ValueError(f"backend={name!r} runs on {backend.device_type} tensors, but the inputs are on {device}")
-    if logits_dtype not in backend.logits_dtypes:
-        raise TypeError(
-            f"logits: backend {name!r} reads {', '.join(str(d) for d in backend.logits_dtypes)}, got {logits_dtype}"
-        )
-    reason = backend.unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(f"mdfast backend {name!r} is unavailable: {reason}")
-    return backend
 
 
 def _as_float32(value: Tensor | None) -> Tensor | None:

@@ -2,9 +2,18 @@
 
 An extension is looked for as the module built by ``MDFAST_BUILD_EXT=1 pip install
 --no-build-isolation -e .``; failing that, it is compiled with ninja through
-``torch.utils.cpp_extension.load`` on first use and cached in ``MDFAST_BUILD_DIR`` (default: torch's
-extension cache, ``~/.cache/torch_extensions``). Where that fails (no compiler, no ninja, no nvcc)
-the reason is kept and reported by ``mdfast.backends.available()``; nothing is raised at import.
+``torch.utils.cpp_extension.load`` on first use, into a cache folder ``<root>/<name>_<hash>`` that
+holds the module ``<name>_<hash>``: root is ``MDFAST_BUILD_DIR`` or torch's extension cache
+(``~/.cache/torch_extensions``, ``TORCH_EXTENSIONS_DIR``), and the hash covers the sources and
+headers, the flags, the Python version and the torch version. So two checkouts or environments never
+build over each other, and a process that finds the built module imports it without compiling.
+
+The build says so on stderr: one line when it starts (the extension, its cache folder, about how
+long) and one when it ends (the seconds it took). Where it fails (no compiler, no ninja, no nvcc) the
+reason is one line that names the full log (``build.log`` in the cache folder); it is kept, reported
+by ``mdfast.backends.available()``, and remembered in the environment variable
+``MDFAST_BUILD_FAILED``, which child processes inherit: no process of the tree tries that build again.
+Nothing is raised at import.
 
 The top of this file holds only plain constants: ``setup.py`` reads them (through runpy) so that the
 install-time and the just-in-time builds compile the same sources with the same flags.
@@ -12,17 +21,24 @@ install-time and the just-in-time builds compile the same sources with the same 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
 import importlib.util
+import json
+import logging
 import os
+import sys
 import threading
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class ExtensionSpec:
-    name: str  # module name of the just-in-time build
+    name: str  # the just-in-time module's name, before its hash
     prebuilt: str  # module name of the install-time build
     sources: tuple[str, ...]  # relative to csrc/
     cflags: tuple[str, ...]
@@ -48,6 +64,11 @@ CUDA_EXTENSION = ExtensionSpec(
     cuda_cflags=("-O3", "-DMDFAST_CUDA", "--use_fast_math"),
 )
 
+# A failed just-in-time build, remembered for the process tree: a JSON object {module: reason}.
+FAILED_BUILDS_VARIABLE = "MDFAST_BUILD_FAILED"
+
+_LIBRARY_SUFFIX = ".pyd" if os.name == "nt" else ".so"  # what cpp_extension.load links
+
 
 def csrc_dir() -> Path:
     """``csrc/``: the repository folder for an editable install, ``mdfast/csrc`` otherwise."""
@@ -57,7 +78,47 @@ def csrc_dir() -> Path:
 
 
 class ExtensionUnavailable(RuntimeError):
-    """The extension could not be imported or built; the message says why."""
+    """The extension could not be imported or built; the message (one line) says why."""
+
+
+def module_name(spec: ExtensionSpec) -> str:
+    """``<name>_<hash>``: the hash (10 hex digits) of everything the build depends on: the sources,
+    every header under csrc/, the flags, the Python version and the torch (and CUDA) version."""
+    import torch
+
+    root = csrc_dir()
+    files = sorted({*spec.sources, *(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in (".h", ".cuh"))})
+    digest = hashlib.sha256()
+    for part in (
+        repr((spec.cflags, spec.ldflags, spec.cuda_cflags)),
+        f"python {sys.version_info[0]}.{sys.version_info[1]}",
+        f"torch {torch.__version__} cuda {torch.version.cuda}",
+    ):
+        digest.update(part.encode())
+    for relative in files:
+        digest.update(relative.encode())
+        digest.update((root / relative).read_bytes())
+    return f"{spec.name}_{digest.hexdigest()[:10]}"
+
+
+def build_dir(spec: ExtensionSpec) -> Path:
+    """The cache folder of ``spec``'s just-in-time build (see the module docstring)."""
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("MDFAST_BUILD_DIR") or cpp_extension.get_default_build_root()
+    return Path(root) / module_name(spec)
+
+
+def build_state(spec: ExtensionSpec) -> tuple[bool, str]:
+    """Read-only (compiles nothing): whether ``load(spec)`` gets the extension without compiling it
+    (loaded already, installed prebuilt, or built in its cache folder, whose name carries the hash
+    of the sources), and where from (the module name or the cache folder); ``mdfast info`` reports it."""
+    if spec.name in _loaded:
+        return True, "loaded"
+    if importlib.util.find_spec(spec.prebuilt) is not None:
+        return True, spec.prebuilt
+    folder = build_dir(spec)
+    return (folder / f"{module_name(spec)}{_LIBRARY_SUFFIX}").is_file(), str(folder)
 
 
 _lock = threading.Lock()
@@ -65,7 +126,7 @@ _loaded: dict[str, object] = {}
 _failed: dict[str, str] = {}
 
 
-def load(spec: ExtensionSpec, verbose: bool = False):
+def load(spec: ExtensionSpec):
     """The extension module for ``spec``; raises ``ExtensionUnavailable`` with the reason."""
     with _lock:
         if spec.name in _loaded:
@@ -73,62 +134,120 @@ def load(spec: ExtensionSpec, verbose: bool = False):
         if spec.name in _failed:
             raise ExtensionUnavailable(_failed[spec.name])
         try:
-            module = _import_or_build(spec, verbose)
+            module = _import_or_build(spec)
         except Exception as error:  # any failure of the toolchain becomes a reported reason
-            _failed[spec.name] = f"{spec.name}: {type(error).__name__}: {error}".strip()
+            reason = str(error) if isinstance(error, ExtensionUnavailable) else f"{type(error).__name__}: {error}"
+            _failed[spec.name] = " ".join(reason.split())  # one line
             raise ExtensionUnavailable(_failed[spec.name]) from error
         _loaded[spec.name] = module
         return module
 
 
-def _import_or_build(spec: ExtensionSpec, verbose: bool):
+def _import_or_build(spec: ExtensionSpec):
     try:
         return importlib.import_module(spec.prebuilt)
     except ImportError:
         pass
+    name = module_name(spec)
+    folder = build_dir(spec)
+    earlier = _remembered_failures().get(name)
+    if earlier is not None:
+        raise ExtensionUnavailable(f"{earlier} (not tried again in this process tree: {FAILED_BUILDS_VARIABLE})")
+    library = folder / f"{name}{_LIBRARY_SUFFIX}"
+    if library.is_file():
+        try:
+            return _import_library(name, library)
+        except ImportError:
+            pass  # a broken leftover: build it again
+    try:
+        return _build(spec, name, folder)
+    except ExtensionUnavailable as error:
+        _remember_failure(name, str(error))
+        raise
+
+
+def _import_library(name: str, library: Path):
+    found = importlib.util.spec_from_file_location(name, library)
+    module = importlib.util.module_from_spec(found)
+    found.loader.exec_module(module)
+    return module
+
+
+def _build(spec: ExtensionSpec, name: str, folder: Path):
     from torch.utils import cpp_extension
 
     if not cpp_extension.is_ninja_available():
-        raise RuntimeError("ninja is not installed (pip install ninja)")
+        raise ExtensionUnavailable(f"{name}: ninja is not installed (pip install ninja)")
     if spec.cuda_cflags and cpp_extension.CUDA_HOME is None:
-        raise RuntimeError("no CUDA toolkit found (set CUDA_HOME to a toolkit with nvcc)")
+        raise ExtensionUnavailable(f"{name}: no CUDA toolkit found (set CUDA_HOME to a toolkit with nvcc)")
+    folder.mkdir(parents=True, exist_ok=True)
+    kind = "CUDA" if spec.cuda_cflags else "C++"
+    print(f"mdfast: compiling the {kind} extension {name} (first use: about a minute) in {folder}", file=sys.stderr)
+    start = time.monotonic()
     root = csrc_dir()
-    build_dir = build_directory(spec)
-    os.makedirs(build_dir, exist_ok=True)
-    return cpp_extension.load(
-        name=spec.name,
-        sources=[str(root / s) for s in spec.sources],
-        extra_cflags=list(spec.cflags),
-        extra_cuda_cflags=list(spec.cuda_cflags) or None,
-        extra_ldflags=list(spec.ldflags),
-        extra_include_paths=[str(root)],
-        build_directory=build_dir,
-        verbose=verbose,
-    )
+    with _toolchain_messages() as messages:  # the toolchain's warnings go to the log, not the terminal
+        try:
+            module = cpp_extension.load(
+                name=name,
+                sources=[str(root / s) for s in spec.sources],
+                extra_cflags=list(spec.cflags),
+                extra_cuda_cflags=list(spec.cuda_cflags) or None,
+                extra_ldflags=list(spec.ldflags),
+                extra_include_paths=[str(root)],
+                build_directory=str(folder),
+            )
+        except Exception as error:
+            log = folder / "build.log"
+            log.write_text("\n".join([*messages, f"{type(error).__name__}: {error}"]) + "\n")
+            seconds = time.monotonic() - start
+            reason = f"{name}: the build failed after {seconds:.0f} s ({_cause(error)}); full log: {log}"
+            print(f"mdfast: {reason}", file=sys.stderr)
+            raise ExtensionUnavailable(reason) from None
+    print(f"mdfast: compiled {name} in {time.monotonic() - start:.0f} s", file=sys.stderr)
+    return module
 
 
-def build_directory(spec: ExtensionSpec) -> str:
-    """The folder that caches the just-in-time build of ``spec``: ``$MDFAST_BUILD_DIR/<name>``, else
-    torch's extension cache (``~/.cache/torch_extensions/<python>_<device>/<name>``)."""
-    root = os.environ.get("MDFAST_BUILD_DIR")
-    if root:
-        return os.path.join(root, spec.name)
-    from torch.utils import cpp_extension
+@contextlib.contextmanager
+def _toolchain_messages():
+    """Collects the warnings and the log records of torch.utils.cpp_extension (its compiler checks)
+    as lines, instead of printing them."""
+    messages: list[str] = []
 
-    return cpp_extension._get_build_directory(spec.name, verbose=False)
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    handler, propagate = Collect(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+            messages.extend(str(w.message) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
-def build_state(spec: ExtensionSpec) -> tuple[bool, str]:
-    """Read-only (compiles nothing): whether ``load(spec)`` gets the extension without compiling it
-    (loaded already, installed prebuilt, or built in the cache and newer than every file under
-    ``csrc/``), and where from (the module name or the cache folder); ``mdfast info`` reports it."""
-    if spec.name in _loaded:
-        return True, "loaded"
-    if importlib.util.find_spec(spec.prebuilt) is not None:
-        return True, spec.prebuilt
-    folder = Path(build_directory(spec))
-    built = folder / f"{spec.name}.so"
-    if not built.exists():
-        return False, str(folder)
-    sources = [f for f in csrc_dir().rglob("*") if f.suffix in (".h", ".cpp", ".cu", ".cuh")]
-    return all(f.stat().st_mtime <= built.stat().st_mtime for f in sources), str(folder)
+def _cause(error: Exception) -> str:
+    """The line of a build error that says what went wrong (the compiler's or ninja's), shortened."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for marker in ("error", "not found", "No such file", "cannot", "failed"):
+        for line in lines:
+            if marker in line.lower() and not line.startswith("Error building extension"):
+                return line[:200]
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
+def _remembered_failures() -> dict[str, str]:
+    try:
+        failures = json.loads(os.environ.get(FAILED_BUILDS_VARIABLE) or "{}")
+    except ValueError:
+        return {}
+    return failures if isinstance(failures, dict) else {}
+
+
+def _remember_failure(name: str, reason: str) -> None:
+    os.environ[FAILED_BUILDS_VARIABLE] = json.dumps({**_remembered_failures(), name: reason})
