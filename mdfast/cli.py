@@ -381,13 +381,13 @@ def check_budget(steps: int, max_new_tokens: int, block_length: int | None, temp
 
 
 def check_backend(name: str, device, dtype) -> None:
-    """An explicit --backend must run on --device with the model's dtype (``backends.resolve``)."""
+    """An explicit --backend must run on --device with the model's dtype (``ops.resolve_backend``)."""
     if name == "auto":
         return
-    from mdfast import backends
+    from mdfast import ops
 
     try:
-        backends.resolve(name, device, dtype)
+        ops.resolve_backend(name, device, dtype)
     except (ValueError, TypeError) as error:
         raise UsageError(f"--backend {name} cannot run with --device {device}: {error}") from None
 

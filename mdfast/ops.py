@@ -71,7 +71,9 @@ class XFlowStep:
     committed (B,) int64: the token hard-committed this step, -1 if none; lse (B, N): log sum_v
     exp(z_v) (not finite for a row that is no distribution, seen only with ``check_finite=False``);
     log_prob: log pi(y) of the sampled actions (only when ``sample``; differentiable in the
-    policy's weights).
+    policy's weights); state (B, N, k + 4): the policy state s = [p(1..k), H_k, margin, t, rho] the
+    draws were made from, and draw (B, N): the draws y ~ Beta(alpha, beta), a = a_min 2^(y L) (both
+    only when ``sample``: what a policy-gradient update needs to recompute log pi(y | s)).
     """
 
     X: Tensor
@@ -83,6 +85,8 @@ class XFlowStep:
     committed: Tensor
     lse: Tensor
     log_prob: Tensor | None = None
+    state: Tensor | None = None
+    draw: Tensor | None = None
 
 
 def resolve_backend(backend: str, device: torch.device, logits_dtype: torch.dtype) -> str:
@@ -147,6 +151,7 @@ def xflow_step(
     config: FlowConfig = FlowConfig(),
     sample: bool = False,
     generator: torch.Generator | None = None,
+    action: Tensor | None = None,
     inplace: bool = False,
     backend: str = "auto",
     check_finite: bool = True,
@@ -168,9 +173,13 @@ def xflow_step(
     [0, 1], a number or a tensor () or (B,). ``inplace`` writes the new X and t into the given
     tensors (which must then be contiguous). ``sample`` needs a policy; ``generator`` drives its
     draws (the statistics are computed once: the step starts from them and reads the logits once).
+    ``action`` (B, N) float32 in [a_min, a_max] is applied as the step size instead of a policy's or
+    the heuristic's (with ``policy=None``): replaying a sampled step's ``action`` on the same inputs
+    gives that step's results bit for bit.
 
     ``check_finite=True`` (the default) raises a ValueError naming what is wrong, and writes no state,
-    when X or mask_embedding holds a NaN or inf, when embedding does (checked once per table and
+    when X or mask_embedding holds a NaN or inf, when an ``action`` is not in [a_min, a_max], when
+    embedding does (checked once per table and
     version: an in-place change is seen, a change that bypasses autograd's version counter is not),
     when t or rho holds a NaN or a value outside [0, 1], or when a logits row is not a finite
     distribution (a NaN or +inf, or every entry -inf). That costs one host synchronisation per
@@ -200,6 +209,11 @@ def xflow_step(
         raise ValueError("sample=True needs a policy: the heuristic action a_min^(1-c) a_max^c is deterministic")
     if generator is not None and not sample:
         raise ValueError("generator: only used with sample=True")
+    if action is not None:
+        _check_tensor("action", action, dims=2, dtype=torch.float32, device=device)
+        _check_shape("action", action, (B, N), "(B, N) like t")
+        if policy is not None or sample:
+            raise ValueError("action: a given step size replaces the policy's: pass policy=None and sample=False")
     if inplace and not (X.is_contiguous() and t.is_contiguous()):
         raise ValueError("inplace=True needs contiguous X and t")
     rho_checked = not isinstance(rho, Tensor)
@@ -215,15 +229,17 @@ def xflow_step(
     X_in, t_in = X.contiguous(), t.contiguous()
     X_out, t_out = (X, t) if inplace else (torch.empty_like(X_in), torch.empty_like(t_in))
     if B * N == 0:
-        return _empty_step(X_out, t_out, B, N, sample)
+        return _empty_step(X_out, t_out, B, N, sample, config.k + 4)
 
     logits = _as_rows(logits)
     mask_embedding = mask_embedding.float().contiguous()
     checks = None
     if check_finite:
-        checks = _InputChecks(X_in, t_in, None if rho_checked else rho, embedding, mask_embedding)
+        checks = _InputChecks(X_in, t_in, None if rho_checked else rho, embedding, mask_embedding, action, config)
     embedding = _unit_stride(embedding)
-    action = log_prob = given = weights = bad = None
+    log_prob = given = weights = bad = state = draw = None
+    if action is not None:
+        action = action.contiguous()
     if sample:
         # The draws come from torch with ``generator`` in every backend (SPEC 2.5, sampling), from
         # statistics the step then starts from (the logits are read once).
@@ -232,8 +248,9 @@ def xflow_step(
             checks.raise_if_failed(stats["lse"])  # before the draws: nothing is written
         state = reference.policy_state(stats["topk_probs"], stats["entropy_topk"], stats["margin"], t_in, rho)
         alpha, beta = policy(state)
-        action, log_prob = reference.sample_action(alpha, beta, config.a_min, config.a_max, generator)
-        action = action.detach().float().contiguous()
+        draw = reference.sample_draw(alpha, beta, generator)
+        action = reference.draw_action(draw, config.a_min, config.a_max).detach().float().contiguous()
+        log_prob = reference.draw_log_prob(alpha, beta, draw)
         given = backends.GivenStats(stats["argmax"], stats["topk_probs"][..., 0].contiguous(), stats["lse"])
     else:
         if policy is not None:
@@ -255,6 +272,8 @@ def xflow_step(
         committed=out["committed"],
         lse=out["lse"],
         log_prob=log_prob,
+        state=state,
+        draw=draw,
     )
 
 
@@ -497,6 +516,7 @@ _INPUT_PROBLEMS = {
     "rho": "rho: expected values in [0, 1] (l / max(T - 1, 1)), got a NaN or a value outside",
     "mask_embedding": "mask_embedding: holds a NaN or infinite entry",
     "embedding": "embedding: holds a NaN or infinite entry",
+    "action": "action: expected step sizes in [a_min, a_max] (config), got a NaN or a value outside",
 }
 
 
@@ -505,7 +525,16 @@ class _InputChecks:
     flags become the backend's ``bad`` flag (a set flag makes the step write no state) and are read
     back together with the logits check, in one host synchronisation."""
 
-    def __init__(self, X: Tensor, t: Tensor, rho: Tensor | None, embedding: Tensor, mask_embedding: Tensor) -> None:
+    def __init__(
+        self,
+        X: Tensor,
+        t: Tensor,
+        rho: Tensor | None,
+        embedding: Tensor,
+        mask_embedding: Tensor,
+        action: Tensor | None,
+        config: FlowConfig,
+    ) -> None:
         self.embedding = embedding
         self.failed = {
             "X": ~torch.isfinite(X).all(),
@@ -514,6 +543,8 @@ class _InputChecks:
         }
         if rho is not None:  # a number was checked on the host already
             self.failed["rho"] = ~((rho >= 0) & (rho <= 1)).all()
+        if action is not None:
+            self.failed["action"] = ~((action >= config.a_min) & (action <= config.a_max)).all()
         if not _finite_tables.known(embedding):
             self.failed["embedding"] = ~torch.isfinite(embedding).all()
 
@@ -576,7 +607,7 @@ def _empty_stats(batch_shape, k: int, full_entropy: bool, device) -> TokenStats:
     )
 
 
-def _empty_step(X_out: Tensor, t_out: Tensor, B: int, N: int, sample: bool) -> XFlowStep:
+def _empty_step(X_out: Tensor, t_out: Tensor, B: int, N: int, sample: bool, width: int) -> XFlowStep:
     """N = 0 (or B = 0): nothing to update, nothing to commit."""
     device = t_out.device
     zeros = torch.zeros(B, N, dtype=torch.float32, device=device)
@@ -590,4 +621,6 @@ def _empty_step(X_out: Tensor, t_out: Tensor, B: int, N: int, sample: bool) -> X
         committed=torch.full((B,), -1, dtype=torch.int64, device=device),
         lse=zeros.clone(),
         log_prob=zeros.clone() if sample else None,
+        state=torch.zeros(B, N, width, device=device) if sample else None,
+        draw=zeros.clone() if sample else None,
     )

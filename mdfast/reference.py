@@ -16,6 +16,8 @@ from torch import Tensor
 
 __all__ = [
     "compute_dtype",
+    "draw_action",
+    "draw_log_prob",
     "entropy_full",
     "entropy_topk",
     "expected_action",
@@ -29,6 +31,7 @@ __all__ = [
     "rope",
     "rope_inv_freq",
     "sample_action",
+    "sample_draw",
     "step_policy",
     "swiglu",
     "token_stats",
@@ -180,20 +183,33 @@ def expected_action(alpha: Tensor, beta: Tensor, a_min: float, a_max: float) -> 
     return (a_min * kummer_1f1(alpha, alpha + beta, z)).clamp(a_min, a_max)
 
 
+def sample_draw(alpha: Tensor, beta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """SPEC 2.5, sampling: y ~ Beta(alpha, beta), drawn as the first coordinate of Dirichlet(alpha,
+    beta) with ``generator``, so the same generator state gives the same draws in every backend
+    (they all sample through here). y carries no autograd graph (a draw, not a reparameterisation)."""
+    concentration = torch.stack([alpha, beta], dim=-1).detach()
+    return torch._sample_dirichlet(concentration, generator=generator)[..., 0]
+
+
+def draw_action(y: Tensor, a_min: float, a_max: float) -> Tensor:
+    """SPEC 2.5: a = a_min * 2^(y L), L = log2(a_max / a_min), for draws y in [0, 1]."""
+    return a_min * torch.exp2(y * math.log2(a_max / a_min))
+
+
+def draw_log_prob(alpha: Tensor, beta: Tensor, y: Tensor) -> Tensor:
+    """SPEC 2.5: log pi(y) = log Beta(y; alpha, beta), differentiable in alpha and beta (the
+    log-scale map a(y) has a Jacobian that cancels in every ratio of two policies' densities)."""
+    return torch.distributions.Beta(alpha, beta, validate_args=False).log_prob(y)
+
+
 def sample_action(
     alpha: Tensor, beta: Tensor, a_min: float, a_max: float, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """SPEC 2.5, sampling: y ~ Beta(alpha, beta); a = a_min * 2^(y L); returns (a, log pi(y)).
-
-    y is drawn as the first coordinate of Dirichlet(alpha, beta) with ``generator``, so the same
-    generator state gives the same draws in every backend (they all sample through here).
-    log pi(y) keeps its graph to alpha and beta (for policy-gradient training); y does not.
-    """
-    L = math.log2(a_max / a_min)
-    concentration = torch.stack([alpha, beta], dim=-1).detach()  # a draw, not a reparameterisation
-    y = torch._sample_dirichlet(concentration, generator=generator)[..., 0]
-    log_prob = torch.distributions.Beta(alpha, beta, validate_args=False).log_prob(y)
-    return a_min * torch.exp2(y * L), log_prob
+    """SPEC 2.5, sampling: y ~ Beta(alpha, beta); a = a_min * 2^(y L); returns (a, log pi(y))
+    (``sample_draw``, ``draw_action``, ``draw_log_prob``). log pi(y) keeps its graph to alpha and
+    beta (for policy-gradient training); y does not."""
+    y = sample_draw(alpha, beta, generator)
+    return draw_action(y, a_min, a_max), draw_log_prob(alpha, beta, y)
 
 
 def heuristic_action(confidence: Tensor, a_min: float, a_max: float) -> Tensor:

@@ -114,6 +114,31 @@ def test_sampling_draws_like_the_reference(backend):
     assert policy.fc1.weight.grad is not None and bool(policy.fc1.weight.grad.abs().sum() > 0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_sampled_step_replays_from_its_action(backend):
+    """sample=True returns the policy state s and the draws y it sampled from (SPEC 2.3, 2.5: what a
+    policy-gradient update recomputes log pi(y | s) from); passing the step's ``action`` back on the
+    same inputs, with no policy, reproduces that step bit for bit (a recorded trajectory replays)."""
+    device = require_backend(backend)
+    policy = random_policy().to(device)
+    logits, X, t, embedding, m = make_state(2, 11, 300, 8, device=device)
+    rho = torch.tensor([0.0, 0.6], device=device)
+    generator = torch.Generator(device).manual_seed(5)
+    out = mdfast.xflow_step(logits, X, t, embedding, m, policy, rho, sample=True, generator=generator, backend=backend)
+    stats = mdfast.token_stats(logits, 4, backend=backend)
+    assert_bitwise_equal(
+        "state", out.state, ops.reference.policy_state(stats.topk_probs, stats.entropy_topk, stats.margin, t, rho)
+    )
+    assert out.draw.shape == (2, 11) and bool(((out.draw >= 0) & (out.draw <= 1)).all())
+    assert_bitwise_equal("action", out.action, ops.reference.draw_action(out.draw, 1 / 256, 1.0).float())
+    alpha, beta = policy(out.state)
+    assert_bitwise_equal("log_prob", out.log_prob, ops.reference.draw_log_prob(alpha, beta, out.draw))
+    again = mdfast.xflow_step(logits, X, t, embedding, m, None, rho, action=out.action, backend=backend)
+    for name in ("X", "t", "tokens", "confidence", "action", "reedited", "committed", "lse"):
+        assert_bitwise_equal(name, getattr(again, name), getattr(out, name))
+    assert again.state is None and again.draw is None and again.log_prob is None
+
+
 @pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 def test_a_step_from_given_statistics_does_not_read_the_logits(backend):
     """sample=True reads the logits once: the backend's step starts from the statistics ops computed
@@ -180,6 +205,11 @@ def test_non_finite_logits_write_nothing(backend):
         pytest.param(
             lambda s: s["mask_embedding"].__setitem__(0, -math.inf), "mask_embedding: holds a NaN", id="mask-inf"
         ),
+        pytest.param(
+            lambda s: s.update(action=torch.full((2, 9), 2.0, device=s["t"].device), policy=None, sample=False),
+            r"action: expected step sizes in \[a_min, a_max\]",
+            id="action=2",
+        ),
     ],
 )
 @pytest.mark.parametrize("sample", [False, True], ids=["mean", "sampled"])
@@ -191,12 +221,11 @@ def test_bad_values_are_named_and_write_nothing(backend, spoil, message, sample)
     state = dict(X=X, t=t, embedding=embedding, mask_embedding=m, rho=torch.full((2,), 0.3, device=device))
     spoil(state)
     X_before, t_before = state["X"].clone(), state["t"].clone()
-    policy = random_policy().to(device)
-    generator = torch.Generator(device).manual_seed(1) if sample else None
+    call = dict(policy=random_policy().to(device), sample=sample)
+    call.update({name: state.pop(name) for name in ("policy", "sample", "action") if name in state})
+    generator = torch.Generator(device).manual_seed(1) if call["sample"] else None
     with pytest.raises(ValueError, match=message + ".*no state was written"):
-        mdfast.xflow_step(
-            logits, **state, policy=policy, sample=sample, generator=generator, inplace=True, backend=backend
-        )
+        mdfast.xflow_step(logits, **state, **call, generator=generator, inplace=True, backend=backend)
     assert bool((state["X"] == X_before).logical_or(state["X"].isnan() & X_before.isnan()).all())
     assert bool((state["t"] == t_before).logical_or(state["t"].isnan() & t_before.isnan()).all())
 
@@ -301,6 +330,9 @@ def _valid():
         (dict(rho=math.inf, check_finite=False), ValueError, r"rho: expected a number in \[0, 1\]"),
         (dict(sample=True), ValueError, "sample=True needs a policy"),
         (dict(generator=torch.Generator()), ValueError, "generator: only used with sample=True"),
+        (dict(action=torch.rand(2, 5).double()), TypeError, "action: expected dtype torch.float32"),
+        (dict(action=torch.rand(2, 4)), ValueError, r"action: expected shape \(2, 5\)"),
+        (dict(action=torch.rand(2, 5), policy=StepPolicy()), ValueError, "action: a given step size replaces"),
         (dict(policy=torch.nn.Linear(8, 2)), TypeError, "policy: expected a mdfast.StepPolicy"),
         (dict(policy=StepPolicy(a_min=0.01)), ValueError, "policy: trained with k=4, a_min=0.01"),
         (dict(policy=StepPolicy().to("meta")), ValueError, "policy: expected its weights on cpu"),
