@@ -357,3 +357,25 @@ def test_bad_inputs_are_named():
         dream.mdfast_infill(torch.tensor([[MASK, 9, 10]]), steps=1)
     with pytest.raises(ValueError, match="masked position 2 of sequence 0 has no real position before it"):
         dream.mdfast_infill(torch.tensor([[0, 0, MASK, 10]]), torch.tensor([[0, 0, 1, 1]]), steps=1)
+
+
+def test_a_sampled_rollout_records_each_rows_own_slots():
+    """x-flow with sample=True, record_rollout=True (SPEC 6.2's record): the same generator state
+    records the same trajectory; rows with different mask counts record their own slots, padding
+    slots stay empty; the record needs sampling."""
+    model = mdfast.patch(tiny_bert(4), mask_token_id=MASK)
+    torch.manual_seed(3)
+    policy = mdfast.StepPolicy(hidden=16)
+    ids = masked_rows(2, 12, [[(3, 6)], [(2, 4), (7, 11)]], seed=4)
+    options = dict(steps=3, decoder="xflow", policy=policy, sample=True, record_rollout=True, block_length=2)
+    first = model.mdfast_infill(ids, generator=torch.Generator().manual_seed(9), **options)
+    again = model.mdfast_infill(ids, generator=torch.Generator().manual_seed(9), **options)
+    for name, value in first.rollout.items():
+        assert torch.equal(again.rollout[name], value), name
+    both = first.rollout
+    assert both["positions"].shape == (2, 6) and both["valid"].tolist() == [[True] * 3 + [False] * 3, [True] * 6]
+    assert not bool(both["active"][0, :, 3:].any()) and bool((both["states"][0, :, 3:] == 0).all())
+    assert bool(both["active"].any(1)[both["valid"]].all()), "every decoded slot took a flow update"
+    assert bool(((both["t_final"] >= 0) & (both["t_final"] <= 1)).all())
+    with pytest.raises(ValueError, match="record_rollout: records sampled trajectories"):
+        model.mdfast_infill(ids, steps=3, decoder="xflow", record_rollout=True)

@@ -96,7 +96,7 @@ def test_replaying_the_recorded_draws_reproduces_the_trajectory_bitwise():
             for l in range(T):
                 inputs = adapter.embed(r.input_ids)
                 inputs[:, P:] = X
-                logits = adapter.logits(inputs, None, slice(P, P + N))
+                logits = adapter.logits(inputs, None, torch.arange(P, P + N).expand(B, N))
                 stats = reference.token_stats(logits.float(), 4)
                 rho = l / (T - 1)
                 state = reference.policy_state(stats["topk_probs"], stats["entropy_topk"], stats["margin"], t, rho)
@@ -130,5 +130,5 @@ def test_infilling_decodes_only_the_masked_positions():
     assert torch.equal(r.sequences[kept], r.input_ids[kept])
     with pytest.raises(ValueError, match="same number"):
         rollouts(model, policy, torch.tensor([[7, MASK, 8], [MASK, MASK, 9]]))
-    with pytest.raises(ValueError, match="steps"):
-        rollouts(model, policy, suffix_inputs(N=6), steps=3, block_length=4)
+    with pytest.raises(ValueError, match="steps: expected at most 6 steps"):
+        rollouts(model, policy, suffix_inputs(N=6), steps=7, block_length=4)

@@ -60,7 +60,12 @@ class GenerateOutput:
     step_times: seconds per step; log_probs: the x-flow policy's log pi(y) per step when sampling,
     (B, block length) over each row's current block; graphed_blocks: how many blocks ran at least
     one of their steps as a replay of the call's CUDA graph (counted on the row with the most such
-    blocks; 0 when every step ran eagerly)."""
+    blocks; 0 when every step ran eagerly); rollout: x-flow with ``sample=True, record_rollout=True``
+    records SPEC 6.2's trajectory per row, step l and slot i (slot i = row b's i-th decoded
+    position, ``positions`` (B, |M|max) with ``valid`` False past a shorter row's |M_b|): "states"
+    (B, T, |M|max, k + 4) s_{l,i}, "draws" y_{l,i}, "log_probs" log pi_old(y | s) (no graph),
+    "active" (took the flow update: in its block, not re-edited, t before < 0.99), "reedited",
+    "committed" (B, T) the hard-committed slot or -1, "t_final" (B, |M|max)."""
 
     sequences: Tensor
     nfe: int
@@ -68,6 +73,7 @@ class GenerateOutput:
     step_times: list[float] = field(default_factory=list)
     log_probs: list[Tensor] | None = None
     graphed_blocks: int = 0
+    rollout: dict[str, Tensor] | None = None
 
 
 def infill(
@@ -108,7 +114,8 @@ def infill(
       must be at most the largest |M_b| and at least the number of blocks of every row; a row with
       fewer masked positions than steps gets steps that commit nothing (x-flow keeps refining).
     - ``decoder``: "xflow" (SPEC 2; ``policy`` a StepPolicy or None for the heuristic; options
-      ``config``, ``sample``), "low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr",
+      ``config``, ``sample``, ``record_rollout`` (with ``sample``: the trajectory in
+      ``GenerateOutput.rollout``, SPEC 6.2)), "low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr",
       "soft_mask" (options ``k``, ``w_s``, ``w_a``, ``w_b``), "threshold" (option ``tau``; it takes
       as many steps as its blocks need, each row moving to its next block once its block is full).
     - ``eos_token_id`` (an id or a list of ids in the vocabulary): in each row, every decoded
@@ -334,7 +341,12 @@ def _decode(
         tokens = fill_after_eos(tokens, eos)
     sequences = torch.where(decode, tokens.gather(1, schedule.slot_of), input_ids)
     log_probs = getattr(decoder, "log_probs", None) or None
-    return GenerateOutput(sequences, nfe, history, step_times, log_probs, graphed_blocks)
+    rollout = None
+    if getattr(decoder, "rollout", None) is not None:
+        n = schedule.longest
+        positions = {"positions": schedule.positions[:, :n], "valid": schedule.valid[:, :n]}
+        rollout = {**positions, **decoder.rollout.tensors(n)}
+    return GenerateOutput(sequences, nfe, history, step_times, log_probs, graphed_blocks, rollout)
 
 
 def _check_shifted(decode: Tensor, attention_mask: Tensor | None) -> None:

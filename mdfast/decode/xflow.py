@@ -14,7 +14,11 @@ Padding entries of a block (``schedule.py``) start at X = m, t = 1 and see the f
 p(mask id) = 1: c = 1, no re-edit, t stays 1 (never hard-committed), X stays m, token = mask id.
 
 Sampling (``sample=True``, a policy) appends each step's log pi(y) (B, n) to ``log_probs`` (padding
-entries included), differentiable in the policy's weights.
+entries included), differentiable in the policy's weights. With ``record_rollout=True`` as well,
+every step is recorded per slot for SPEC 6.2's policy-gradient training (``rollout``): the policy
+state s_{l,i}, the draw y_{l,i}, log pi_old(y | s) (no graph), active_{l,i} = the token took the
+flow update (in the row's current block, not re-edited, t before the step < 0.99), the re-edits,
+the hard-committed slot, and t_final_i = t after the token's last step in its block.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class XFlow(Decoder):
         policy: StepPolicy | None = None,
         config: FlowConfig | None = None,
         sample: bool = False,
+        record_rollout: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(adapter, schedule, **kwargs)
@@ -56,6 +61,9 @@ class XFlow(Decoder):
         self.t = torch.where(schedule.valid, 0.0, 1.0)  # padding slots sit at t = 1
         self.ids = torch.full((self.B, self.W), adapter.mask_token_id, dtype=torch.long, device=self.device)
         self.log_probs: list[torch.Tensor] = []
+        if record_rollout and not self.sample:
+            raise ValueError("record_rollout: records sampled trajectories; pass sample=True and a policy")
+        self.rollout = _RolloutRecord(self.B, schedule.steps, self.W, config, self.device) if record_rollout else None
 
     @property
     def capturable(self):
@@ -82,6 +90,7 @@ class XFlow(Decoder):
     def update(self, logits, block):
         slots = block.slots.unsqueeze(-1).expand(-1, -1, self.X.shape[-1])
         X, t = self.X.gather(1, slots), self.t.gather(1, block.slots)
+        t_before = t.clone() if self.rollout is not None else None
         result = ops.xflow_step(
             logits,
             X,
@@ -103,6 +112,8 @@ class XFlow(Decoder):
         self.ids.scatter_(1, block.slots, result.tokens)
         if result.log_prob is not None:
             self.log_probs.append(result.log_prob)
+        if self.rollout is not None:
+            self.rollout.add(block, result, t_before, t)
 
     def tokens(self):
         return self.ids
@@ -110,3 +121,47 @@ class XFlow(Decoder):
     def record(self):
         n = self.schedule.longest
         return {"tokens": self.ids[:, :n].clone(), "X": self.X[:, :n].clone(), "t": self.t[:, :n].clone()}
+
+
+class _RolloutRecord:
+    """SPEC 6.2's record of a sampled x-flow call, per row, step and slot (B, T, W): filled step by
+    step by ``XFlow.update`` (a sampled call is never captured in a CUDA graph, so a host counter
+    numbers the steps); ``tensors`` gives it over the first ``n`` slots."""
+
+    def __init__(self, B: int, T: int, W: int, config: FlowConfig, device: torch.device) -> None:
+        self.step, self.threshold = 0, config.commit_threshold
+        self.states = torch.zeros(B, T, W, config.k + 4, device=device)
+        self.draws = torch.zeros(B, T, W, device=device)
+        self.log_probs = torch.zeros(B, T, W, device=device)
+        self.active = torch.zeros(B, T, W, dtype=torch.bool, device=device)
+        self.reedited = torch.zeros(B, T, W, dtype=torch.bool, device=device)
+        self.committed = torch.full((B, T), -1, dtype=torch.long, device=device)
+        self.t_final = torch.zeros(B, W, device=device)
+
+    def add(self, block, result, t_before: torch.Tensor, t_after: torch.Tensor) -> None:
+        """One step on the (B, n) entries of each row's current block (``block.slots``)."""
+        l, slots, valid = self.step, block.slots, block.valid
+        width = self.states.shape[-1]
+        state = torch.where(valid.unsqueeze(-1), result.state.detach(), 0.0)  # padding entries: empty
+        self.states[:, l].scatter_(1, slots.unsqueeze(-1).expand(-1, -1, width), state)
+        self.draws[:, l].scatter_(1, slots, torch.where(valid, result.draw, 0.0))
+        self.log_probs[:, l].scatter_(1, slots, torch.where(valid, result.log_prob.detach(), 0.0))
+        active = valid & ~result.reedited & (t_before < self.threshold)  # took the flow update
+        self.active[:, l].scatter_(1, slots, active)
+        self.reedited[:, l].scatter_(1, slots, result.reedited & valid)
+        committed = slots.gather(1, result.committed.clamp_min(0).unsqueeze(1)).squeeze(1)
+        self.committed[:, l] = torch.where(result.committed >= 0, committed, -1)
+        self.t_final.scatter_(1, slots, torch.where(valid, t_after, self.t_final.gather(1, slots)))
+        self.step += 1
+
+    def tensors(self, n: int) -> dict[str, torch.Tensor]:
+        """The record over slots 0 .. n - 1 (a slot index is the decoded position's rank in its row)."""
+        return {
+            "states": self.states[:, :, :n],
+            "draws": self.draws[:, :, :n],
+            "log_probs": self.log_probs[:, :, :n],
+            "active": self.active[:, :, :n],
+            "reedited": self.reedited[:, :, :n],
+            "committed": torch.where(self.committed < n, self.committed, -1),
+            "t_final": self.t_final[:, :n],
+        }
