@@ -192,14 +192,3 @@ def test_compiled_baseline_names_its_graph_breaks():
     call, note = benchmark.compiled_baseline(reference.token_stats, (logits, 4), backend="eager")
     assert "graph break" in note and "reference.py" in note, note
     assert torch.equal(call()["argmax"], reference.token_stats(logits, 4)["argmax"])
-
-
-def test_mdfast_bench_help_is_plain(capsys):
-    """``mdfast bench --help``: its own usage line, no reStructuredText, no script path."""
-    from mdfast import cli
-
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["bench", "--help"])
-    text = capsys.readouterr().out
-    assert exit_info.value.code == 0 and text.startswith("usage: mdfast bench")
-    assert "``" not in text and "python bench/" not in text
