@@ -1,5 +1,6 @@
 // Python bindings: the same names for the CPU build and the CUDA build (-DMDFAST_CUDA), and the one
-// place where Python's StepScalars and GivenStats (mdfast/backends/__init__.py) become ops.h's.
+// place where Python's StepInputs, StepScalars and GivenStats (mdfast/backends/__init__.py) become
+// ops.h's.
 #include "ops.h"
 
 namespace {
@@ -18,21 +19,35 @@ std::optional<mdfast::GivenStats> given_stats(const py::handle& given) {
                             given.attr("lse").cast<at::Tensor>()};
 }
 
+template <typename T>
+std::optional<T> optional(const py::handle& value) {
+  if (value.is_none()) return std::nullopt;
+  return value.cast<T>();
+}
+
+mdfast::StepInputs step_inputs(const py::handle& s) {
+  const auto tensor = [&](const char* name) { return s.attr(name).cast<at::Tensor>(); };
+  return {tensor("logits"),
+          tensor("X"),
+          tensor("t"),
+          tensor("embedding"),
+          tensor("mask_embedding"),
+          tensor("rho"),
+          optional<at::Tensor>(s.attr("policy_weights")),
+          optional<at::Tensor>(s.attr("action")),
+          given_stats(s.attr("given")),
+          optional<at::Tensor>(s.attr("bad")),
+          tensor("X_out"),
+          tensor("t_out"),
+          step_scalars(s.attr("scalars"))};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("token_stats", &mdfast::token_stats, "SPEC 1 token statistics", py::arg("logits"), py::arg("k"),
         py::arg("full_entropy"));
   m.def(
-      "xflow_step",
-      [](const at::Tensor& logits, const at::Tensor& X, const at::Tensor& t, const at::Tensor& embedding,
-         const at::Tensor& mask_embedding, const at::Tensor& rho, const std::optional<at::Tensor>& policy_weights,
-         const std::optional<at::Tensor>& action, const py::object& given, const std::optional<at::Tensor>& bad,
-         at::Tensor& X_out, at::Tensor& t_out, const py::object& scalars) {
-        return mdfast::xflow_step(logits, X, t, embedding, mask_embedding, rho, policy_weights, action,
-                                  given_stats(given), bad, X_out, t_out, step_scalars(scalars));
-      },
-      "SPEC 2 fused x-flow step", py::arg("logits"), py::arg("X"), py::arg("t"), py::arg("embedding"),
-      py::arg("mask_embedding"), py::arg("rho"), py::arg("policy_weights"), py::arg("action"), py::arg("given"),
-      py::arg("bad"), py::arg("X_out"), py::arg("t_out"), py::arg("scalars"));
+      "xflow_step", [](const py::object& inputs) { return mdfast::xflow_step(step_inputs(inputs)); },
+      "SPEC 2 fused x-flow step", py::arg("inputs"));
 }

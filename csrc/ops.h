@@ -107,24 +107,50 @@ struct PolicyView {
   }
 };
 
-// SPEC 2.2-2.7, one x-flow step, fused: statistics of every row (unless `given`), then the policy
-// state, the action (given `action`, else the policy's Kummer mean, else the heuristic
-// a_min^(1-c) a_max^c), re-edit or flow update, and the per-sequence hard commit.
+// The inputs of one x-flow step, mdfast.backends.StepInputs field by field (bindings.cpp converts
+// one into the other by name):
 //   logits (B,N,V) as for token_stats (not read when `given`); X, X_out (B,N,E) f32 contiguous;
 //   t, t_out (B,N) f32 contiguous (X_out may alias X and t_out may alias t); embedding (V,E)
 //   f32/bf16/f16 with stride(1) == 1; mask_embedding (E,) f32 contiguous; rho (B,) f32, read
 //   through its stride; policy_weights: the packed policy (PolicyView) of width scalars.hidden
 //   (<= 4096), or none; action (B,N) f32 contiguous, or none; given: the rows' statistics (then
 //   `action` is given too), or none; bad: an int32 (1,) flag on the device, or none.
+struct StepInputs {
+  at::Tensor logits, X, t, embedding, mask_embedding, rho;
+  std::optional<at::Tensor> policy_weights, action;
+  std::optional<GivenStats> given;
+  std::optional<at::Tensor> bad;
+  at::Tensor X_out, t_out;
+  StepScalars scalars;
+};
+
+// The outputs of one x-flow step, made alike by every backend: tokens, confidence and lse are
+// `given`'s when there are given statistics, action is the given `action` when there is one; the
+// rest is allocated on X's device (uninitialised: a backend writes every entry).
+struct StepResult {
+  at::Tensor tokens, confidence, action, reedited, committed, lse;
+
+  explicit StepResult(const StepInputs& in) {
+    const int64_t B = in.X.size(0), N = in.X.size(1);
+    const auto f32 = in.X.options().dtype(at::kFloat);
+    tokens = in.given ? in.given->tokens : at::empty({B, N}, in.X.options().dtype(at::kLong));
+    confidence = in.given ? in.given->confidence : at::empty({B, N}, f32);
+    lse = in.given ? in.given->lse : at::empty({B, N}, f32);
+    action = in.action ? *in.action : at::empty({B, N}, f32);
+    reedited = at::empty({B, N}, in.X.options().dtype(at::kBool));
+    committed = at::empty({B}, in.X.options().dtype(at::kLong));
+  }
+
+  std::vector<at::Tensor> list() const { return {tokens, confidence, action, reedited, committed, lse}; }
+};
+
+// SPEC 2.2-2.7, one x-flow step, fused: statistics of every row (unless `given`), then the policy
+// state, the action (given `action`, else the policy's Kummer mean, else the heuristic
+// a_min^(1-c) a_max^c), re-edit or flow update, and the per-sequence hard commit.
 // If `bad` is nonzero on entry, or any row's lse is not finite (NaN or +inf in the row, or the row
 // all -inf), X_out and t_out are left unwritten, committed is -1 and `bad` (when given) is set;
 // the caller raises. Returns {tokens (B,N) int64, confidence (B,N) f32, action (B,N) f32,
 // reedited (B,N) bool, committed (B,) int64, lse (B,N) f32} (given tensors are returned as they are).
-std::vector<at::Tensor> xflow_step(const at::Tensor& logits, const at::Tensor& X, const at::Tensor& t,
-                                   const at::Tensor& embedding, const at::Tensor& mask_embedding,
-                                   const at::Tensor& rho, const std::optional<at::Tensor>& policy_weights,
-                                   const std::optional<at::Tensor>& action, const std::optional<GivenStats>& given,
-                                   const std::optional<at::Tensor>& bad, at::Tensor& X_out, at::Tensor& t_out,
-                                   const StepScalars& scalars);
+std::vector<at::Tensor> xflow_step(const StepInputs& inputs);
 
 }  // namespace mdfast

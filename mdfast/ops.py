@@ -258,7 +258,9 @@ def xflow_step(
         if checks is not None:
             bad = checks.flag()
     out = impl.xflow_step(
-        logits, X_in, t_in, embedding, mask_embedding, rho, weights, action, given, bad, X_out, t_out, scalars
+        backends.StepInputs(
+            logits, X_in, t_in, embedding, mask_embedding, rho, weights, action, given, bad, X_out, t_out, scalars
+        )
     )
     if checks is not None and not sample:
         checks.raise_if_failed(out["lse"])

@@ -131,7 +131,7 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 def production_launches() -> list[Launch]:
     """The launchers at the shapes mdfast runs them at, on meta tensors."""
     from mdfast import FlowConfig
-    from mdfast.backends import GivenStats, StepScalars
+    from mdfast.backends import GivenStats, StepInputs, StepScalars
     from mdfast.backends import triton as kernels
     from mdfast.policy import PolicyLayout
 
@@ -189,19 +189,7 @@ def production_launches() -> list[Launch]:
                     f"xflow_step {mode} {name} {batch}x{N}x{V}x{E}",
                     functools.partial(
                         kernels.xflow_step,
-                        logits,
-                        X,
-                        t,
-                        embedding,
-                        mask,
-                        rho,
-                        w,
-                        action,
-                        stats_given,
-                        flag,
-                        X,
-                        t,
-                        scalars,
+                        StepInputs(logits, X, t, embedding, mask, rho, w, action, stats_given, flag, X, t, scalars),
                     ),
                 )
     block = torch.empty(1, 32, V, dtype=bf16, device=meta)  # a semi-autoregressive block: the split path
@@ -209,7 +197,7 @@ def production_launches() -> list[Launch]:
     launches += record_launches(
         "xflow_step heuristic bfloat16 1x32 (split path)",
         lambda: kernels.xflow_step(
-            block, X32, t32, embedding, mask, rho[:1], None, None, None, None, X32, t32, heuristic
+            StepInputs(block, X32, t32, embedding, mask, rho[:1], None, None, None, None, X32, t32, heuristic)
         ),
     )
 

@@ -153,7 +153,8 @@ def test_a_step_from_given_statistics_does_not_read_the_logits(backend):
     scalars = backends.StepScalars(1 / 256, 1.0, 0.1, 0.99, 4, FlowConfig().kummer_terms)
     rho = torch.zeros(2, device=device)
     impl = backends.get(backend)
-    out = impl.xflow_step(garbage, X, t, embedding, m, rho, None, action, given, None, X_out, t_out, scalars)
+    inputs = backends.StepInputs(garbage, X, t, embedding, m, rho, None, action, given, None, X_out, t_out, scalars)
+    out = impl.xflow_step(inputs)
     want = reference_step(logits, X, t, embedding, m, None, 0.0, FlowConfig(), action=action.double().cpu())
     for name, value in (("X", X_out), ("t", t_out)):
         out[name] = value

@@ -44,7 +44,7 @@ from .token_stats import (
 from .workspace import carve
 
 if TYPE_CHECKING:
-    from mdfast.backends import GivenStats, StepScalars
+    from mdfast.backends import StepInputs
 
 __all__ = ["StepLaunch", "step_launch", "xflow_step"]
 
@@ -467,31 +467,19 @@ def _commit_update_kernel(
                 tl.store(X_out_ptr + r * E + col, X_new, mask=in_row)
 
 
-def xflow_step(
-    logits: Tensor,
-    X: Tensor,
-    t: Tensor,
-    embedding: Tensor,
-    mask_embedding: Tensor,
-    rho: Tensor,
-    policy_weights: Tensor | None,
-    action: Tensor | None,
-    given: GivenStats | None,
-    bad: Tensor | None,
-    X_out: Tensor,
-    t_out: Tensor,
-    scalars: StepScalars,
-) -> list[Tensor]:
+def xflow_step(inputs: StepInputs) -> list[Tensor]:
     """SPEC 2.2-2.7, one fused x-flow step: the contract of csrc/ops.h ``xflow_step``, inputs as
     ``mdfast.ops`` validated them (B * N >= 1).
 
     Returns [tokens (B,N) int64, confidence (B,N) f32, action (B,N) f32, reedited (B,N) bool,
     committed (B,) int64, lse (B,N) f32]: views of the workspace, or the given tensors themselves.
     """
+    logits, X, t, rho, action, given = inputs.logits, inputs.X, inputs.t, inputs.rho, inputs.action, inputs.given
+    bad, scalars = inputs.bad, inputs.scalars
     B, N, V = logits.shape
     E = X.shape[2]
     R, k, device = B * N, scalars.k, X.device
-    mode = _GIVEN if action is not None else _POLICY if policy_weights is not None else _HEURISTIC
+    mode = _GIVEN if action is not None else _POLICY if inputs.policy_weights is not None else _HEURISTIC
     launch = step_launch(B, N, E, scalars.hidden, device)
     stats = stats_launch(R, V, device) if given is None else None
     split = stats is not None and stats.chunks > 1
@@ -554,7 +542,7 @@ def xflow_step(
             t,
             rho,
             rho.stride(0),
-            t if policy_weights is None else policy_weights,
+            t if inputs.policy_weights is None else inputs.policy_weights,
             action_out,
             confidence,
             ws["reedited"],
@@ -593,11 +581,11 @@ def xflow_step(
         ws["reedited"],
         ws["t_new"],
         X,
-        X_out,
-        t_out,
-        embedding,
-        embedding.stride(0),
-        mask_embedding,
+        inputs.X_out,
+        inputs.t_out,
+        inputs.embedding,
+        inputs.embedding.stride(0),
+        inputs.mask_embedding,
         ws["committed"],
         bad,
         N,

@@ -193,48 +193,41 @@ void update_embeddings(const float* X, const at::Tensor& embedding, const float*
 
 }  // namespace
 
-std::vector<at::Tensor> xflow_step(const at::Tensor& logits, const at::Tensor& X, const at::Tensor& t,
-                                   const at::Tensor& embedding, const at::Tensor& mask_embedding,
-                                   const at::Tensor& rho, const std::optional<at::Tensor>& policy_weights,
-                                   const std::optional<at::Tensor>& action, const std::optional<GivenStats>& given,
-                                   const std::optional<at::Tensor>& bad, at::Tensor& X_out, at::Tensor& t_out,
-                                   const StepScalars& scalars) {
+std::vector<at::Tensor> xflow_step(const StepInputs& inputs) {
+  const auto& [logits, X, t, embedding, mask_embedding, rho, policy_weights, action, given, bad, X_out, t_out,
+               scalars] = inputs;
   const StepShape shape{X.size(0), X.size(1), embedding.size(0), X.size(2)};
   const int64_t B = shape.B, N = shape.N;
-  const auto f32 = X.options().dtype(at::kFloat);
-  const auto i64 = X.options().dtype(at::kLong);
-  const at::Tensor tokens = given ? given->tokens : at::empty({B, N}, i64);
-  const at::Tensor confidence = given ? given->confidence : at::empty({B, N}, f32);
-  const at::Tensor lse = given ? given->lse : at::empty({B, N}, f32);
-  const at::Tensor action_out = action ? *action : at::empty({B, N}, f32);
-  const at::Tensor reedited = at::zeros({B, N}, X.options().dtype(at::kBool));
-  const at::Tensor committed = at::full({B}, -1, i64);
-  const std::vector<at::Tensor> result{tokens, confidence, action_out, reedited, committed, lse};
+  const StepResult result(inputs);
+  result.reedited.zero_();  // what a step that returns early reports: no re-edit, no commit
+  result.committed.fill_(-1);
   int* flag = bad ? bad->data_ptr<int>() : nullptr;
-  if (flag && *flag != 0) return result;
+  if (flag && *flag != 0) return result.list();
 
-  const StepOutputs out{tokens.data_ptr<int64_t>(), confidence.data_ptr<float>(), action_out.data_ptr<float>(),
-                        reedited.data_ptr<bool>(),  committed.data_ptr<int64_t>(), lse.data_ptr<float>()};
+  const StepOutputs out{result.tokens.data_ptr<int64_t>(),   result.confidence.data_ptr<float>(),
+                        result.action.data_ptr<float>(),     result.reedited.data_ptr<bool>(),
+                        result.committed.data_ptr<int64_t>(), result.lse.data_ptr<float>()};
   const float* t_data = t.data_ptr<float>();
   if (!given) {
     std::optional<PolicyView> policy;
     if (!action && policy_weights) policy.emplace(policy_weights->data_ptr<float>(), scalars.hidden, scalars.k);
     cpu::dispatch_float_types(logits.scalar_type(), "xflow_step: logits", [&](auto tag) {
-      row_statistics_and_action<decltype(tag)>(logits, t_data, rho, action.has_value(), policy ? &*policy : nullptr,
-                                               scalars, shape, out);
+      row_statistics_and_action<decltype(tag)>(inputs.logits, t_data, inputs.rho, inputs.action.has_value(),
+                                               policy ? &*policy : nullptr, inputs.scalars, shape, out);
     });
   }
   if (!std::all_of(out.lse, out.lse + B * N, [](float v) { return std::isfinite(v); })) {
     if (flag) *flag = 1;
-    return result;
+    return result.list();
   }
 
   update_progress_and_commit(t_data, t_out.data_ptr<float>(), scalars, shape, out);
   cpu::dispatch_float_types(embedding.scalar_type(), "xflow_step: embedding", [&](auto tag) {
-    update_embeddings<decltype(tag)>(X.data_ptr<float>(), embedding, mask_embedding.data_ptr<float>(),
-                                     X_out.data_ptr<float>(), shape, out);
+    update_embeddings<decltype(tag)>(inputs.X.data_ptr<float>(), inputs.embedding,
+                                     inputs.mask_embedding.data_ptr<float>(), inputs.X_out.data_ptr<float>(), shape,
+                                     out);
   });
-  return result;
+  return result.list();
 }
 
 }  // namespace mdfast

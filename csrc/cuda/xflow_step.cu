@@ -457,25 +457,17 @@ void launch_commit_update(const CommitArgs& args, const at::Tensor& embedding, i
 
 }  // namespace
 
-std::vector<at::Tensor> xflow_step(const at::Tensor& logits, const at::Tensor& X, const at::Tensor& t,
-                                   const at::Tensor& embedding, const at::Tensor& mask_embedding,
-                                   const at::Tensor& rho, const std::optional<at::Tensor>& policy_weights,
-                                   const std::optional<at::Tensor>& action, const std::optional<GivenStats>& given,
-                                   const std::optional<at::Tensor>& bad, at::Tensor& X_out, at::Tensor& t_out,
-                                   const StepScalars& scalars) {
+std::vector<at::Tensor> xflow_step(const StepInputs& inputs) {
+  const auto& [logits, X, t, embedding, mask_embedding, rho, policy_weights, action, given, bad, X_out, t_out,
+               scalars] = inputs;
   const int64_t B = X.size(0), N = X.size(1), E = X.size(2), k = scalars.k;
   const int mode = action ? kGiven : policy_weights ? kPolicy : kHeuristic;
   const c10::cuda::CUDAGuard guard(X.device());
-  const auto f32 = X.options().dtype(at::kFloat);
-  const auto i64 = X.options().dtype(at::kLong);
-  const at::Tensor tokens = given ? given->tokens : at::empty({B, N}, i64);
-  const at::Tensor confidence = given ? given->confidence : at::empty({B, N}, f32);
-  const at::Tensor lse = given ? given->lse : at::empty({B, N}, f32);
-  const at::Tensor action_out = action ? *action : at::empty({B, N}, f32);
-  const at::Tensor reedited = at::empty({B, N}, X.options().dtype(at::kBool));
-  const at::Tensor committed = at::empty({B}, i64);
+  const StepResult result(inputs);
+  const at::Tensor &tokens = result.tokens, &confidence = result.confidence, &action_out = result.action;
+  const at::Tensor &reedited = result.reedited, &committed = result.committed, &lse = result.lse;
   const at::Tensor flag = bad ? *bad : at::zeros({1}, X.options().dtype(at::kInt));
-  const at::Tensor t_new = at::empty({B, N}, f32);
+  const at::Tensor t_new = at::empty({B, N}, X.options().dtype(at::kFloat));
   const int64_t rows = B * N;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
@@ -551,7 +543,7 @@ std::vector<at::Tensor> xflow_step(const at::Tensor& logits, const at::Tensor& X
       launch_commit_update<F16>(commit, embedding, B, N, E, vec4, stream);
       break;
   }
-  return {tokens, confidence, action_out, reedited, committed, lse};
+  return result.list();
 }
 
 }  // namespace mdfast

@@ -9,8 +9,8 @@
 them and returns plain dicts of tensors named like the fields of ``TokenStats`` and ``XFlowStep``.
 Every backend has the same methods, with the signatures of the compiled extension and of
 ``mdfast.backends.triton`` (csrc/ops.h states the contract): ``token_stats``, ``xflow_step`` (its
-scalars in one ``StepScalars``), and, on the torch and Triton backends, the LLaDA body's
-``rms_norm``, ``rope_`` and ``swiglu``.
+inputs in one ``StepInputs``, its scalars in one ``StepScalars``), and, on the torch and Triton
+backends, the LLaDA body's ``rms_norm``, ``rope_`` and ``swiglu``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .. import reference
 from ..policy import PolicyLayout
 from . import native
 
-__all__ = ["NAMES", "Backend", "GivenStats", "KernelBackend", "StepScalars", "available", "get"]
+__all__ = ["NAMES", "Backend", "GivenStats", "KernelBackend", "StepInputs", "StepScalars", "available", "get"]
 
 NAMES = ("torch", "cpu", "cuda", "triton")
 
@@ -66,6 +66,34 @@ class GivenStats(NamedTuple):
     lse: Tensor
 
 
+@dataclass
+class StepInputs:
+    """The inputs of one x-flow step (SPEC 2.2-2.7) as ``mdfast.ops`` validated and laid them out,
+    ``StepInputs`` of csrc/ops.h field by field (csrc/bindings.cpp converts one into the other by
+    name). B * N >= 1.
+
+    logits (B, N, V), stride(2) == 1 (not read when ``given``); X, X_out (B, N, E) float32
+    contiguous; t, t_out (B, N) float32 contiguous (X_out may be X, t_out may be t); embedding
+    (V, E), stride(1) == 1; mask_embedding (E,) float32 contiguous; rho (B,) float32; policy_weights:
+    the packed step policy (``PolicyLayout``) or None; action (B, N) float32 contiguous, or None;
+    given: the rows' statistics (with an action), or None; bad: an int32 (1,) flag, or None.
+    """
+
+    logits: Tensor
+    X: Tensor
+    t: Tensor
+    embedding: Tensor
+    mask_embedding: Tensor
+    rho: Tensor
+    policy_weights: Tensor | None
+    action: Tensor | None
+    given: GivenStats | None
+    bad: Tensor | None
+    X_out: Tensor
+    t_out: Tensor
+    scalars: StepScalars
+
+
 class Backend:
     """One implementation of the ops. ``device_type`` is "cpu", "cuda" or None (any device);
     ``body_ops``: whether it has the LLaDA body's ``rms_norm``, ``rope_`` and ``swiglu``."""
@@ -83,23 +111,8 @@ class Backend:
         """SPEC 1 over logits (B, N, V), stride(2) == 1."""
         raise NotImplementedError
 
-    def xflow_step(
-        self,
-        logits: Tensor,
-        X: Tensor,
-        t: Tensor,
-        embedding: Tensor,
-        mask_embedding: Tensor,
-        rho: Tensor,
-        policy_weights: Tensor | None,
-        action: Tensor | None,
-        given: GivenStats | None,
-        bad: Tensor | None,
-        X_out: Tensor,
-        t_out: Tensor,
-        scalars: StepScalars,
-    ) -> dict[str, Tensor]:
-        """SPEC 2.2-2.7, the arguments of csrc/ops.h ``xflow_step``."""
+    def xflow_step(self, inputs: StepInputs) -> dict[str, Tensor]:
+        """SPEC 2.2-2.7, csrc/ops.h ``xflow_step``."""
         raise NotImplementedError
 
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float, update: Tensor | None) -> tuple[Tensor | None, Tensor]:
@@ -129,37 +142,35 @@ class TorchBackend(Backend):
         stats = reference.token_stats(logits, k, full_entropy)
         return {name: _as_float32(value) for name, value in stats.items()}
 
-    def xflow_step(
-        self, logits, X, t, embedding, mask_embedding, rho, policy_weights, action, given, bad, X_out, t_out, scalars
-    ):
+    def xflow_step(self, inputs):
         # The statistics are computed again (given or not): the reference is one function.
-        policy = None
-        if policy_weights is not None:
+        scalars, policy = inputs.scalars, None
+        if inputs.policy_weights is not None:
             layout = PolicyLayout(scalars.hidden, scalars.k)
-            policy = layout.unpack(policy_weights, scalars.kappa_min, scalars.kappa_max)
+            policy = layout.unpack(inputs.policy_weights, scalars.kappa_min, scalars.kappa_max)
         with torch.no_grad():  # inference: the policy's weights carry no graph into the state
             out = reference.xflow_step(
-                logits,
-                X,
-                t,
-                embedding,
-                mask_embedding,
+                inputs.logits,
+                inputs.X,
+                inputs.t,
+                inputs.embedding,
+                inputs.mask_embedding,
                 policy,
-                rho,
+                inputs.rho,
                 a_min=scalars.a_min,
                 a_max=scalars.a_max,
                 reedit_margin=scalars.reedit_margin,
                 commit_threshold=scalars.commit_threshold,
                 k=scalars.k,
-                action=action,
+                action=inputs.action,
             )
         # The contract: no write when a row is not finite or the flag is set (decided on the device: no sync).
         write = torch.isfinite(out["lse"]).all()
-        if bad is not None:
-            write &= bad[0] == 0
-            bad.copy_(~write)
-        X_out.copy_(torch.where(write, out["X"], X))
-        t_out.copy_(torch.where(write, out["t"], t))
+        if inputs.bad is not None:
+            write &= inputs.bad[0] == 0
+            inputs.bad.copy_(~write)
+        inputs.X_out.copy_(torch.where(write, out["X"], inputs.X))
+        inputs.t_out.copy_(torch.where(write, out["t"], inputs.t))
         out["committed"] = torch.where(write, out["committed"], -1)
         return {name: _as_float32(out[name]) for name in XFLOW_FIELDS}
 
@@ -207,8 +218,8 @@ class KernelBackend(Backend):
             stats["entropy_full"] = None
         return stats
 
-    def xflow_step(self, *args):
-        return dict(zip(XFLOW_FIELDS, self.kernels().xflow_step(*args)))
+    def xflow_step(self, inputs):
+        return dict(zip(XFLOW_FIELDS, self.kernels().xflow_step(inputs)))
 
     def rms_norm(self, x, weight, eps, update):
         return self.kernels().rms_norm(x, weight, eps, update)
