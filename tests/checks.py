@@ -24,6 +24,11 @@ from mdfast import (
 
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-3}
 
+# The backends every op test runs on; in the second list the Triton interpreter's long runs are
+# marked slow (deselected by the quick subset, `pytest -m "not slow"`).
+BACKENDS = ["torch", "cpu", "triton", "cuda"]
+BACKENDS_SLOW_TRITON = ["torch", "cpu", pytest.param("triton", marks=pytest.mark.slow), "cuda"]
+
 # Elements of logits the Triton interpreter gets through in a few seconds.
 INTERPRETER_MAX_ELEMENTS = 60_000
 

@@ -23,6 +23,7 @@ ROOT = os.geteuid() == 0
 # -- the scorer ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_canonical_solutions_pass_and_wrong_ones_fail():
     """164/164 with the canonical solutions; 0/164 with each problem given the next problem's solution (code
     that runs, in the wrong place)."""

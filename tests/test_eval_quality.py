@@ -53,6 +53,7 @@ def records(antiberty, genes):
     return bench.antibody(antiberty, decoders=["xflow", "low_confidence"], budgets=["1/4", "1"], task=TASK, genes=genes)
 
 
+@pytest.mark.slow
 def test_accuracy_and_agreement_floors(records):
     assert {(r["decoder"], r["budget"]) for r in records} == set(MEASURED)
     for r in records:
@@ -67,6 +68,7 @@ def test_accuracy_and_agreement_floors(records):
         assert r["nfe"] == r["steps"] == sum(steps) / len(steps)
 
 
+@pytest.mark.slow
 def test_xflow_state_is_finite_and_its_tokens_committed(antiberty, genes, records):
     """One x-flow decode of the same inputs at budget 1/4 with its history: X and t finite at every step, t in
     [0, 1], a hard commit (t = 1) at every step unless every t >= 0.99 already (SPEC 2.7), every masked position

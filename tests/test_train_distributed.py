@@ -59,6 +59,7 @@ def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_single_process_policy(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers run one thread each: the same kernels, the same sums

@@ -20,6 +20,7 @@ PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
 
 @pytest.mark.skipif(not PTXAS.is_file(), reason=f"Triton's bundled ptxas is not at {PTXAS}")
+@pytest.mark.slow
 def test_triton_kernels_compile_for_hopper_without_spills():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")

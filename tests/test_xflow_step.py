@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from checks import (
+    BACKENDS,
+    BACKENDS_SLOW_TRITON,
     RTOL,
     assert_bitwise_equal,
     assert_close,
@@ -21,8 +23,6 @@ from checks import (
 
 import mdfast
 from mdfast import FlowConfig, StepPolicy, backends, ops
-
-BACKENDS = ["torch", "cpu", "triton", "cuda"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -47,7 +47,7 @@ def test_matches_reference(backend, with_policy, B, N, V, E):
         assert bool(out.reedited.any()) and bool((~out.reedited).any()), "the test data should exercise both branches"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_SLOW_TRITON)
 @pytest.mark.parametrize(
     "logits_dtype, emb_dtype",
     [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32), (torch.float32, torch.bfloat16)],
@@ -161,7 +161,7 @@ def test_a_step_from_given_statistics_does_not_read_the_logits(backend):
     check_step(SimpleNamespace(**out), want, X, embedding, RTOL[torch.float32])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_SLOW_TRITON)
 @pytest.mark.parametrize("with_policy", [False, True], ids=["heuristic", "policy"])
 def test_runs_are_bitwise_equal(backend, with_policy):
     device = require_backend(backend)
