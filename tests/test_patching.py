@@ -14,12 +14,14 @@ import pytest
 import torch
 
 import mdfast
+import mdfast.triton_kernels
 from mdfast import decode
 
 transformers = pytest.importorskip("transformers", reason="the tests build tiny models from transformers classes")
 
 MASK = 4
 PACKAGE = Path(mdfast.__file__).parent
+TRITON_KERNELS = Path(mdfast.triton_kernels.__file__).parent
 README = PACKAGE.parent / "README.md"
 needs_infill = pytest.mark.skipif(
     not hasattr(decode, "infill"),
@@ -180,13 +182,23 @@ def test_readme_patch_example_runs():
 # ---------------------------------------------------------------------------------------------
 
 
+def package_files() -> dict[str, Path]:
+    """Module name -> source file, for mdfast/ and for triton_kernels/ under its installed name
+    ``mdfast.triton_kernels`` (setup.py maps the folder there)."""
+    files = {}
+    roots = [(PACKAGE, PACKAGE.parent), (TRITON_KERNELS, TRITON_KERNELS.parent)]
+    for root, parent in roots:
+        for path in root.rglob("*.py"):
+            parts = path.relative_to(parent).with_suffix("").parts
+            if root is TRITON_KERNELS:
+                parts = ("mdfast", *parts)
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the mdfast modules it imports anywhere in its file (functions included)."""
-    files = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        files[name] = path
+    files = package_files()
     graph = {}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -233,3 +245,18 @@ def test_the_package_has_no_import_circle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_every_kernel_file_is_reached_by_a_static_import():
+    """A reader (and every tool) follows a call from the public ops to each Triton kernel file by
+    import statements alone: each file of triton_kernels/ is imported, by its installed name, from
+    a module that mdfast/ops.py reaches."""
+    graph = import_graph()
+    reached, todo = set(), ["mdfast.ops"]
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo.extend(graph.get(name, ()))
+    kernels = {name for name in graph if name.startswith("mdfast.triton_kernels.")}
+    assert kernels and kernels <= reached, f"not reached from mdfast.ops: {sorted(kernels - reached)}"

@@ -44,7 +44,7 @@ from .token_stats import (
 from .workspace import carve
 
 if TYPE_CHECKING:
-    from mdfast.backends import StepInputs
+    from mdfast.backends.contract import StepInputs
 
 __all__ = ["StepLaunch", "step_launch", "xflow_step"]
 

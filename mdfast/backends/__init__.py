@@ -16,8 +16,6 @@ backends, the LLaDA body's ``rms_norm``, ``rope_`` and ``swiglu``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,6 +23,7 @@ from torch import Tensor
 from .. import reference
 from ..policy import PolicyLayout
 from . import native
+from .contract import GivenStats, StepInputs, StepScalars
 
 __all__ = ["NAMES", "Backend", "GivenStats", "KernelBackend", "StepInputs", "StepScalars", "available", "get"]
 
@@ -33,65 +32,6 @@ NAMES = ("torch", "cpu", "cuda", "triton")
 TOKEN_STATS_FIELDS = ("argmax", "topk_probs", "topk_ids", "lse", "margin", "entropy_topk", "entropy_full")
 XFLOW_FIELDS = ("tokens", "confidence", "action", "reedited", "committed", "lse")
 KERNEL_LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-@dataclass(frozen=True)
-class StepScalars:
-    """The scalar arguments of one x-flow step, ``StepScalars`` of csrc/ops.h field by field
-    (csrc/bindings.cpp converts one into the other by name).
-
-    a_min, a_max, reedit_margin, commit_threshold, k: ``FlowConfig``'s (SPEC 2.5-2.7);
-    kummer_terms: the terms of Kummer's series a kernel sums (``FlowConfig.kummer_terms``);
-    hidden, kappa_min, kappa_max: the step policy's width d and kappa range (0 without a policy).
-    """
-
-    a_min: float
-    a_max: float
-    reedit_margin: float
-    commit_threshold: float
-    k: int
-    kummer_terms: int
-    hidden: int = 0
-    kappa_min: float = 0.0
-    kappa_max: float = 0.0
-
-
-class GivenStats(NamedTuple):
-    """The statistics a step needs of each row, computed before it (``sample=True``: ``mdfast.ops``
-    drew the actions from them), so that the step does not read the logits again: x_pred = argmax
-    (B, N) int64, c = p(1) (B, N) float32 contiguous, lse (B, N) float32. Given with an action."""
-
-    tokens: Tensor
-    confidence: Tensor
-    lse: Tensor
-
-
-@dataclass
-class StepInputs:
-    """The inputs of one x-flow step (SPEC 2.2-2.7) as ``mdfast.ops`` validated and laid them out,
-    ``StepInputs`` of csrc/ops.h field by field (csrc/bindings.cpp converts one into the other by
-    name). B * N >= 1.
-
-    logits (B, N, V), stride(2) == 1 (not read when ``given``); X, X_out (B, N, E) float32
-    contiguous; t, t_out (B, N) float32 contiguous (X_out may be X, t_out may be t); embedding
-    (V, E), stride(1) == 1; mask_embedding (E,) float32 contiguous; rho (B,) float32; policy_weights:
-    the packed step policy (``PolicyLayout``) or None; action (B, N) float32 contiguous, or None;
-    given: the rows' statistics (with an action), or None; bad: an int32 (1,) flag, or None.
-    """
-
-    logits: Tensor
-    X: Tensor
-    t: Tensor
-    embedding: Tensor
-    mask_embedding: Tensor
-    rho: Tensor
-    policy_weights: Tensor | None
-    action: Tensor | None
-    given: GivenStats | None
-    bad: Tensor | None
-    X_out: Tensor
-    t_out: Tensor
-    scalars: StepScalars
 
 
 class Backend:
