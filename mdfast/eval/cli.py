@@ -240,7 +240,7 @@ def _names(allowed: list[str]):
 
 
 def _budgets(text: str) -> list:
-    from mdfast.eval.antibody_benchmark import parse_budget
+    from mdfast.eval.budget_grid import parse_budget
 
     try:
         return [parse_budget(b.strip()) for b in text.split(",") if b.strip()]
