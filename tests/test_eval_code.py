@@ -81,6 +81,36 @@ def test_generate_suppresses_too():
     assert not (out.sequences[:, 6:] == top).any() and torch.equal(out.sequences[:, :6], prompt)
 
 
+def check_suppressed_replay(device: str):
+    """The tiny native LLaDA of test_gpu.py, left-padded prompts, 2 blocks of 4 steps, the mask id and two more
+    ids suppressed: graphed steps (on a GPU: at least one block replayed from a graph) give exactly the eager
+    steps' tokens and states, none of them suppressed."""
+    from test_gpu import generate_graphed_and_eager, tiny_native_llada
+
+    model = tiny_native_llada(device)
+    ids = torch.randint(0, 78, (3, 9), device=device, generator=torch.Generator(device).manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = mask[2, :4] = 0
+    suppress = [79, 3, 40]
+    for decoder in ("xflow", "low_confidence", "soft_mask"):
+        graphed, _ = generate_graphed_and_eager(
+            model, ids, mask, max_new_tokens=16, steps=8, decoder=decoder, block_length=8, suppress_tokens=suppress
+        )
+        assert not torch.isin(graphed.sequences[:, 9:], torch.tensor(suppress, device=device)).any()
+        if torch.device(device).type == "cuda":
+            assert graphed.graphed_blocks > 0, "no block was replayed from a CUDA graph"
+
+
+def test_suppressed_steps_compare_on_the_cpu():
+    check_suppressed_replay("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_suppressed_steps_replay_from_cuda_graphs():
+    check_suppressed_replay("cuda")
+
+
 @pytest.mark.parametrize(
     "suppress, error, message",
     [

@@ -392,7 +392,12 @@ class _Step:
     into tensors made here and in the decoder, so a CUDA graph of it replays any later step."""
 
     def __init__(
-        self, adapter: ModelAdapter, decoder: Decoder, input_ids: Tensor, attention_mask, suppress: list[int] | None
+        self,
+        adapter: ModelAdapter,
+        decoder: Decoder,
+        input_ids: Tensor,
+        attention_mask,
+        suppress: list[int] | None = None,
     ) -> None:
         self.adapter, self.decoder, self.attention_mask = adapter, decoder, attention_mask
         schedule = decoder.schedule
