@@ -100,7 +100,9 @@ TRAIN = CommandGroup(
 
 COMMANDS: dict[str, Command] = {
     "bench": Command("mdfast.benchmark", "time token_stats and xflow_step per backend against the eager reference"),
-    "eval": Command("mdfast.eval.cli", "decoding quality: the antibody infilling benchmark, HumanEval", extra="eval"),
+    "eval": Command(
+        "mdfast.eval.cli", "decoding quality: the antibody benchmark, the code budget curve, HumanEval", extra="eval"
+    ),
     "generate": Command("mdfast.cli:Generate", "decode a prompt with a model whose weights are on disk"),
     "info": Command("mdfast.cli:Info", "which backends run here and why not where they do not (builds nothing)"),
     "train": Command("mdfast.cli:TRAIN", "train what x-flow needs: align, grpo, mdlm", extra="train"),

@@ -17,6 +17,7 @@ import torch
 
 import mdfast
 from mdfast.eval import antibody_benchmark as bench
+from mdfast.eval import budget_grid as grid
 from mdfast.eval.genes import Gene, genes_from_table, split_genes, subset
 from mdfast.eval.metrics import pooled_fraction
 
@@ -38,7 +39,7 @@ def fake_token(masked: bench.MaskedGene, decoder: str, steps: int, j: int) -> in
     token per step) is right except at every 4th residue; other runs are right at j where (j + steps +
     len(decoder)) % 3 == 0, and write "W" elsewhere."""
     truth = masked.target[j]
-    if decoder == bench.REFERENCE_DECODER and steps == len(masked.positions):
+    if decoder == grid.REFERENCE_DECODER and steps == len(masked.positions):
         return VOCAB.residues["W"] if j % 4 == 1 else truth
     return truth if (j + steps + len(decoder)) % 3 == 0 else VOCAB.residues["W"]
 
@@ -81,7 +82,7 @@ def expected(masked_genes, decoder, budget):
         for j in range(n):
             token = fake_token(m, decoder, s, j)
             correct += token == m.target[j]
-            agree += token == fake_token(m, bench.REFERENCE_DECODER, n, j)
+            agree += token == fake_token(m, grid.REFERENCE_DECODER, n, j)
             total += 1
     return correct / total, agree / total, steps
 
@@ -188,14 +189,14 @@ def test_span_is_interior_seeded_and_independent_of_the_subset():
 
 
 def test_budget_rounding():
-    assert [bench.budget_steps(b, 30) for b in bench.DEFAULT_BUDGETS] == [4, 8, 15, 30]
-    assert [bench.budget_steps(b, 13) for b in bench.DEFAULT_BUDGETS] == [2, 4, 7, 13]
-    assert bench.budget_steps(Fraction(1, 8), 5) == 1 and bench.budget_steps(Fraction(1, 100), 1) == 1
-    assert bench.parse_budget("1/4") == bench.parse_budget(0.25) == bench.parse_budget(Fraction(1, 4))
-    assert bench.parse_budget(0.1) == Fraction(1, 10)  # from its decimal text, not its binary value
+    assert [grid.budget_steps(b, 30) for b in grid.DEFAULT_BUDGETS] == [4, 8, 15, 30]
+    assert [grid.budget_steps(b, 13) for b in grid.DEFAULT_BUDGETS] == [2, 4, 7, 13]
+    assert grid.budget_steps(Fraction(1, 8), 5) == 1 and grid.budget_steps(Fraction(1, 100), 1) == 1
+    assert grid.parse_budget("1/4") == grid.parse_budget(0.25) == grid.parse_budget(Fraction(1, 4))
+    assert grid.parse_budget(0.1) == Fraction(1, 10)  # from its decimal text, not its binary value
     for bad in ("0", "3/2", "x", -0.5, None):
         with pytest.raises(ValueError, match="budgets"):
-            bench.parse_budget(bad)
+            grid.parse_budget(bad)
 
 
 def test_pooled_fraction_by_hand():
@@ -236,7 +237,7 @@ def test_records_match_the_fake_decodes(monkeypatch, task):
         calls = [(steps, rows) for d, steps, rows in fake.calls if d == decoder]
         assert calls[0][0] == 1 and len(calls[0][1]) == 1
         for steps, rows in calls[1:]:
-            assert any(all(bench.budget_steps(Fraction(b), len(m.positions)) == steps for m in rows) for b in budgets)
+            assert any(all(grid.budget_steps(Fraction(b), len(m.positions)) == steps for m in rows) for b in budgets)
         assert sum(len(rows) for _, rows in calls[1:]) == len(budgets) * len(GENES)
 
 

@@ -23,6 +23,7 @@ pytest.importorskip("antiberty", reason="antiberty==0.1.3 cannot be installed he
 pytest.importorskip("anarci", reason="anarci cannot be installed here (pip install 'mdfast[eval]')")
 
 from mdfast.eval import antibody_benchmark as bench
+from mdfast.eval import budget_grid as grid
 from mdfast.eval.genes import held_out_genes
 
 GENE_NAMES = ("IGHV1-18*01", "IGHV3-49*02", "IGKV1D-8*01", "IGLV2-14*03")
@@ -64,7 +65,7 @@ def test_accuracy_and_agreement_floors(records):
         assert r["agreement"] >= agreement - MARGIN, (
             f"{where}: agreement {r['agreement']:.3f}, floor {agreement - MARGIN}"
         )
-        steps = [bench.budget_steps(bench.parse_budget(r["budget"]), g["masked"]) for g in r["per_gene"]]
+        steps = [grid.budget_steps(grid.parse_budget(r["budget"]), g["masked"]) for g in r["per_gene"]]
         assert r["nfe"] == r["steps"] == sum(steps) / len(steps)
 
 
@@ -75,7 +76,7 @@ def test_xflow_state_is_finite_and_its_tokens_committed(antiberty, genes, record
     filled with a residue, every given position kept, and the tokens those the benchmark scored."""
     vocab = bench.antiberty_vocabulary()
     masked = [bench.mask_gene(g, TASK, vocab) for g in genes]
-    steps = {bench.budget_steps(bench.parse_budget("1/4"), len(m.positions)) for m in masked}
+    steps = {grid.budget_steps(grid.parse_budget("1/4"), len(m.positions)) for m in masked}
     assert len(steps) == 1  # one call, as the benchmark batches them
     length = max(len(m.input_ids) for m in masked)
     input_ids = torch.full((len(masked), length), vocab.pad)

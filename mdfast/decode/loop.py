@@ -21,6 +21,7 @@ one captured step serves every step of every block.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ def infill(
     backend: str = "auto",
     mask_token_id: int | None = None,
     cuda_graph: bool = True,
+    suppress_tokens: list[int] | None = None,
     **decoder_options,
 ) -> GenerateOutput:
     """Decode the positions of ``input_ids`` (B, L) that hold the mask id; keep every other one.
@@ -121,6 +123,10 @@ def infill(
     - ``eos_token_id`` (an id or a list of ids in the vocabulary): in each row, every decoded
       position after the first decoded EOS (left to right over M) becomes that EOS; given tokens
       never change.
+    - ``suppress_tokens`` (a list of ids in the vocabulary, like transformers' ``generate``): their
+      logits are set to -inf in every decoded row before any decoder sees them, so no decoded
+      position ever takes one (SPEC 7: the code model's [MASK] logit is blocked when decoding);
+      the padding entries of a block keep their fixed row. Suppressing every id is a ValueError.
     - Dream (shifted logits): position j is predicted by row j - 1, so a masked position needs a
       real token (or a masked one) right before it.
 
@@ -155,6 +161,7 @@ def infill(
             generator,
             backend,
             cuda_graph,
+            suppress_tokens,
             decoder_options,
         )
     finally:
@@ -180,6 +187,7 @@ def generate(
     backend: str = "auto",
     mask_token_id: int | None = None,
     cuda_graph: bool = True,
+    suppress_tokens: list[int] | None = None,
     **decoder_options,
 ) -> GenerateOutput:
     """Generate ``max_new_tokens`` tokens after each (left-padded) prompt of ``input_ids`` (B, P):
@@ -231,6 +239,7 @@ def generate(
             generator,
             backend,
             cuda_graph,
+            suppress_tokens,
             decoder_options,
         )
     finally:
@@ -286,6 +295,20 @@ def _check_eos(eos_token_id, V: int) -> list[int] | None:
     return ids
 
 
+def _check_suppress(suppress_tokens, V: int) -> list[int] | None:
+    """The ids of ``suppress_tokens`` (None or a list of ids, at least one id of the vocabulary left)."""
+    if suppress_tokens is None:
+        return None
+    ids = list(suppress_tokens) if isinstance(suppress_tokens, (list, tuple)) else None
+    if ids is None or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise TypeError(f"suppress_tokens: expected a list of token ids (int) or None, got {suppress_tokens!r}")
+    if not all(0 <= i < V for i in ids):
+        raise ValueError(f"suppress_tokens: expected ids in [0, {V}) (the model's vocabulary), got {ids!r}")
+    if len(set(ids)) >= V:
+        raise ValueError(f"suppress_tokens: every one of the {V} ids of the vocabulary is suppressed; none is left")
+    return sorted(set(ids)) or None
+
+
 def _decode(
     adapter: ModelAdapter,
     input_ids: Tensor,
@@ -302,6 +325,7 @@ def _decode(
     generator,
     backend,
     cuda_graph,
+    suppress_tokens,
     options,
 ) -> GenerateOutput:
     """The one decoding path: ``decode`` (B, L) bool is M."""
@@ -316,6 +340,7 @@ def _decode(
     if policy is not None and decoder_name != "xflow":
         raise ValueError(f"policy: only the xflow decoder takes a step policy, not {decoder_name!r}")
     eos = _check_eos(eos_token_id, adapter.vocab_size)
+    suppress = _check_suppress(suppress_tokens, adapter.vocab_size)
     if adapter.shifted:
         _check_shifted(decode, attention_mask)
     schedule = Schedule(decode, steps, block_length)
@@ -332,7 +357,7 @@ def _decode(
     device = input_ids.device
     on_gpu = device.type == "cuda"
     with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():  # streams and graphs on the model's GPU
-        step = _Step(adapter, decoder, input_ids, full_mask)
+        step = _Step(adapter, decoder, input_ids, full_mask, suppress)
         graph = StepGraph(step, adapter.model, cuda_graph and on_gpu and decoder.capturable, decoder.max_steps)
         nfe, history, step_times, graphed_blocks = _run(decoder, graph, return_history, progress)
     decoder.check_finite()
@@ -366,9 +391,18 @@ class _Step:
     """One decoding step of a call (see the module docstring), run by ``StepGraph``: it writes only
     into tensors made here and in the decoder, so a CUDA graph of it replays any later step."""
 
-    def __init__(self, adapter: ModelAdapter, decoder: Decoder, input_ids: Tensor, attention_mask) -> None:
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        decoder: Decoder,
+        input_ids: Tensor,
+        attention_mask,
+        suppress: list[int] | None = None,
+    ) -> None:
         self.adapter, self.decoder, self.attention_mask = adapter, decoder, attention_mask
         schedule = decoder.schedule
+        # suppress_tokens: the index tensor made once, so a step's in-place fill syncs nothing and replays
+        self.suppress = None if suppress is None else torch.tensor(suppress, dtype=torch.long, device=input_ids.device)
         with torch.no_grad():
             self.given = adapter.embed(input_ids)  # (B, L, E): every position's own token
         E = self.given.shape[-1]
@@ -386,6 +420,8 @@ class _Step:
             torch.where(self.decode, self.slot_inputs.gather(1, self.slot_of), self.given, out=self.inputs)
             with torch.no_grad():
                 logits = self.adapter.logits(self.inputs, self.attention_mask, block.positions)
+                if self.suppress is not None:  # before the padding rows are fixed: they keep p(mask id) = 1
+                    logits.index_fill_(-1, self.suppress, -math.inf)
                 if schedule.has_padding:
                     logits = fill_padding_rows(logits, block.valid, self.adapter.mask_token_id)
             decoder.step(logits, block)

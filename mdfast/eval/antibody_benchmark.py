@@ -6,42 +6,43 @@ the gene's. Metrics, besides accuracy: agreement with the same model's full-budg
 low_confidence decode of the same input (how far a budget moves a decoder from sequential decoding), and NFE."
 
 Every input is ``[CLS] residues [SEP]`` with the masked residues replaced by [MASK], decoded by
-``mdfast.infill``. Choices the SPEC leaves open, made here:
-- budget b gives ``steps = max(1, ceil(b * n_masked))`` per gene (exact fractions, no float rounding): suffix
-  (30 masks) at 1/8, 1/4, 1/2, 1 takes 4, 8, 15, 30 steps;
+``mdfast.infill`` through the grid the infilling benchmarks share (``budget_grid.py``: steps
+``max(1, ceil(b * n_masked))`` at budget b, genes batched by step count and left-padded with [PAD], the reference
+decode, warm-up and timing). Choices the SPEC leaves open, made here:
+- suffix (30 masks) at budgets 1/8, 1/4, 1/2, 1 takes 4, 8, 15, 30 steps;
 - the span: length ~ U{12..20}, then its first residue uniform over the places that leave at least one residue
   before it and one after it; drawn by ``random.Random`` seeded with "seed/chain/species/name", so a gene's span
   does not depend on which other genes are evaluated;
-- genes are batched by their step count (rows of one ``infill`` call share ``steps``), left-padded with [PAD];
 - accuracy and agreement pool residues over genes, with standard errors over genes (``metrics.py``; None for a
   single gene); NFE is the mean over genes of the forwards of the call that decoded the gene; tokens/s is
-  masked residues over the wall seconds of the ``infill`` calls (each decoder warmed up first by a one-step call
-  on one gene);
+  masked residues over the wall seconds of the ``infill`` calls;
 - a predicted special token ([CLS], [SEP], [PAD], [UNK], [MASK]) counts as wrong.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
-import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import torch
 
+from .budget_grid import (
+    DEFAULT_BUDGETS,
+    REFERENCE_DECODER,
+    Decoded,
+    check_grid,
+    decode_grid,
+)
 from .genes import RESIDUES, Gene, held_out_genes
 from .metrics import finite_or_none, pooled_fraction
-from .progress import progress_bar
 
 TASKS = ("suffix", "span")
 SUFFIX_LENGTH = 30
 SPAN_LENGTHS = (12, 20)  # inclusive
-REFERENCE_DECODER = "low_confidence"
-DEFAULT_BUDGETS = (Fraction(1, 8), Fraction(1, 4), Fraction(1, 2), Fraction(1))
 ANTIBERTY_EXTRA_HEADS = ("bert.pooler.", "cls.chain.", "cls.species.", "cls.graft.")
 
 
@@ -148,22 +149,6 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def parse_budget(budget) -> Fraction:
-    """A budget (steps over masked residues) as an exact fraction in (0, 1]: 0.25, "1/4", Fraction(1, 4)."""
-    try:
-        value = Fraction(budget) if not isinstance(budget, float) else Fraction(str(budget))
-    except (TypeError, ValueError, ZeroDivisionError):
-        raise ValueError(f"budgets: expected fractions in (0, 1] such as 1/4 or 0.25, got {budget!r}") from None
-    if not 0 < value <= 1:
-        raise ValueError(f"budgets: expected fractions in (0, 1] such as 1/4 or 0.25, got {budget!r}")
-    return value
-
-
-def budget_steps(budget: Fraction, n_masked: int) -> int:
-    """steps = max(1, ceil(budget * n_masked)), exactly."""
-    return max(1, math.ceil(budget * n_masked))
-
-
 def mask_gene(gene: Gene, task: str, vocab: Vocabulary, seed: int = 0) -> MaskedGene:
     """The input of ``task`` ("suffix" or "span", module docstring) for one gene."""
     n = len(gene.sequence)
@@ -216,19 +201,9 @@ def antibody(
     accuracy, accuracy_se, agreement, agreement_se, nfe (mean per gene), steps (mean per gene), seconds,
     tokens_per_s, and per_gene (name, species, chain, masked, correct, agree, nfe per gene).
     """
-    from mdfast.decode import DECODERS
-
-    decoders = list(DECODERS) if decoders is None else list(decoders)
-    unknown = [d for d in decoders if d not in DECODERS]
-    if unknown or not decoders:
-        raise ValueError(f"decoders: expected names among {sorted(DECODERS)}, got {decoders!r}")
-    budgets = sorted({parse_budget(b) for b in budgets})
-    if not budgets:
-        raise ValueError("budgets: expected at least one budget")
+    decoders, budgets = check_grid(decoders, budgets, batch_size)
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     model, vocab, model_name = _resolve_model(model, tokenizer, device)
     if genes is None or isinstance(genes, int):
         genes = held_out_genes(genes)
@@ -236,19 +211,19 @@ def antibody(
     if not masked:
         raise ValueError("genes: expected at least one gene")
 
-    runs = [(REFERENCE_DECODER, Fraction(1))] + [
-        (d, b) for d in decoders for b in budgets if (d, b) != (REFERENCE_DECODER, Fraction(1))
-    ]
-    batches = {b: _batches(masked, b, batch_size) for b in {b for _, b in runs}}
-    bar = progress_bar(sum(len(batches[b]) for _, b in runs), "mdfast eval antibody", "batch", progress)
-    runner = _Runner(model, vocab, masked, backend, policy)
-    results = {}
-    try:
-        for decoder, budget in runs:
-            results[decoder, budget] = runner.decode(decoder, batches[budget], bar)
-    finally:
-        if bar is not None:
-            bar.close()
+    results = decode_grid(
+        model,
+        masked,
+        decoders=decoders,
+        budgets=budgets,
+        pad_id=vocab.pad,
+        mask_id=vocab.mask,
+        batch_size=batch_size,
+        backend=backend,
+        policy=policy,
+        progress=progress,
+        description="mdfast eval antibody",
+    )
     reference = results[REFERENCE_DECODER, Fraction(1)]
     common = {"task": task, "model": model_name, "seed": seed, "batch_size": batch_size}
     return [
@@ -282,78 +257,7 @@ def _resolve_model(model, tokenizer, device) -> tuple[torch.nn.Module, Vocabular
     return model, vocab, model_name
 
 
-def _batches(masked: list[MaskedGene], budget: Fraction, batch_size: int) -> list[tuple[int, list[int]]]:
-    """(steps, gene indices) per ``infill`` call: genes grouped by their step count, in gene order."""
-    groups: dict[int, list[int]] = {}
-    for i, m in enumerate(masked):
-        groups.setdefault(budget_steps(budget, len(m.positions)), []).append(i)
-    return [
-        (steps, rows[k : k + batch_size])
-        for steps, rows in sorted(groups.items())
-        for k in range(0, len(rows), batch_size)
-    ]
-
-
-@dataclass
-class _Decoded:
-    tokens: list[tuple[int, ...]]  # per gene: the decoded ids at its masked positions
-    nfe: list[int]
-    steps: list[int]
-    seconds: float
-
-
-class _Runner:
-    """Left-pads each batch, calls ``mdfast.infill`` and reads the masked positions back."""
-
-    def __init__(self, model, vocab: Vocabulary, masked: list[MaskedGene], backend: str, policy) -> None:
-        self.model, self.vocab, self.masked, self.backend, self.policy = model, vocab, masked, backend, policy
-        self.device = next(model.parameters()).device
-        self.warm: set[str] = set()
-
-    def decode(self, decoder: str, batches, bar) -> _Decoded:
-        n = sum(len(rows) for _, rows in batches)
-        out = _Decoded([()] * n, [0] * n, [0] * n, 0.0)
-        for steps, rows in batches:
-            if decoder not in self.warm:  # first-call costs (extension build, allocator) stay out of the timing
-                self._infill(decoder, 1, rows[:1])
-                self.warm.add(decoder)
-            start = time.perf_counter()
-            sequences, nfe, offsets = self._infill(decoder, steps, rows)
-            out.seconds += time.perf_counter() - start
-            for row, i in enumerate(rows):
-                picked = [offsets[row] + p for p in self.masked[i].positions]
-                out.tokens[i] = tuple(sequences[row, picked].tolist())
-                out.nfe[i], out.steps[i] = nfe, steps
-            if bar is not None:
-                bar.update(1)
-        return out
-
-    def _infill(self, decoder: str, steps: int, rows: list[int]):
-        import mdfast
-
-        inputs = [self.masked[i].input_ids for i in rows]
-        length = max(len(ids) for ids in inputs)
-        offsets = [length - len(ids) for ids in inputs]
-        input_ids = torch.full((len(rows), length), self.vocab.pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for row, (ids, offset) in enumerate(zip(inputs, offsets)):
-            input_ids[row, offset:] = torch.tensor(ids)
-            attention_mask[row, offset:] = 1
-        options = {"policy": self.policy} if decoder == "xflow" and self.policy is not None else {}
-        out = mdfast.infill(
-            self.model,
-            input_ids.to(self.device),
-            attention_mask.to(self.device),
-            steps=steps,
-            decoder=decoder,
-            backend=self.backend,
-            mask_token_id=self.vocab.mask,
-            **options,
-        )
-        return out.sequences.cpu(), out.nfe, offsets
-
-
-def _record(masked: list[MaskedGene], decoded: _Decoded, reference: _Decoded, fields: dict) -> dict:
+def _record(masked: list[MaskedGene], decoded: Decoded, reference: Decoded, fields: dict) -> dict:
     per_gene = []
     for m, tokens, ref, nfe in zip(masked, decoded.tokens, reference.tokens, decoded.nfe):
         per_gene.append(
@@ -379,9 +283,6 @@ def _record(masked: list[MaskedGene], decoded: _Decoded, reference: _Decoded, fi
         "accuracy_se": finite_or_none(accuracy_se),
         "agreement": agreement,
         "agreement_se": finite_or_none(agreement_se),
-        "nfe": sum(decoded.nfe) / len(per_gene),
-        "steps": sum(decoded.steps) / len(per_gene),
-        "seconds": decoded.seconds,
-        "tokens_per_s": residues / decoded.seconds,
+        **decoded.timing(residues),
         "per_gene": per_gene,
     }

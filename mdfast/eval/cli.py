@@ -1,4 +1,4 @@
-"""``mdfast eval antibody`` and ``mdfast eval humaneval``: the benchmarks from the shell.
+"""``mdfast eval antibody``, ``mdfast eval code`` and ``mdfast eval humaneval``: the benchmarks from the shell.
 
 ``mdfast/cli.py`` dispatches ``mdfast eval ...`` here through ``add_arguments(parser)`` and ``run(args)``;
 ``python -m mdfast.eval ...`` runs the same parser (``main``).
@@ -15,8 +15,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``eval`` command's sub-commands: ``antibody`` and ``humaneval``."""
-    benchmarks = parser.add_subparsers(dest="benchmark", metavar="{antibody,humaneval}")
+    """The ``eval`` command's sub-commands: ``antibody``, ``code`` and ``humaneval``."""
+    benchmarks = parser.add_subparsers(dest="benchmark", metavar="{antibody,code,humaneval}")
     benchmarks.required = True
     add_antibody_arguments(
         benchmarks.add_parser(
@@ -25,6 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             description="The real-weights antibody benchmark of SPEC 7: held-out human V genes from ANARCI's "
             "germline table, residues masked and decoded by mdfast.infill at each budget. Prints a table, writes "
             "antibody.json and antibody.png to --out.",
+        )
+    )
+    add_code_arguments(
+        benchmarks.add_parser(
+            "code",
+            help="the code model's budget curve: infill spans of held-out stdlib functions, every decoder and budget",
+            description="The code model's budget curve (issue 13): a span of 32-128 tokens inside a held-out "
+            "standard-library function, masked with the rest of the file as context, decoded by mdfast.infill at "
+            "each budget with [MASK] suppressed. Exact match, token accuracy, the share of filled files that parse "
+            "and agreement with the one-token-per-step decode. Prints a table, writes code.json and code.png to --out.",
         )
     )
     add_humaneval_arguments(
@@ -40,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sub-command ``add_arguments`` parsed."""
-    return {"antibody": run_antibody, "humaneval": run_humaneval}[args.benchmark](args)
+    return {"antibody": run_antibody, "code": run_code, "humaneval": run_humaneval}[args.benchmark](args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +134,82 @@ def format_antibody_table(records: list[dict]) -> str:
         seen.setdefault(r["task"], (r["genes"], r["residues"]))
     scored = "; ".join(f"{task}: {g} genes, {n} residues scored" for task, (g, n) in seen.items())
     return "\n".join(lines) + f"\n\n{records[0]['model']}; {scored}"
+
+
+def add_code_arguments(parser: argparse.ArgumentParser) -> None:
+    from mdfast.decode import DECODERS
+
+    parser.add_argument("--model", default=None, help="a LLaDA checkpoint folder (default: the shipped code model)")
+    parser.add_argument(
+        "--decoders",
+        type=_names(sorted(DECODERS)),
+        default=list(DECODERS),
+        help=f"comma-separated, among {','.join(DECODERS)} (default: all)",
+    )
+    parser.add_argument(
+        "--budgets", type=_budgets, default="1/8,1/4,1/2,1", help="comma-separated (default: %(default)s)"
+    )
+    parser.add_argument("--cases", type=int, default=None, help="n held-out cases (default: 256)")
+    parser.add_argument("--seed", type=int, default=0, help="draws the cases and their spans (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--policy", default=None, help="a StepPolicy file for xflow (default: the heuristic)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="(default: %(default)s)")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", default="eval-code", help="folder for code.json, code.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_code(args: argparse.Namespace) -> int:
+    import torch
+
+    import mdfast
+    from mdfast.eval.code_benchmark import code
+    from mdfast.eval.plot import plot_code
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    policy = mdfast.StepPolicy.load(args.policy, args.device) if args.policy else None
+    records = code(
+        args.model,
+        decoders=args.decoders,
+        budgets=args.budgets,
+        cases=args.cases,
+        seed=args.seed,
+        policy=policy,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+    )
+    print(format_code_table(records))
+    meta = _meta(args, {"device": args.device, "torch": torch.__version__, "torch_threads": torch.get_num_threads()})
+    (out / "code.json").write_text(json.dumps({**meta, "records": records}, indent=1) + "\n")
+    plot_code(records, out / "code.png")
+    print(f"# wrote {out / 'code.json'} and {out / 'code.png'}", file=sys.stderr)
+    return 0
+
+
+def format_code_table(records: list[dict]) -> str:
+    """A Markdown table: decoder, budget, steps, exact match, token accuracy, parses (each +- se), spans left
+    with a [MASK], agreement +- se, NFE, tokens/s."""
+    lines = [
+        "| decoder | budget | steps/case | exact match | token accuracy | parses | [MASK] left | agreement "
+        "| NFE/case | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['decoder']} | {r['budget']} | {r['steps']:.2f} | {_pm(r['exact_match'], r['exact_match_se'])} "
+            f"| {_pm(r['accuracy'], r['accuracy_se'])} | {_pm(r['parses'], r['parses_se'])} | {r['masked_spans']} "
+            f"| {_pm(r['agreement'], r['agreement_se'])} | {r['nfe']:.2f} | {r['tokens_per_s']:.1f} |"
+        )
+    r = records[0]
+    return "\n".join(lines) + f"\n\n{r['model']}; {r['cases']} cases, {r['tokens']} span tokens scored"
 
 
 def add_humaneval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -240,7 +326,7 @@ def _names(allowed: list[str]):
 
 
 def _budgets(text: str) -> list:
-    from mdfast.eval.antibody_benchmark import parse_budget
+    from mdfast.eval.budget_grid import parse_budget
 
     try:
         return [parse_budget(b.strip()) for b in text.split(",") if b.strip()]

@@ -1,13 +1,67 @@
-"""The antibody benchmark's figure: accuracy against budget, one line per decoder; NFE and tokens/s beside it."""
+"""The infilling benchmarks' figures: metrics against budget, one line per decoder (``plot_budget_curves``);
+``plot_antibody`` and ``plot_code`` pick the panels."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel: the record field ``key`` against the budget, with +-1 ``error`` (a standard-error field) as
+    bars where given; ``title`` is formatted with the first record of the panel's row (``{genes}``, ...)."""
+
+    key: str
+    title: str
+    error: str | None = None
+
+
+ANTIBODY_PANELS = (
+    Panel("accuracy", "{task}: accuracy ({genes} genes, {residues} residues)", "accuracy_se"),
+    Panel("nfe", "{task}: NFE per gene"),
+    Panel("tokens_per_s", "{task}: masked residues per second"),
+)
+CODE_PANELS = (
+    Panel("exact_match", "exact match of the span ({cases} cases)", "exact_match_se"),
+    Panel("accuracy", "token accuracy ({tokens} span tokens)", "accuracy_se"),
+    Panel("parses", "filled files that parse", "parses_se"),
+    Panel("agreement", "agreement with the one-token-per-step decode", "agreement_se"),
+    Panel("nfe", "NFE per case"),
+    Panel("tokens_per_s", "span tokens per second"),
+)
 
 
 def plot_antibody(records: list[dict], path) -> None:
     """One row of three panels per task in ``records`` (``mdfast.eval.antibody``'s): accuracy (with +-1 standard
     error bars over genes), NFE and tokens/s, each against the budget on a log2 axis; written as a PNG."""
+    plot_budget_curves(
+        records,
+        path,
+        ANTIBODY_PANELS,
+        row_key="task",
+        title=f"mdfast eval antibody: {records[0]['model']}" if records else "",
+        xlabel="budget (steps / masked residues)",
+    )
+
+
+def plot_code(records: list[dict], path) -> None:
+    """``mdfast.eval.code``'s records: exact match, token accuracy, parse share and agreement (+-1 standard error
+    over cases), NFE and tokens/s, each against the budget on a log2 axis, in two rows; written as a PNG."""
+    plot_budget_curves(
+        records,
+        path,
+        CODE_PANELS,
+        title=f"mdfast eval code: {records[0]['model']}" if records else "",
+        xlabel="budget (steps / span tokens)",
+    )
+
+
+def plot_budget_curves(
+    records: list[dict], path, panels, *, row_key: str | None = None, title: str, xlabel: str, columns: int = 3
+) -> None:
+    """Per value of ``row_key`` in ``records`` (or once, for None), the ``panels`` in rows of ``columns``: each a
+    line per decoder of the panel's field against the budget (log2 axis); written to ``path`` as a PNG."""
     try:
         import matplotlib
     except ImportError:
@@ -17,34 +71,38 @@ def plot_antibody(records: list[dict], path) -> None:
 
     if not records:
         raise ValueError("records: expected at least one record")
-    tasks = list(dict.fromkeys(r["task"] for r in records))
+    groups = list(dict.fromkeys(r[row_key] for r in records)) if row_key else [None]
     decoders = list(dict.fromkeys(r["decoder"] for r in records))
     budgets = sorted({Fraction(r["budget"]) for r in records})
-    fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 4.2 * len(tasks)), squeeze=False)
-    for row, task in zip(axes, tasks):
+    per_group = -(-len(panels) // columns)
+    fig, axes = plt.subplots(
+        len(groups) * per_group, columns, figsize=(5 * columns, 4.2 * len(groups) * per_group), squeeze=False
+    )
+    for g, group in enumerate(groups):
+        mine = [r for r in records if row_key is None or r[row_key] == group]
+        cells = [ax for row in axes[g * per_group : (g + 1) * per_group] for ax in row]
+        for ax in cells[len(panels) :]:
+            ax.set_visible(False)
         for decoder in decoders:
-            rs = sorted((r for r in records if r["task"] == task and r["decoder"] == decoder), key=_budget)
+            rs = sorted((r for r in mine if r["decoder"] == decoder), key=_budget)
             if not rs:
                 continue
             x = [float(_budget(r)) for r in rs]
-            errors = [r["accuracy_se"] or 0.0 for r in rs]
-            row[0].errorbar(x, [r["accuracy"] for r in rs], yerr=errors, marker="o", capsize=3, label=decoder)
-            row[1].plot(x, [r["nfe"] for r in rs], marker="o", label=decoder)
-            row[2].plot(x, [r["tokens_per_s"] for r in rs], marker="o", label=decoder)
-        sample = next(r for r in records if r["task"] == task)
-        titles = (
-            f"{task}: accuracy ({sample['genes']} genes, {sample['residues']} residues)",
-            f"{task}: NFE per gene",
-            f"{task}: masked residues per second",
-        )
-        for ax, title in zip(row, titles):
+            for ax, panel in zip(cells, panels):
+                y = [r[panel.key] for r in rs]
+                if panel.error is None:
+                    ax.plot(x, y, marker="o", label=decoder)
+                else:
+                    errors = [r[panel.error] or 0.0 for r in rs]
+                    ax.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=decoder)
+        for ax, panel in zip(cells, panels):
             ax.set_xscale("log", base=2)
             ax.set_xticks([float(b) for b in budgets], [str(b) for b in budgets])
-            ax.set_xlabel("budget (steps / masked residues)")
-            ax.set_title(title)
+            ax.set_xlabel(xlabel)
+            ax.set_title(panel.title.format(**mine[0]))
             ax.grid(alpha=0.3)
-        row[0].legend(fontsize=8)
-    fig.suptitle(f"mdfast eval antibody: {records[0]['model']}")
+        cells[0].legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

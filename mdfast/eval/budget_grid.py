@@ -1,0 +1,205 @@
+"""What the infilling benchmarks share (SPEC 7): budgets, step counts, and the grid of (decoder, budget) runs.
+
+SPEC 2: 'A "budget" is T / N'; SPEC 7: "Metrics, besides accuracy: agreement with the same model's full-budget,
+one-token-per-step low_confidence decode of the same input (...), and NFE." Both benchmarks (antibody genes,
+the code model's held-out functions) decode items, each a token sequence with masked positions, by
+``mdfast.infill`` at every budget. Choices the SPEC leaves open, made here:
+- budget b gives ``steps = max(1, ceil(b * n_masked))`` per item (exact fractions, no float rounding);
+- ``mdfast.infill`` gives every row of a call the same number of steps, so items are batched by their step
+  count (in item order, at most ``batch_size`` rows a call); rows of different lengths in one call are
+  left-padded with the pad id (attention mask 0), rows of different mask counts need nothing;
+- the reference decode (``REFERENCE_DECODER`` at budget 1, one token per step) runs once, first, and serves as
+  that (decoder, budget) cell too;
+- each decoder is warmed up by a one-step call on one item before its first timed call (extension builds and
+  allocator warm-up stay out of the timing); ``seconds`` is the wall time of the timed calls, NFE per item the
+  forwards of the call that decoded it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+from .progress import progress_bar
+
+__all__ = [
+    "DEFAULT_BUDGETS",
+    "REFERENCE_DECODER",
+    "Decoded",
+    "InfillItem",
+    "budget_steps",
+    "check_grid",
+    "decode_grid",
+    "parse_budget",
+    "step_batches",
+]
+
+REFERENCE_DECODER = "low_confidence"
+DEFAULT_BUDGETS = (Fraction(1, 8), Fraction(1, 4), Fraction(1, 2), Fraction(1))
+
+
+def parse_budget(budget) -> Fraction:
+    """A budget (steps over masked tokens) as an exact fraction in (0, 1]: 0.25, "1/4", Fraction(1, 4)."""
+    try:
+        value = Fraction(budget) if not isinstance(budget, float) else Fraction(str(budget))
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise ValueError(f"budgets: expected fractions in (0, 1] such as 1/4 or 0.25, got {budget!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"budgets: expected fractions in (0, 1] such as 1/4 or 0.25, got {budget!r}")
+    return value
+
+
+def budget_steps(budget: Fraction, n_masked: int) -> int:
+    """steps = max(1, ceil(budget * n_masked)), exactly."""
+    return max(1, math.ceil(budget * n_masked))
+
+
+def check_grid(decoders, budgets, batch_size) -> tuple[list[str], list[Fraction]]:
+    """The decoder names (default: every one of ``mdfast.decode.DECODERS``) and the sorted distinct budgets,
+    checked (ValueError naming the argument), with ``batch_size`` a positive int."""
+    from mdfast.decode import DECODERS
+
+    decoders = list(DECODERS) if decoders is None else list(decoders)
+    unknown = [d for d in decoders if d not in DECODERS]
+    if unknown or not decoders:
+        raise ValueError(f"decoders: expected names among {sorted(DECODERS)}, got {decoders!r}")
+    budgets = sorted({parse_budget(b) for b in budgets})
+    if not budgets:
+        raise ValueError("budgets: expected at least one budget")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    return decoders, budgets
+
+
+@dataclass(frozen=True)
+class InfillItem:
+    """One input of a benchmark: ``input_ids`` with the mask id at the ascending ``positions`` (the antibody
+    benchmark's ``MaskedGene`` has the same two fields)."""
+
+    input_ids: tuple[int, ...]
+    positions: tuple[int, ...]
+
+
+@dataclass
+class Decoded:
+    """One (decoder, budget) run: per item, the decoded ids at its positions, the call's NFE and steps; the
+    wall seconds of the timed calls."""
+
+    tokens: list[tuple[int, ...]]
+    nfe: list[int]
+    steps: list[int]
+    seconds: float
+
+    def timing(self, masked_tokens: int) -> dict:
+        """Record fields: nfe and steps (means per item), seconds, tokens_per_s (``masked_tokens`` / seconds)."""
+        n = len(self.nfe)
+        return {
+            "nfe": sum(self.nfe) / n,
+            "steps": sum(self.steps) / n,
+            "seconds": self.seconds,
+            "tokens_per_s": masked_tokens / self.seconds,
+        }
+
+
+def step_batches(counts: Sequence[int], budget: Fraction, batch_size: int) -> list[tuple[int, list[int]]]:
+    """(steps, item indices) per ``infill`` call for items with ``counts`` masked tokens: grouped by their step
+    count at ``budget``, in item order, at most ``batch_size`` a call."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(counts):
+        groups.setdefault(budget_steps(budget, n), []).append(i)
+    return [
+        (steps, rows[k : k + batch_size])
+        for steps, rows in sorted(groups.items())
+        for k in range(0, len(rows), batch_size)
+    ]
+
+
+def decode_grid(
+    model,
+    items: Sequence,
+    *,
+    decoders: list[str],
+    budgets: list[Fraction],
+    pad_id: int,
+    mask_id: int,
+    batch_size: int,
+    backend: str = "auto",
+    policy=None,
+    suppress_tokens: list[int] | None = None,
+    progress: bool = False,
+    description: str = "mdfast eval",
+) -> dict[tuple[str, Fraction], Decoded]:
+    """Decode every item (``InfillItem``s, or anything with ``input_ids`` and ``positions``) with every decoder
+    at every budget, and with the reference decode (module docstring); keyed by (decoder, budget), the
+    reference under (``REFERENCE_DECODER``, 1). ``policy`` goes to x-flow only; ``suppress_tokens`` to every
+    call; ``progress``: a bar over the calls."""
+    reference = (REFERENCE_DECODER, Fraction(1))
+    runs = [reference] + [(d, b) for d in decoders for b in budgets if (d, b) != reference]
+    counts = [len(item.positions) for item in items]
+    batches = {b: step_batches(counts, b, batch_size) for b in {b for _, b in runs}}
+    bar = progress_bar(sum(len(batches[b]) for _, b in runs), description, "batch", progress)
+    runner = _Runner(model, items, pad_id, mask_id, backend, policy, suppress_tokens)
+    try:
+        return {(d, b): runner.decode(d, batches[b], bar) for d, b in runs}
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+class _Runner:
+    """Left-pads each batch, calls ``mdfast.infill`` and reads the masked positions back."""
+
+    def __init__(self, model, items, pad_id, mask_id, backend, policy, suppress_tokens) -> None:
+        self.model, self.items, self.pad_id, self.mask_id = model, items, pad_id, mask_id
+        self.backend, self.policy, self.suppress_tokens = backend, policy, suppress_tokens
+        self.device = next(model.parameters()).device
+        self.warm: set[str] = set()
+
+    def decode(self, decoder: str, batches, bar) -> Decoded:
+        n = len(self.items)
+        out = Decoded([()] * n, [0] * n, [0] * n, 0.0)
+        for steps, rows in batches:
+            if decoder not in self.warm:
+                self._infill(decoder, 1, rows[:1])
+                self.warm.add(decoder)
+            start = time.perf_counter()
+            sequences, nfe, offsets = self._infill(decoder, steps, rows)
+            out.seconds += time.perf_counter() - start
+            for row, i in enumerate(rows):
+                picked = [offsets[row] + p for p in self.items[i].positions]
+                out.tokens[i] = tuple(sequences[row, picked].tolist())
+                out.nfe[i], out.steps[i] = nfe, steps
+            if bar is not None:
+                bar.update(1)
+        return out
+
+    def _infill(self, decoder: str, steps: int, rows: list[int]):
+        import mdfast
+
+        inputs = [self.items[i].input_ids for i in rows]
+        length = max(len(ids) for ids in inputs)
+        offsets = [length - len(ids) for ids in inputs]
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for row, (ids, offset) in enumerate(zip(inputs, offsets)):
+            input_ids[row, offset:] = torch.as_tensor(ids)
+            attention_mask[row, offset:] = 1
+        options = {"policy": self.policy} if decoder == "xflow" and self.policy is not None else {}
+        if self.suppress_tokens:
+            options["suppress_tokens"] = self.suppress_tokens
+        out = mdfast.infill(
+            self.model,
+            input_ids.to(self.device),
+            attention_mask.to(self.device),
+            steps=steps,
+            decoder=decoder,
+            backend=self.backend,
+            mask_token_id=self.mask_id,
+            **options,
+        )
+        return out.sequences.cpu(), out.nfe, offsets
