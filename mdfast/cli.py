@@ -296,16 +296,19 @@ class Generate:
         if args.mask_token_id is not None and args.mask_token_id < 0:
             raise UsageError(f"--mask-token-id: expected a token id >= 0, got {args.mask_token_id}")
 
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        common = {"local_files_only": True, "trust_remote_code": args.trust_remote_code}
+        from mdfast.loading import load_config, load_model
+
         try:
-            config = AutoConfig.from_pretrained(folder, **common)
+            config = load_config(folder, trust_remote_code=args.trust_remote_code)
         except ValueError as error:
             if args.trust_remote_code or "trust_remote_code" not in str(error):
                 raise
             raise UsageError(f"--model {folder}: the model comes with its own code; pass --trust-remote-code") from None
-        tokenizer = AutoTokenizer.from_pretrained(folder, **common)
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=args.trust_remote_code
+        )
         vocab_size = getattr(config, "vocab_size", None)
         mask_token_id = None
         if vocab_size is not None:  # else checked against the embedding table once it is loaded
@@ -318,7 +321,7 @@ class Generate:
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=not args.chat)["input_ids"]
         check_prompt(tokenizer, ids[0].tolist(), folder)
 
-        model = load_model(folder, config, dtype, device, args.trust_remote_code)
+        model = load_model(folder, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code, config=config)
         if vocab_size is None:
             vocab_size = model.get_input_embeddings().num_embeddings
             mask_token_id = check_tokenizer(tokenizer, vocab_size, args.mask_token_id, config, folder)
@@ -462,17 +465,6 @@ def check_prompt(tokenizer, ids: list[int], folder: Path) -> None:
             f"every word of --prompt encodes to the unknown token {tokenizer.unk_token!r}: the tokenizer in "
             f"{folder} does not know them; check that it is the model's own tokenizer"
         )
-
-
-def load_model(folder: Path, config, dtype, device, trust_remote_code: bool):
-    """The model's weights, as a masked LM where transformers has that class for the config."""
-    from transformers import AutoModel, AutoModelForMaskedLM
-
-    loader = AutoModelForMaskedLM if type(config) in AutoModelForMaskedLM._model_mapping else AutoModel
-    model = loader.from_pretrained(
-        folder, config=config, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code
-    )
-    return model.to(device).eval()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import mdfast
+import mdfast.loading
 from mdfast import cli
 from mdfast.backends import native
 
@@ -85,7 +86,7 @@ def no_weights(monkeypatch):
     def load_model(*args, **kwargs):
         raise cli.CommandError("the weights were loaded")
 
-    monkeypatch.setattr(cli, "load_model", load_model)
+    monkeypatch.setattr(mdfast.loading, "load_model", load_model)
 
 
 def generate(folder, *options):
@@ -279,7 +280,7 @@ def test_generate_names_a_missing_or_foreign_model_folder(tmp_path, no_weights, 
 
 def test_generate_names_a_model_with_its_own_code(tmp_path, no_weights, capsys):
     (tmp_path / "config.json").write_text(
-        '{"model_type": "llada", "vocab_size": 64, "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig"}}'
+        '{"model_type": "Dream", "vocab_size": 64, "auto_map": {"AutoConfig": "configuration_dream.DreamConfig"}}'
     )
     status, _, err = run(capsys, *generate(tmp_path))
     assert status == 2
@@ -377,7 +378,7 @@ def test_a_runtime_failure_is_one_line_and_debug_shows_the_traceback(model_dir, 
     def load_model(*args, **kwargs):
         raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
 
-    monkeypatch.setattr(cli, "load_model", load_model)
+    monkeypatch.setattr(mdfast.loading, "load_model", load_model)
     status, _, err = run(capsys, *generate(model_dir))
     assert status == 1
     assert_error(err, "mdfast generate", r"RuntimeError: CUDA out of memory\. Tried to allocate 2 GiB \(--debug")
@@ -455,3 +456,19 @@ def test_build_state_finds_the_build_of_these_sources_only(tmp_path, monkeypatch
     assert native.build_state(spec) == (True, str(folder))
     other = native.ExtensionSpec(name="mdfast_probe", prebuilt="mdfast._probe_ext", sources=(), cflags=("-O1",))
     assert native.build_dir(other) != folder and not native.build_state(other)[0], "other flags: another build"
+
+
+def test_generate_runs_a_llada_checkpoint_natively(tmp_path, capsys):
+    """A LLaDA checkpoint folder (config.json model_type "llada", as mdfast.save_llada and LLaDA's
+    release write it) decodes on mdfast's native body: no remote code, no --trust-remote-code."""
+    from mdfast.loading import load_config, load_model
+    from mdfast.train import code_data, mdlm
+
+    tokenizer = code_data.load_tokenizer()
+    options = mdlm.TrainOptions(d_model=32, n_layers=1, n_heads=2, mlp_hidden=64)
+    mdfast.save_llada(mdfast.LLaDAModel(mdlm.code_model_config(options, len(tokenizer))), tmp_path)
+    code_data.save_tokenizer(tokenizer, tmp_path, 256)
+    assert isinstance(load_model(tmp_path), mdfast.LLaDAModel) and load_config(tmp_path).model_type == "llada"
+    status, _, err = run(capsys, *generate(tmp_path, "--decoder", "xflow", "--backend", "auto"))
+    assert status == 0, err
+    assert "4 forwards" in err

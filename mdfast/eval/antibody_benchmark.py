@@ -237,12 +237,12 @@ def _resolve_model(model, tokenizer, device) -> tuple[torch.nn.Module, Vocabular
     if model is None:
         return load_antiberty(device), antiberty_vocabulary(), "AntiBERTy (antiberty 0.1.3)"
     if isinstance(model, (str, os.PathLike)):
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
+        from mdfast.loading import load_model, load_tokenizer
 
         with _quiet_transformers():
-            module = AutoModelForMaskedLM.from_pretrained(str(model), local_files_only=True).to(device).eval()
+            module = load_model(model, device=device, dtype=torch.float32)
             if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+                tokenizer = load_tokenizer(model)
         model_name, model = str(model), module
     elif isinstance(model, torch.nn.Module):
         model_name = type(model).__name__

@@ -247,7 +247,12 @@ def run_humaneval(args: argparse.Namespace) -> int:
     limits = Limits(seconds=args.timeout, memory_bytes=args.memory_mb << 20)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = _load_model(args.model, device, args.dtype, args.trust_remote_code)
+    from mdfast.loading import load_model, load_tokenizer
+
+    if not Path(args.model).is_dir():
+        raise SystemExit(f"mdfast eval: --model {args.model!r} is not a folder (the hub is never reached)")
+    model = load_model(args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     policy = mdfast.StepPolicy.load(args.policy, device) if args.policy else None
     records = humaneval(
         model,
@@ -277,21 +282,6 @@ def run_humaneval(args: argparse.Namespace) -> int:
     )
     print(f"# wrote {out / 'humaneval.json'}", file=sys.stderr)
     return 0
-
-
-def _load_model(path: str, device: str, dtype: str | None, trust_remote_code: bool):
-    import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
-
-    if not Path(path).is_dir():
-        raise SystemExit(f"mdfast eval: --model {path!r} is not a folder (the hub is never reached)")
-    common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path, **common)
-    config = AutoConfig.from_pretrained(path, **common)
-    loader = AutoModelForMaskedLM if type(config) in AutoModelForMaskedLM._model_mapping else AutoModel
-    model = loader.from_pretrained(path, dtype=torch_dtype, **common).to(device).eval()
-    return model, tokenizer
 
 
 def _meta(args: argparse.Namespace, extra: dict) -> dict:

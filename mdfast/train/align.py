@@ -449,8 +449,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Answer the prompts with the model itself (full budget), fine-tune with the SPEC 6.1 loss,
     write the model (LoRA merged into it) and its tokenizer to --output-dir."""
+    from ..loading import load_model, load_tokenizer, save_model
     from .distributed import init_from_env
-    from .loading import load_model, load_tokenizer, save_model
 
     world = init_from_env(args.device)
     model = load_model(args.model, device=world.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)

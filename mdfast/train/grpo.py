@@ -696,7 +696,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Train a step policy with GRPO as the flags say; writes the checkpoints, metrics.jsonl and
     the final policy.safetensors under --output-dir."""
-    from .loading import import_function, load_model, load_tokenizer, read_jsonl
+    from ..loading import load_model, load_tokenizer
+    from .loading import import_function, read_jsonl
 
     preset = PRESETS.get(args.preset, {}) if args.preset else {}
     values = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
