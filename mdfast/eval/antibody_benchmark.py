@@ -201,6 +201,7 @@ def antibody(
     progress: bool = False,
     tokenizer=None,
     device: str | torch.device = "cpu",
+    reference: bool = True,
 ) -> list[dict]:
     """Run the antibody benchmark; one plain record (JSON-ready dict) per (decoder, budget).
 
@@ -210,7 +211,9 @@ def antibody(
     decoders: names of ``mdfast.decode.DECODERS`` (default: all of them). budgets: fractions of the masked
     count (``parse_budget``). task: "suffix" or "span". genes: None (every held-out gene), an int n (n evenly
     spaced held-out genes) or a list of ``Gene``. policy: the x-flow ``StepPolicy`` (None: the default
-    heuristic); other decoders take none. progress: a bar on stderr (tqdm).
+    heuristic); other decoders take none. progress: a bar on stderr (tqdm). reference: False skips the
+    full-budget low_confidence decode that agreement is measured against (agreement, agreement_se and each
+    gene's agree are then None): a training loop's evaluation every N steps needs the accuracy only.
 
     Record keys: task, decoder, budget ("1/4"), budget_value, model, seed, batch_size, genes, residues,
     accuracy, accuracy_se, agreement, agreement_se, nfe (mean per gene), steps (mean per gene), seconds,
@@ -236,9 +239,8 @@ def antibody(
     if not masked:
         raise ValueError("genes: expected at least one gene")
 
-    runs = [(REFERENCE_DECODER, Fraction(1))] + [
-        (d, b) for d in decoders for b in budgets if (d, b) != (REFERENCE_DECODER, Fraction(1))
-    ]
+    shared = [(REFERENCE_DECODER, Fraction(1))] if reference else []
+    runs = shared + [(d, b) for d in decoders for b in budgets if (d, b) not in shared]
     batches = {b: _batches(masked, b, batch_size) for b in {b for _, b in runs}}
     bar = progress_bar(sum(len(batches[b]) for _, b in runs), "mdfast eval antibody", "batch", progress)
     runner = _Runner(model, vocab, masked, backend, policy)
@@ -249,10 +251,10 @@ def antibody(
     finally:
         if bar is not None:
             bar.close()
-    reference = results[REFERENCE_DECODER, Fraction(1)]
+    ref = results[REFERENCE_DECODER, Fraction(1)] if reference else None
     common = {"task": task, "model": model_name, "seed": seed, "batch_size": batch_size}
     return [
-        _record(masked, results[d, b], reference, {**common, "decoder": d, "budget": str(b), "budget_value": float(b)})
+        _record(masked, results[d, b], ref, {**common, "decoder": d, "budget": str(b), "budget_value": float(b)})
         for d in decoders
         for b in budgets
     ]
@@ -353,9 +355,10 @@ class _Runner:
         return out.sequences.cpu(), out.nfe, offsets
 
 
-def _record(masked: list[MaskedGene], decoded: _Decoded, reference: _Decoded, fields: dict) -> dict:
+def _record(masked: list[MaskedGene], decoded: _Decoded, reference: _Decoded | None, fields: dict) -> dict:
     per_gene = []
-    for m, tokens, ref, nfe in zip(masked, decoded.tokens, reference.tokens, decoded.nfe):
+    references = reference.tokens if reference is not None else [None] * len(masked)
+    for m, tokens, ref, nfe in zip(masked, decoded.tokens, references, decoded.nfe):
         per_gene.append(
             {
                 "name": m.gene.name,
@@ -363,13 +366,15 @@ def _record(masked: list[MaskedGene], decoded: _Decoded, reference: _Decoded, fi
                 "chain": m.gene.chain,
                 "masked": len(m.positions),
                 "correct": sum(a == b for a, b in zip(tokens, m.target)),
-                "agree": sum(a == b for a, b in zip(tokens, ref)),
+                "agree": None if ref is None else sum(a == b for a, b in zip(tokens, ref)),
                 "nfe": nfe,
             }
         )
     counts = [g["masked"] for g in per_gene]
     accuracy, accuracy_se = pooled_fraction([g["correct"] for g in per_gene], counts)
-    agreement, agreement_se = pooled_fraction([g["agree"] for g in per_gene], counts)
+    agreement, agreement_se = math.nan, math.nan
+    if reference is not None:
+        agreement, agreement_se = pooled_fraction([g["agree"] for g in per_gene], counts)
     residues = sum(counts)
     return {
         **fields,
@@ -377,7 +382,7 @@ def _record(masked: list[MaskedGene], decoded: _Decoded, reference: _Decoded, fi
         "residues": residues,
         "accuracy": accuracy,
         "accuracy_se": finite_or_none(accuracy_se),
-        "agreement": agreement,
+        "agreement": finite_or_none(agreement),
         "agreement_se": finite_or_none(agreement_se),
         "nfe": sum(decoded.nfe) / len(per_gene),
         "steps": sum(decoded.steps) / len(per_gene),
