@@ -91,7 +91,7 @@ def test_shipped_policies_run_an_xflow_step():
     for name in shipped():
         policy = StepPolicy.example(name)
         config = FlowConfig(k=policy.k, a_min=policy.a_min, a_max=policy.a_max)
-        logits, X, t, embedding, m = make_state(2, 7, 25, 16)  # AntiBERTy's vocabulary of 25
+        logits, X, t, embedding, m = make_state(2, 7, 25, 16, device="cpu")  # AntiBERTy's vocabulary of 25
         rho = torch.rand(2)
         X_before = X.clone()
         out = mdfast.xflow_step(logits, X, t, embedding, m, policy, rho, config=config)
