@@ -21,6 +21,7 @@ package_dir = {
 }
 packages = ["mdfast", "mdfast.backends", "mdfast.decode", "mdfast.eval", "mdfast.models", "mdfast.train", *package_dir]
 package_data = {
+    "mdfast": ["data/policies/*.safetensors", "data/policies/*.json"],  # the example policies (StepPolicy.example)
     "mdfast.csrc": ["*.h", "*.cpp", "*/*.h", "*/*.cpp", "*/*.cu", "*/*.cuh"],
     "mdfast.train": ["*.txt", "*.json"],
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -16,6 +17,8 @@ from .errors import describe
 __all__ = ["PolicyLayout", "StepPolicy"]
 
 _FORMAT = "mdfast.StepPolicy/1"
+# Trained policies shipped with the package: <name>.safetensors (StepPolicy.save) and its card <name>.json.
+EXAMPLE_POLICIES = Path(__file__).parent / "data" / "policies"
 
 
 @dataclass(frozen=True)
@@ -232,3 +235,34 @@ class StepPolicy(nn.Module):
         policy = cls(hidden, **constants)
         policy.load_state_dict(state, strict=True)
         return policy.to(device)
+
+    @staticmethod
+    def examples() -> list[str]:
+        """The names of the trained policies shipped with mdfast (``mdfast/data/policies/<name>.safetensors``,
+        each with a card ``<name>.json``: what it was trained on, the command, the date, its measured
+        accuracy), sorted."""
+        if not EXAMPLE_POLICIES.is_dir():
+            return []
+        return sorted(path.stem for path in EXAMPLE_POLICIES.glob("*.safetensors"))
+
+    @classmethod
+    def example(cls, name: str, device: torch.device | str = "cpu") -> StepPolicy:
+        """The shipped policy ``name`` (one of ``StepPolicy.examples()``), e.g.
+        ``StepPolicy.example("antiberty-span")``; an unknown name raises ValueError listing the known ones."""
+        return cls.load(_example_file(name, ".safetensors"), device)
+
+    @staticmethod
+    def example_card(name: str) -> dict:
+        """The card of the shipped policy ``name``: a dict read from ``mdfast/data/policies/<name>.json``."""
+        return json.loads(_example_file(name, ".json").read_text(encoding="utf-8"))
+
+
+def _example_file(name: str, suffix: str) -> Path:
+    known = StepPolicy.examples()
+    if not isinstance(name, str) or name not in known:
+        shipped = ", ".join(repr(n) for n in known) if known else "none (this install ships no example policy)"
+        raise ValueError(f"name: no example policy {name!r}; the shipped ones are: {shipped}")
+    path = EXAMPLE_POLICIES / f"{name}{suffix}"
+    if not path.is_file():
+        raise FileNotFoundError(f"example policy {name!r}: {path} is missing")
+    return path

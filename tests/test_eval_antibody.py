@@ -87,7 +87,7 @@ def expected(masked_genes, decoder, budget):
     return correct / total, agree / total, steps
 
 
-def run_fake(monkeypatch, task, decoders, budgets, batch_size=3, genes=GENES, policy=None):
+def run_fake(monkeypatch, task, decoders, budgets, batch_size=3, genes=GENES, policy=None, reference=True):
     masked = [bench.mask_gene(g, task, VOCAB, seed=0) for g in genes]
     fake = FakeInfill(masked)
     monkeypatch.setattr(mdfast, "infill", fake, raising=False)
@@ -101,6 +101,7 @@ def run_fake(monkeypatch, task, decoders, budgets, batch_size=3, genes=GENES, po
         genes=genes,
         batch_size=batch_size,
         policy=policy,
+        reference=reference,
     )
     return records, fake, masked
 
@@ -256,6 +257,20 @@ def test_policy_goes_to_xflow_only_and_one_gene_has_no_error_bar(monkeypatch):
     records, fake, _ = run_fake(monkeypatch, "suffix", ["xflow", "topk_margin"], ["1"], genes=GENES[:1], policy=policy)
     assert {c[0] for c in fake.calls} == {"xflow", "topk_margin", "low_confidence"}
     assert all(r["accuracy_se"] is None and r["agreement_se"] is None for r in records)
+
+
+def test_without_the_reference_decode_only_accuracy_is_scored(monkeypatch):
+    with_reference, _, _ = run_fake(monkeypatch, "span", ["xflow", "low_confidence"], ["1/4", "1"])
+    records, fake, masked = run_fake(monkeypatch, "span", ["xflow"], ["1/4"], reference=False)
+    assert {(d, steps) for d, steps, _ in fake.calls} <= {("xflow", 1), *(("xflow", s) for s in range(3, 6))}
+    (r,) = records
+    assert r["accuracy"] == pytest.approx(expected(masked, "xflow", Fraction(1, 4))[0]) == with_reference[0]["accuracy"]
+    assert r["agreement"] is None and r["agreement_se"] is None and all(g["agree"] is None for g in r["per_gene"])
+    json.dumps(r, allow_nan=False)
+    # asked for, low_confidence at budget 1 is decoded as any other run
+    records, fake, _ = run_fake(monkeypatch, "span", ["low_confidence"], ["1"], reference=False)
+    assert records[0]["accuracy"] == pytest.approx(expected(masked, "low_confidence", Fraction(1))[0])
+    assert records[0]["agreement"] is None
 
 
 def test_bad_arguments_are_named(monkeypatch):

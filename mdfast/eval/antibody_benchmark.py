@@ -22,6 +22,7 @@ decode, warm-up and timing). Choices the SPEC leaves open, made here:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -186,6 +187,7 @@ def antibody(
     progress: bool = False,
     tokenizer=None,
     device: str | torch.device = "cpu",
+    reference: bool = True,
 ) -> list[dict]:
     """Run the antibody benchmark; one plain record (JSON-ready dict) per (decoder, budget).
 
@@ -195,7 +197,9 @@ def antibody(
     decoders: names of ``mdfast.decode.DECODERS`` (default: all of them). budgets: fractions of the masked
     count (``parse_budget``). task: "suffix" or "span". genes: None (every held-out gene), an int n (n evenly
     spaced held-out genes) or a list of ``Gene``. policy: the x-flow ``StepPolicy`` (None: the default
-    heuristic); other decoders take none. progress: a bar on stderr (tqdm).
+    heuristic); other decoders take none. progress: a bar on stderr (tqdm). reference: False skips the
+    full-budget low_confidence decode that agreement is measured against (agreement, agreement_se and each
+    gene's agree are then None): a training loop's evaluation every N steps needs the accuracy only.
 
     Record keys: task, decoder, budget ("1/4"), budget_value, model, seed, batch_size, genes, residues,
     accuracy, accuracy_se, agreement, agreement_se, nfe (mean per gene), steps (mean per gene), seconds,
@@ -223,11 +227,12 @@ def antibody(
         policy=policy,
         progress=progress,
         description="mdfast eval antibody",
+        reference=reference,
     )
-    reference = results[REFERENCE_DECODER, Fraction(1)]
+    ref = results[REFERENCE_DECODER, Fraction(1)] if reference else None
     common = {"task": task, "model": model_name, "seed": seed, "batch_size": batch_size}
     return [
-        _record(masked, results[d, b], reference, {**common, "decoder": d, "budget": str(b), "budget_value": float(b)})
+        _record(masked, results[d, b], ref, {**common, "decoder": d, "budget": str(b), "budget_value": float(b)})
         for d in decoders
         for b in budgets
     ]
@@ -257,9 +262,10 @@ def _resolve_model(model, tokenizer, device) -> tuple[torch.nn.Module, Vocabular
     return model, vocab, model_name
 
 
-def _record(masked: list[MaskedGene], decoded: Decoded, reference: Decoded, fields: dict) -> dict:
+def _record(masked: list[MaskedGene], decoded: Decoded, reference: Decoded | None, fields: dict) -> dict:
     per_gene = []
-    for m, tokens, ref, nfe in zip(masked, decoded.tokens, reference.tokens, decoded.nfe):
+    references = reference.tokens if reference is not None else [None] * len(masked)
+    for m, tokens, ref, nfe in zip(masked, decoded.tokens, references, decoded.nfe):
         per_gene.append(
             {
                 "name": m.gene.name,
@@ -267,13 +273,15 @@ def _record(masked: list[MaskedGene], decoded: Decoded, reference: Decoded, fiel
                 "chain": m.gene.chain,
                 "masked": len(m.positions),
                 "correct": sum(a == b for a, b in zip(tokens, m.target)),
-                "agree": sum(a == b for a, b in zip(tokens, ref)),
+                "agree": None if ref is None else sum(a == b for a, b in zip(tokens, ref)),
                 "nfe": nfe,
             }
         )
     counts = [g["masked"] for g in per_gene]
     accuracy, accuracy_se = pooled_fraction([g["correct"] for g in per_gene], counts)
-    agreement, agreement_se = pooled_fraction([g["agree"] for g in per_gene], counts)
+    agreement, agreement_se = math.nan, math.nan
+    if reference is not None:
+        agreement, agreement_se = pooled_fraction([g["agree"] for g in per_gene], counts)
     residues = sum(counts)
     return {
         **fields,
@@ -281,7 +289,7 @@ def _record(masked: list[MaskedGene], decoded: Decoded, reference: Decoded, fiel
         "residues": residues,
         "accuracy": accuracy,
         "accuracy_se": finite_or_none(accuracy_se),
-        "agreement": agreement,
+        "agreement": finite_or_none(agreement),
         "agreement_se": finite_or_none(agreement_se),
         **decoded.timing(residues),
         "per_gene": per_gene,

@@ -133,13 +133,15 @@ def decode_grid(
     suppress_tokens: list[int] | None = None,
     progress: bool = False,
     description: str = "mdfast eval",
+    reference: bool = True,
 ) -> dict[tuple[str, Fraction], Decoded]:
     """Decode every item (``InfillItem``s, or anything with ``input_ids`` and ``positions``) with every decoder
     at every budget, and with the reference decode (module docstring); keyed by (decoder, budget), the
     reference under (``REFERENCE_DECODER``, 1). ``policy`` goes to x-flow only; ``suppress_tokens`` to every
-    call; ``progress``: a bar over the calls."""
-    reference = (REFERENCE_DECODER, Fraction(1))
-    runs = [reference] + [(d, b) for d in decoders for b in budgets if (d, b) != reference]
+    call; ``progress``: a bar over the calls; ``reference=False`` leaves the reference decode out (unless it is
+    one of the runs asked for)."""
+    shared = [(REFERENCE_DECODER, Fraction(1))] if reference else []
+    runs = shared + [(d, b) for d in decoders for b in budgets if (d, b) not in shared]
     counts = [len(item.positions) for item in items]
     batches = {b: step_batches(counts, b, batch_size) for b in {b for _, b in runs}}
     bar = progress_bar(sum(len(batches[b]) for _, b in runs), description, "batch", progress)
