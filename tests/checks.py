@@ -247,3 +247,24 @@ def check_step(out: mdfast.XFlowStep, want: dict, X_before, embedding, rtol) -> 
     assert_close("t", out.t, want["t"], rtol, scale=1.0)
     target = embedding[want["tokens"].to(embedding.device)].double().cpu()  # the rows only, not the table
     assert_close("X", out.X, want["X"], rtol, scale=X_before.double().cpu().abs() + target.abs())
+
+
+def tiny_bert(seed: int = 0, *, vocab_size: int = 64, positions: int = 64, dropout: float = 0.0, device="cpu"):
+    """A 2-layer, 32-wide transformers BertForMaskedLM built from a config (no hub), mask id 4 by
+    convention in these tests; its weights spread wide (initializer_range 0.5) so that predictions
+    depend on the context and a wrong selection order changes the tokens; no dropout unless asked."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=positions,
+        initializer_range=0.5,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    return transformers.BertForMaskedLM(config).to(device).eval()

@@ -25,7 +25,8 @@ import mdfast
 
 transformers = pytest.importorskip("transformers", reason="the tests build tiny models from transformers classes")
 
-from test_generate import MASK, tiny_bert  # noqa: E402
+from checks import tiny_bert  # noqa: E402
+from test_generate import MASK  # noqa: E402
 from test_infill import DECODERS, PATTERNS, eager_infill, masked_rows  # noqa: E402
 
 

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from checks import assert_close
+from checks import assert_close, tiny_bert
 
 import mdfast
 from mdfast import reference
@@ -22,22 +22,6 @@ transformers = pytest.importorskip("transformers", reason="the tests build tiny 
 
 MASK = 4
 DISCRETE = ["low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr", "soft_mask", "threshold"]
-
-
-def tiny_bert(seed=0):
-    """Weights spread wide (initializer_range 0.5) so that predictions depend on the context and
-    a wrong selection order changes the tokens."""
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        initializer_range=0.5,
-    )
-    return transformers.BertForMaskedLM(config).eval()
 
 
 def tiny_dream(seed=0):

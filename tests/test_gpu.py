@@ -27,6 +27,7 @@ from checks import (
     random_policy,
     reference_step,
     require_backend,
+    tiny_bert,
 )
 
 import mdfast
@@ -177,22 +178,6 @@ def tiny_native_llada(device, seed: int = 0) -> mdfast.LLaDAModel:
     return model.to(device)
 
 
-def tiny_bert(device, seed: int = 0):
-    """A 2-layer transformers BERT masked LM (vocabulary 64; mask id 4 by convention here)."""
-    import transformers
-
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        initializer_range=0.5,
-    )
-    return transformers.BertForMaskedLM(config).eval().to(device)
-
-
 def generate_graphed_and_eager(model, ids, mask=None, **kwargs):
     """``mdfast.generate`` twice with ``return_history``: eagerly (``cuda_graph=False``) and with
     whole steps from CUDA graphs; asserts the same tokens and, after every step, the same decoder
@@ -268,7 +253,7 @@ def check_capture_fallback(device, backend: str = "auto"):
 def check_transformers_model(device, decoder: str, backend: str = "auto"):
     """A transformers masked LM: captured or (if its forward synchronises) eager after a warning,
     the same tokens and states as eager steps. Returns the graphed output."""
-    model = tiny_bert(device)
+    model = tiny_bert(device=device)
     ids = torch.randint(5, 64, (2, 6), device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -16,14 +16,14 @@ import math
 
 import pytest
 import torch
-from checks import assert_close
+from checks import assert_close, tiny_bert
 
 import mdfast
 from mdfast import reference
 
 transformers = pytest.importorskip("transformers", reason="the tests build tiny models from transformers classes")
 
-from test_generate import MASK, eager_logits, ranked, schedule, tiny_bert, tiny_dream  # noqa: E402
+from test_generate import MASK, eager_logits, ranked, schedule, tiny_dream  # noqa: E402
 
 DECODERS = ["xflow", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr", "soft_mask", "threshold"]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from checks import tiny_bert
 
 import mdfast
 import mdfast.triton_kernels
-from mdfast import decode
 
 transformers = pytest.importorskip("transformers", reason="the tests build tiny models from transformers classes")
 
@@ -23,24 +23,6 @@ MASK = 4
 PACKAGE = Path(mdfast.__file__).parent
 TRITON_KERNELS = Path(mdfast.triton_kernels.__file__).parent
 README = PACKAGE.parent / "README.md"
-needs_infill = pytest.mark.skipif(
-    not hasattr(decode, "infill"),
-    reason="mdfast.decode.infill (SPEC 7, issue 11) is not in this branch yet: it comes with the decode branch",
-)
-
-
-def tiny_bert(seed=0, positions=64):
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=positions,
-        initializer_range=0.5,
-    )
-    return transformers.BertForMaskedLM(config).eval()
 
 
 def test_public_names():
@@ -62,12 +44,7 @@ def test_public_names():
         "__version__",
     }
     assert set(mdfast.__all__) == want
-    missing = {name for name in want if not hasattr(mdfast, name)}
-    if missing == {"infill"}:
-        pytest.skip(
-            "mdfast.decode.infill (SPEC 7, issue 11) is not in this branch yet: it comes with the decode branch"
-        )
-    assert not missing
+    assert not {name for name in want if not hasattr(mdfast, name)}
     assert mdfast.patch is mdfast.patching.patch and mdfast.unpatch is mdfast.patching.unpatch
 
 
@@ -90,7 +67,6 @@ def test_patch_installs_generate_and_infill():
     assert callable(model.mdfast_infill)
 
 
-@needs_infill
 def test_patched_infill_is_mdfast_infill():
     model = mdfast.patch(tiny_bert(2), mask_token_id=MASK)
     ids = torch.randint(5, 64, (2, 12))

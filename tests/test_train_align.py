@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from checks import tiny_bert
 from torch import nn
-from train_fixtures import MASK, VOCAB, prompt_ids, tiny_bert, tiny_llada
+from train_fixtures import MASK, VOCAB, prompt_ids, tiny_llada
 
 pytest.importorskip("transformers", reason="mdfast.train.align's trainer is a transformers.Trainer")
 from mdfast.train.align import (

@@ -13,7 +13,8 @@ from mdfast import StepPolicy
 from mdfast.train.grpo import PolicyGRPOConfig, PolicyGRPOTrainer, main
 
 pytest.importorskip("transformers", reason="the tests decode with a tiny transformers BERT")
-from train_fixtures import MASK, even_reward, prompt_ids, tiny_bert
+from checks import tiny_bert
+from train_fixtures import MASK, even_reward, prompt_ids
 
 
 def dataset(count=4):

@@ -17,7 +17,8 @@ from mdfast.train.policy_loss import policy_log_prob
 from mdfast.train.rollouts import collect_rollouts
 
 pytest.importorskip("transformers", reason="the tests decode with a tiny transformers BERT")
-from train_fixtures import MASK, prompt_ids, tiny_bert
+from checks import tiny_bert
+from train_fixtures import MASK, prompt_ids
 
 T_COLUMN = 6  # the state is [p(1..4), H_4, margin, t, rho]
 

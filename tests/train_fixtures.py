@@ -1,4 +1,5 @@
-"""What the training tests share: a tiny random BERT masked LM, prompts, and a reward function."""
+"""What the training tests share: a tiny native LLaDA, prompts, and a reward function (the tiny BERT is
+``checks.tiny_bert``)."""
 
 from __future__ import annotations
 
@@ -6,26 +7,6 @@ import torch
 
 MASK = 4
 VOCAB = 64
-
-
-def tiny_bert(seed: int = 0, dropout: float = 0.0):
-    """A 2-layer, 32-wide BertForMaskedLM from a config (no hub), weights spread wide so that the
-    predictions depend on the context; no dropout unless asked."""
-    import transformers
-
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        initializer_range=0.5,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    return transformers.BertForMaskedLM(config).eval()
 
 
 def tiny_llada(seed: int = 0):

@@ -59,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
-def add_antibody_arguments(parser: argparse.ArgumentParser) -> None:
+def add_grid_arguments(parser: argparse.ArgumentParser, *, model_help: str, batch_size: int) -> None:
+    """What the infilling benchmarks (antibody, code) share: the model, decoders, budgets, policy, device."""
     from mdfast.decode import DECODERS
 
-    parser.add_argument("--model", default=None, help="a local masked-LM folder (default: AntiBERTy, packaged)")
+    parser.add_argument("--model", default=None, help=model_help)
     parser.add_argument(
         "--decoders",
         type=_names(sorted(DECODERS)),
@@ -72,15 +73,19 @@ def add_antibody_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budgets", type=_budgets, default="1/8,1/4,1/2,1", help="comma-separated (default: %(default)s)"
     )
-    parser.add_argument("--task", choices=["suffix", "span", "both"], default="both", help="(default: %(default)s)")
-    parser.add_argument("--genes", type=int, default=None, help="n held-out genes, evenly spaced (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="places the spans (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--policy", default=None, help="a StepPolicy file for xflow (default: the heuristic)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--out", default="eval-antibody", help="folder for antibody.json, antibody.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_antibody_arguments(parser: argparse.ArgumentParser) -> None:
+    add_grid_arguments(parser, model_help="a local masked-LM folder (default: AntiBERTy, packaged)", batch_size=32)
+    parser.add_argument("--task", choices=["suffix", "span", "both"], default="both", help="(default: %(default)s)")
+    parser.add_argument("--genes", type=int, default=None, help="n held-out genes, evenly spaced (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="places the spans (default: %(default)s)")
+    parser.add_argument("--out", default="eval-antibody", help="folder for antibody.json, antibody.png")
 
 
 def run_antibody(args: argparse.Namespace) -> int:
@@ -137,28 +142,12 @@ def format_antibody_table(records: list[dict]) -> str:
 
 
 def add_code_arguments(parser: argparse.ArgumentParser) -> None:
-    from mdfast.decode import DECODERS
-
-    parser.add_argument("--model", default=None, help="a LLaDA checkpoint folder (default: the shipped code model)")
-    parser.add_argument(
-        "--decoders",
-        type=_names(sorted(DECODERS)),
-        default=list(DECODERS),
-        help=f"comma-separated, among {','.join(DECODERS)} (default: all)",
-    )
-    parser.add_argument(
-        "--budgets", type=_budgets, default="1/8,1/4,1/2,1", help="comma-separated (default: %(default)s)"
-    )
+    add_grid_arguments(parser, model_help="a LLaDA checkpoint folder (default: the shipped code model)", batch_size=16)
     parser.add_argument("--cases", type=int, default=None, help="n held-out cases (default: 256)")
     parser.add_argument("--seed", type=int, default=0, help="draws the cases and their spans (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--policy", default=None, help="a StepPolicy file for xflow (default: the heuristic)")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="(default: %(default)s)")
-    parser.add_argument("--backend", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default="eval-code", help="folder for code.json, code.png")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_code(args: argparse.Namespace) -> int:
