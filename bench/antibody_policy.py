@@ -4,19 +4,20 @@ Stages (``--stages``, comma-separated, run in this order), each writing under ``
 
 - ``align`` (SPEC 6.1): x-pred alignment of AntiBERTy on TRAINING genes (the non-human species of
   ``mdfast.eval.split_genes``; no held-out human gene is ever trained on). Data: the model's own full-budget
-  answers (``infilled_answers``: low_confidence, one token per step) on the span task. The SPEC 6.1 logs
+  answers (``infilled_answers``: low_confidence, one token per step) on ``--task``. The SPEC 6.1 logs
   (mse_masked, mse_unmasked, ce_masked beside the frozen base's, identity_acc) on a fixed validation set of other
   training genes with fixed masks, and the decoding accuracy on the held-out subset (x-flow, default policy, and
   low_confidence at the training budget), before and after. Writes ``align/model`` (the aligned model and a
   tokenizer: ``mdfast eval antibody --model`` reads it), ``align/align.json``, ``align/align_log.jsonl`` (the
   trainer's log per step) and ``align/align.png``.
 - ``grpo`` (SPEC 6.2): GRPO for a fresh ``StepPolicy`` at budget ``--budget`` (1/4) on training genes, task
-  span, reward = residue accuracy of the infilled span (``span_accuracy``, TRL's signature, the gene's residues
-  as the dataset column "target") + lam * t_final (the trainer's); every ``--eval-steps`` steps the held-out
-  subset is decoded by ``mdfast.eval.antibody`` (x-flow with the current policy, deterministic mean action, at the
-  budget): the learning curve. ``--minutes`` bounds the run: it stops at the first evaluation after which the
-  next chunk of ``--eval-steps`` steps would end past the budget. Writes ``grpo/`` (the trainer's
-  ``metrics.jsonl``, ``checkpoint-<step>/``, ``policy.safetensors``), ``grpo/grpo.json`` and ``grpo/grpo.png``.
+  ``--task`` (suffix by default), reward = residue accuracy of the infilled span (``span_accuracy``, TRL's
+  signature, the gene's residues as the dataset column "target") + lam * t_final (the trainer's); every
+  ``--eval-steps`` steps the held-out subset is decoded by ``mdfast.eval.antibody`` (x-flow with the current
+  policy, deterministic mean action, at the budget): the learning curve. ``--minutes`` bounds the run: it stops
+  at the first evaluation after which the next chunk of ``--eval-steps`` steps would end past the budget. Writes
+  ``grpo/`` (the trainer's ``metrics.jsonl``, ``checkpoint-<step>/``, ``policy.safetensors``),
+  ``grpo/grpo.json`` and ``grpo/grpo.png``.
 - ``evaluate``: the held-out genes (``--genes``, default all 317) for {default (heuristic), trained} policy x
   {base, aligned} model at ``--budgets``, beside low_confidence at the same budgets (budget 1 is the full,
   one-token-per-step budget), residues scored and standard errors over genes, per task (``--tasks``). Writes
@@ -77,7 +78,6 @@ from mdfast.train.align import (
 from mdfast.train.grpo import PolicyGRPOConfig, PolicyGRPOTrainer
 
 STAGES = ("align", "grpo", "evaluate", "ship")
-TASK = "span"
 ALIGN_LOGS = ("mse_masked", "mse_unmasked", "ce_masked", "base_ce_masked", "identity_acc")
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -97,10 +97,11 @@ def eval_subset(args) -> list:
     return held_out_genes(args.eval_genes)
 
 
-def span_templates(genes, seed: int) -> list:
-    """SPEC 7's span task on ``genes`` (``mask_gene``: one seeded interior span of 12-20 residues each)."""
+def task_templates(genes, task: str, seed: int) -> list:
+    """SPEC 7's ``task`` on ``genes`` (``mask_gene``: "span", one seeded interior span of 12-20 residues each;
+    "suffix", the last 30 residues)."""
     vocab = antiberty_vocabulary()
-    return [mask_gene(gene, TASK, vocab, seed) for gene in genes]
+    return [mask_gene(gene, task, vocab, seed) for gene in genes]
 
 
 def span_accuracy(prompts, completions, completion_ids, target, **columns) -> list[float]:
@@ -229,7 +230,7 @@ def decoding_check(model, genes, budget: Fraction, args) -> dict:
         model,
         decoders=["xflow", "low_confidence"],
         budgets=[budget],
-        task=TASK,
+        task=args.task,
         genes=genes,
         seed=args.seed,
         backend=args.backend,
@@ -265,8 +266,12 @@ def run_align(args, out: Path) -> None:
 
     print(f"[align] answering {len(data_genes)} + {len(validation)} training genes at full budget", file=sys.stderr)
     tick = time.perf_counter()
-    records = infilled_answers(model, [list(m.input_ids) for m in span_templates(data_genes, args.seed)], **answer)
-    val_records = infilled_answers(model, [list(m.input_ids) for m in span_templates(validation, args.seed)], **answer)
+    records = infilled_answers(
+        model, [list(m.input_ids) for m in task_templates(data_genes, args.task, args.seed)], **answer
+    )
+    val_records = infilled_answers(
+        model, [list(m.input_ids) for m in task_templates(validation, args.task, args.seed)], **answer
+    )
     answer_seconds = time.perf_counter() - tick
 
     print("[align] SPEC 6.1 logs and decoding before", file=sys.stderr)
@@ -311,7 +316,7 @@ def run_align(args, out: Path) -> None:
         **meta(args),
         "stage": "align",
         "model": "AntiBERTy (antiberty 0.1.3), full fine-tune",
-        "task": TASK,
+        "task": args.task,
         "data": {
             "training_genes": len(data_genes),
             "validation_genes": len(validation),
@@ -340,7 +345,7 @@ def run_align(args, out: Path) -> None:
         },
     }
     write_json(stage / "align.json", summary)
-    plot_alignment(steps, logs_before, logs_after, stage / "align.png")
+    plot_alignment(steps, logs_before, logs_after, stage / "align.png", args.task)
     print(format_alignment(summary))
 
 
@@ -358,7 +363,7 @@ def format_alignment(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_alignment(steps: list[dict], before: dict, after: dict, path: Path) -> None:
+def plot_alignment(steps: list[dict], before: dict, after: dict, path: Path, task: str) -> None:
     """The training log per step (loss, the MSEs, ce_masked beside base_ce_masked, identity_acc), with the fixed
     validation set's values before (step 0) and after (last step) as markers."""
     plt = pyplot()
@@ -383,7 +388,7 @@ def plot_alignment(steps: list[dict], before: dict, after: dict, path: Path) -> 
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("x-pred alignment of AntiBERTy (SPEC 6.1), span task, training genes")
+    fig.suptitle(f"x-pred alignment of AntiBERTy (SPEC 6.1), {task} task, training genes")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -411,11 +416,11 @@ def run_grpo(args, out: Path) -> None:
     budget = parse_budget(args.budget)
     train = training_genes()
     genes = train if args.grpo_genes is None else subset(train, args.grpo_genes)
-    templates = span_templates(genes, args.seed)
+    templates = task_templates(genes, args.task, args.seed)
     dataset = [{"input_ids": list(m.input_ids), "target": list(m.target), "gene": m.gene.name} for m in templates]
     held_out = eval_subset(args)
     float_budget = trainer_budget(budget, [len(m.positions) for m in templates])
-    common = {"task": TASK, "genes": held_out, "seed": args.seed, "backend": args.backend}
+    common = {"task": args.task, "genes": held_out, "seed": args.seed, "backend": args.backend}
     common.update(batch_size=args.batch_size, reference=False)
 
     print(f"[grpo] baselines on {len(held_out)} held-out genes ({model_name} model)", file=sys.stderr)
@@ -493,13 +498,13 @@ def run_grpo(args, out: Path) -> None:
         "stage": "grpo",
         "model": f"AntiBERTy (antiberty 0.1.3), {model_name}",
         "grpo_model": model_name,
-        "task": TASK,
+        "task": args.task,
         "budget": str(budget),
         "trainer_budget": float_budget,
         "reward": "span residue accuracy + lam * t_final (SPEC 6.2, per token)",
         "data": {"training_genes": len(genes), "species": sorted({g.species for g in genes})},
         "held_out_genes": len(held_out),
-        "held_out_residues": sum(len(m.positions) for m in span_templates(held_out, args.seed)),
+        "held_out_residues": sum(len(m.positions) for m in task_templates(held_out, args.task, args.seed)),
         "config": {k: v for k, v in vars(config).items() if k not in ("output_dir",)},
         "policy_hidden": policy.hidden,
         "init_policy": args.init_policy,
@@ -575,7 +580,7 @@ def plot_grpo(metrics: list[dict], baselines: dict, path: Path, summary: dict) -
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(
-        f"GRPO for the step policy (SPEC 6.2) on AntiBERTy ({summary['grpo_model']}), span task, "
+        f"GRPO for the step policy (SPEC 6.2) on AntiBERTy ({summary['grpo_model']}), {summary['task']} task, "
         f"G = {summary['config']['num_generations']}"
     )
     fig.tight_layout()
@@ -815,6 +820,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", help="mdfast backend of the decoding steps")
     p.add_argument("--batch-size", type=int, default=32, help="rows per infill call (antibody, answering)")
     p.add_argument("--budget", default="1/4", help="the training budget: GRPO's, and align's decoding check")
+    p.add_argument(
+        "--task",
+        choices=["suffix", "span"],
+        default="suffix",
+        help="SPEC 7 task the align and grpo stages train and check on (default suffix: the task with a budget "
+        "effect; the span task is saturated, bench/QUALITY.md)",
+    )
     p.add_argument("--eval-genes", type=int, default=32, help="held-out subset of align's check and GRPO's curve")
     p.add_argument("--aligned", default=None, help="an aligned model folder (default: OUT/align/model)")
     a = p.add_argument_group("align")
