@@ -76,6 +76,7 @@ from mdfast.train.align import (
     xpred_alignment_loss,
 )
 from mdfast.train.grpo import PolicyGRPOConfig, PolicyGRPOTrainer
+from mdfast.train.policy_init import default_policy_start
 
 STAGES = ("align", "grpo", "evaluate", "ship")
 ALIGN_LOGS = ("mse_masked", "mse_unmasked", "ce_masked", "base_ce_masked", "identity_acc")
@@ -455,7 +456,16 @@ def run_grpo(args, out: Path) -> None:
         backend=args.backend,
         disable_tqdm=True,
     )
-    if args.init_policy:
+    init_fits = None
+    if args.init_policy == "default" and not args.resume:
+        # SPEC 2's default policy as the start (policy_init.py): rollouts on training genes, then a fit
+        prompts = [torch.tensor(m.input_ids) for m in task_templates(subset(genes, 32), args.task, args.seed)]
+        mask_id = antiberty_vocabulary().mask
+        policy, fits = default_policy_start(model, prompts, config, hidden=args.policy_hidden, mask_token_id=mask_id)
+        init_fits = [vars(f) for f in fits]
+        policy.save(stage / "init_policy.safetensors")
+        print(f"[grpo] start fitted to the default policy: {init_fits}", file=sys.stderr)
+    elif args.init_policy:
         policy = StepPolicy.load(args.init_policy)
     else:
         torch.manual_seed(args.seed)
@@ -508,6 +518,7 @@ def run_grpo(args, out: Path) -> None:
         "config": {k: v for k, v in vars(config).items() if k not in ("output_dir",)},
         "policy_hidden": policy.hidden,
         "init_policy": args.init_policy,
+        "init_fits": init_fits,
         "steps_done": trainer.global_step,
         "stopped_by": stop,
         "baselines": baselines,
@@ -847,7 +858,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--lam", type=float, default=0.2, help="lambda of R = R_task + lambda t_final")
     g.add_argument("--num-iterations", type=int, default=2, help="policy epochs per rollout batch")
     g.add_argument("--policy-hidden", type=int, default=64)
-    g.add_argument("--init-policy", default=None, help="a StepPolicy file to start from (default: fresh, seeded)")
+    g.add_argument(
+        "--init-policy",
+        default=None,
+        help="a StepPolicy file to start from, or 'default': a fresh policy fitted to SPEC 2's default policy "
+        "(mdfast.train.policy_init) (default: fresh, seeded)",
+    )
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/grpo")
     e = p.add_argument_group("evaluate")
     e.add_argument("--policy", default=None, help="the trained policy (default: OUT/grpo/policy.safetensors)")
