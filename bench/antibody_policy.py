@@ -79,6 +79,7 @@ from mdfast.train.grpo import PolicyGRPOConfig, PolicyGRPOTrainer
 from mdfast.train.policy_init import default_policy_start
 
 STAGES = ("align", "grpo", "evaluate", "ship")
+TASK_WORDS = {"span": "one interior span of 12-20 residues", "suffix": "the last 30 residues"}
 ALIGN_LOGS = ("mse_masked", "mse_unmasked", "ce_masked", "base_ce_masked", "identity_acc")
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -770,7 +771,8 @@ def run_ship(args, out: Path) -> None:
     policy = StepPolicy.load(evaluation["policy_file"])
     folder = Path(args.ship_dir) if args.ship_dir else CHECKOUT / "mdfast" / "data" / "policies"
     folder.mkdir(parents=True, exist_ok=True)
-    policy.save(folder / f"{args.ship_name}.safetensors")
+    name = args.ship_name or f"antiberty-{grpo['task']}"
+    policy.save(folder / f"{name}.safetensors")
     accuracy = {}
     for r in evaluation["records"]:
         label = f"{r['decoder']}" + (f" {r['policy']} policy" if r["policy"] else "")
@@ -779,13 +781,13 @@ def run_ship(args, out: Path) -> None:
             None if r["accuracy_se"] is None else round(r["accuracy_se"], 4),
         ]
     card = {
-        "name": args.ship_name,
-        "description": "x-flow step policy (SPEC 2.4) trained with GRPO (SPEC 6.2) on AntiBERTy infilling one "
-        "interior span of 12-20 residues of non-human antibody V genes (SPEC 7's training side)",
+        "name": name,
+        "description": "x-flow step policy (SPEC 2.4) trained with GRPO (SPEC 6.2) on AntiBERTy infilling "
+        f"{TASK_WORDS[grpo['task']]} of non-human antibody V genes (SPEC 7's training side)",
         "model": grpo["model"],
         "task": grpo["task"],
         "budget": grpo["budget"],
-        "usage": f'mdfast.StepPolicy.example("{args.ship_name}") (x-flow on AntiBERTy, {grpo["grpo_model"]} model)',
+        "usage": f'mdfast.StepPolicy.example("{name}") (x-flow on AntiBERTy, {grpo["grpo_model"]} model)',
         "policy": policy.constants(),
         "training": {
             "genes": grpo["data"]["training_genes"],
@@ -804,9 +806,9 @@ def run_ship(args, out: Path) -> None:
         "accuracy": accuracy,
         "comparisons": evaluation["comparisons"],
     }
-    write_json(folder / f"{args.ship_name}.json", card)
-    size = (folder / f"{args.ship_name}.safetensors").stat().st_size
-    print(f"[ship] {folder / args.ship_name}.safetensors ({size} bytes) and .json", file=sys.stderr)
+    write_json(folder / f"{name}.json", card)
+    size = (folder / f"{name}.safetensors").stat().st_size
+    print(f"[ship] {folder / name}.safetensors ({size} bytes) and .json", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -871,7 +873,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--budgets", default="1/8,1/4,1/2,1")
     e.add_argument("--tasks", default="span", help="span, suffix or span,suffix")
     s = p.add_argument_group("ship")
-    s.add_argument("--ship-name", default="antiberty-span")
+    s.add_argument("--ship-name", default=None, help="default: antiberty-<task of the grpo stage>")
     s.add_argument("--ship-dir", default=None, help="default: mdfast/data/policies of this checkout")
     return p
 
