@@ -21,7 +21,8 @@ package_dir = {
 }
 packages = ["mdfast", "mdfast.backends", "mdfast.decode", "mdfast.eval", "mdfast.models", "mdfast.train", *package_dir]
 package_data = {
-    "mdfast": ["data/policies/*.safetensors", "data/policies/*.json"],  # the example policies (StepPolicy.example)
+    # the example policies (StepPolicy.example) and the code model (mdfast eval code, issue 13)
+    "mdfast": ["data/policies/*.safetensors", "data/policies/*.json", "data/code_model/*"],
     "mdfast.csrc": ["*.h", "*.cpp", "*/*.h", "*/*.cpp", "*/*.cu", "*/*.cuh"],
     "mdfast.train": ["*.txt", "*.json"],
 }

@@ -350,22 +350,32 @@ def test_infill_cases(tokenizer, split):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_shipped_model_infills_a_heldout_function():
+def test_shipped_model_infills_a_heldout_function(streams):
     folder = mdlm.SHIPPED_MODEL_DIR
     if not (folder / "config.json").is_file():
-        pytest.skip(f"no code model is shipped yet ({folder} has no checkpoint; see mdfast/train/mdlm.py)")
-    if not hasattr(mdfast, "infill"):
-        pytest.skip("mdfast.infill is not available in this checkout")
+        pytest.skip(f"no code model is shipped ({folder} has no checkpoint; see mdfast/train/mdlm.py)")
     model = load_llada(folder, dtype=torch.float32)
     tokenizer = code_data.load_tokenizer(folder)
+    assert tokenizer.mask_token_id == model.config.mask_token_id == code_data.MASK_ID
+    # it learned held-out code: 15 % of 8 held-out windows masked, the argmax right far above chance (1/4096);
+    # training.json records 0.37 on the run's 64 held-out windows
+    heldout = mdlm.heldout_set(streams[1], model.config.max_sequence_length, 8)
+    accuracy = mdlm.evaluate(model, heldout, 8, torch.float32)["iid_r0.15/acc"]
+    assert accuracy > 0.2, f"masked-token accuracy {accuracy:.3f} on held-out code"
+    # and it infills a held-out function's span through mdfast.infill: context kept, no [MASK] left, reproducible
     held = code_data.split_files(code_data.source_files())[1]
     path = sorted(held)[0]
     case = code_infill_cases(tokenizer, n_cases=1, seq_len=model.config.max_sequence_length, files={path: held[path]})[
         0
     ]
     start, stop = case.span
-    out = mdfast.infill(model, case.input_ids[None], steps=stop - start, decoder="low_confidence").sequences[0]
-    assert torch.equal(out[:start], case.input_ids[:start]) and torch.equal(out[stop:], case.input_ids[stop:])
-    assert not (out[start:stop] == tokenizer.mask_token_id).any()
-    accuracy = (out[start:stop] == case.target_ids).float().mean().item()
-    assert accuracy > 0.1, f"token accuracy {accuracy:.2f} on {path}: {case.function}"
+    runs = [
+        mdfast.infill(
+            model, case.input_ids[None], steps=(stop - start) // 4, decoder=decoder, suppress_tokens=[code_data.MASK_ID]
+        ).sequences[0]
+        for decoder in ("low_confidence", "xflow", "xflow")
+    ]
+    for out in runs:
+        assert torch.equal(out[:start], case.input_ids[:start]) and torch.equal(out[stop:], case.input_ids[stop:])
+        assert not (out[start:stop] == code_data.MASK_ID).any()
+    assert torch.equal(runs[1], runs[2])
