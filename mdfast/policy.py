@@ -248,7 +248,7 @@ class StepPolicy(nn.Module):
     @classmethod
     def example(cls, name: str, device: torch.device | str = "cpu") -> StepPolicy:
         """The shipped policy ``name`` (one of ``StepPolicy.examples()``), e.g.
-        ``StepPolicy.example("antiberty-span")``; an unknown name raises ValueError listing the known ones."""
+        ``StepPolicy.example("antiberty-suffix")``; an unknown name raises ValueError listing the known ones."""
         return cls.load(_example_file(name, ".safetensors"), device)
 
     @staticmethod
