@@ -10,9 +10,11 @@ Stages (``--stages``, comma-separated, run in this order), each writing under ``
   low_confidence at the training budget), before and after. Writes ``align/model`` (the aligned model and a
   tokenizer: ``mdfast eval antibody --model`` reads it), ``align/align.json``, ``align/align_log.jsonl`` (the
   trainer's log per step) and ``align/align.png``.
-- ``grpo`` (SPEC 6.2): GRPO for a fresh ``StepPolicy`` at budget ``--budget`` (1/4) on training genes, task
-  ``--task`` (suffix by default), reward = residue accuracy of the infilled span (``span_accuracy``, TRL's
-  signature, the gene's residues as the dataset column "target") + lam * t_final (the trainer's); every
+- ``grpo`` (SPEC 6.2): GRPO for a ``StepPolicy`` (fresh; a file; or ``--init-policy default``: fitted to SPEC 2's
+  default policy on its own rollouts first, ``mdfast.train.policy_init``) at budget ``--budget`` (1/4) on
+  training genes, task ``--task`` (suffix by default), reward = residue accuracy of the infilled span
+  (``span_accuracy``, TRL's signature, the gene's residues as the dataset column "target") + lam * t_final (the
+  trainer's); every
   ``--eval-steps`` steps the held-out subset is decoded by ``mdfast.eval.antibody`` (x-flow with the current
   policy, deterministic mean action, at the budget): the learning curve. ``--minutes`` bounds the run: it stops
   at the first evaluation after which the next chunk of ``--eval-steps`` steps would end past the budget. Writes
