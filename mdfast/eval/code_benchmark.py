@@ -29,6 +29,7 @@ import contextlib
 import os
 import warnings
 from fractions import Fraction
+from pathlib import Path
 
 import torch
 
@@ -131,6 +132,8 @@ def _resolve_model(model, tokenizer, device, dtype):
             )
         tokenizer = code_data.load_tokenizer(model_name) if tokenizer is None else tokenizer
         model = load_llada(model_name, dtype=dtype, device=device)
+        if Path(model_name).resolve() == SHIPPED_MODEL_DIR:
+            model_name = "the shipped code model (mdfast/data/code_model)"
     elif isinstance(model, torch.nn.Module):
         model_name = type(model).__name__
         tokenizer = code_data.load_tokenizer() if tokenizer is None else tokenizer
