@@ -120,9 +120,11 @@ def records(count=4, answer_length=4):
     return out
 
 
-def test_trainer_moves_only_the_model_and_logs_spec_6_1(tmp_path):
+@pytest.mark.parametrize("make", [tiny_bert, tiny_llada], ids=["bert", "native-llada"])
+def test_trainer_moves_only_the_model_and_logs_spec_6_1(tmp_path, make):
     pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (the `train` extra)")
-    model = tiny_bert().train()
+    model = make().train()
+    config = getattr(model, "config", None)
     before = {name: p.detach().clone() for name, p in model.state_dict().items()}
     args = alignment_training_arguments(
         str(tmp_path), max_steps=2, per_device_train_batch_size=2, use_cpu=True, disable_tqdm=True
@@ -141,6 +143,7 @@ def test_trainer_moves_only_the_model_and_logs_spec_6_1(tmp_path):
     assert torch.equal(trainer.frozen_embedding, frozen)
     for name, p in trainer.base_model.state_dict().items():
         assert torch.equal(p, before[name]), name
+    assert model.config is config  # the native LLaDA's frozen config is back, unchanged
 
 
 def test_lora_trains_only_the_adapters(tmp_path):

@@ -19,6 +19,7 @@ Also a command: ``mdfast train align ...`` / ``python -m mdfast.train.align ...`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -302,6 +303,24 @@ def _trainer_base():
     return Trainer
 
 
+@contextlib.contextmanager
+def _frozen_config_hidden(model: nn.Module):
+    """transformers' Trainer writes ``model.config.use_cache`` while it is built. mdfast's ``LLaDAConfig`` is
+    frozen (its fields size the fused weights) and the native body keeps no KV cache, so its config is hidden
+    from the Trainer for that moment; any other model is left as it is."""
+    from ..models.llada import LLaDAConfig
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, LLaDAConfig):
+        yield
+        return
+    model.config = None
+    try:
+        yield
+    finally:
+        model.config = config
+
+
 class XPredAlignmentTrainer(_trainer_base()):
     """A ``transformers.Trainer`` whose ``compute_loss`` is ``xpred_alignment_loss`` (SPEC 6.1).
 
@@ -335,6 +354,7 @@ class XPredAlignmentTrainer(_trainer_base()):
         mask_token_id = mask_token_id if mask_token_id is not None else getattr(config, "mask_token_id", None)
         if mask_token_id is None:
             raise ValueError("mask_token_id: the model's config names none; pass it")
+        native = model  # before peft wraps it
         self.mask_token_id = int(mask_token_id)
         self.lora = lora_config is not None
         if self.lora:
@@ -348,7 +368,8 @@ class XPredAlignmentTrainer(_trainer_base()):
         args.remove_unused_columns = False  # the batch's answer_mask is no argument of the model's forward
         if data_collator is None:
             data_collator = AlignmentCollator(getattr(config, "pad_token_id", None) or 0)
-        super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator, **kwargs)
+        with _frozen_config_hidden(native):
+            super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator, **kwargs)
         self.frozen_embedding = self.model.get_input_embeddings().weight.detach().clone()
         if base_model is True and not self.lora:
             base_model = copy.deepcopy(self.model)
