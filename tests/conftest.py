@@ -18,3 +18,13 @@ if not torch.cuda.is_available():
 def _fresh_seed(request):
     """A different, reproducible seed per test: fresh inputs everywhere, replayable on failure."""
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def one_thread():
+    """One CPU thread (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models run in milliseconds,
+    and threads only wait on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

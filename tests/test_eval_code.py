@@ -29,14 +29,7 @@ from checks import tiny_bert  # noqa: E402
 from test_generate import MASK  # noqa: E402
 from test_infill import DECODERS, PATTERNS, eager_infill, masked_rows  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One CPU thread: the tiny models run in milliseconds, and threads only wait on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,14 +23,7 @@ from mdfast.train import code_data, mdlm
 from mdfast.train.code_cases import code_infill_cases, parses
 from mdfast.train.mdlm_loss import MaskedBatch, mdlm_loss, sample_masks
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One CPU thread: the tiny models run in milliseconds, and threads only wait on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

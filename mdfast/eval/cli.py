@@ -89,8 +89,6 @@ def add_antibody_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_antibody(args: argparse.Namespace) -> int:
-    import torch
-
     import mdfast
     from mdfast.eval.antibody_benchmark import antibody
     from mdfast.eval.plot import plot_antibody
@@ -115,10 +113,7 @@ def run_antibody(args: argparse.Namespace) -> int:
             device=args.device,
         )
     print(format_antibody_table(records))
-    meta = _meta(args, {"device": args.device, "torch": torch.__version__, "torch_threads": torch.get_num_threads()})
-    (out / "antibody.json").write_text(json.dumps({**meta, "records": records}, indent=1) + "\n")
-    plot_antibody(records, out / "antibody.png")
-    print(f"# wrote {out / 'antibody.json'} and {out / 'antibody.png'}", file=sys.stderr)
+    _write_grid(args, out, "antibody", records, plot_antibody)
     return 0
 
 
@@ -176,10 +171,7 @@ def run_code(args: argparse.Namespace) -> int:
         dtype=getattr(torch, args.dtype),
     )
     print(format_code_table(records))
-    meta = _meta(args, {"device": args.device, "torch": torch.__version__, "torch_threads": torch.get_num_threads()})
-    (out / "code.json").write_text(json.dumps({**meta, "records": records}, indent=1) + "\n")
-    plot_code(records, out / "code.png")
-    print(f"# wrote {out / 'code.json'} and {out / 'code.png'}", file=sys.stderr)
+    _write_grid(args, out, "code", records, plot_code)
     return 0
 
 
@@ -271,6 +263,16 @@ def run_humaneval(args: argparse.Namespace) -> int:
     )
     print(f"# wrote {out / 'humaneval.json'}", file=sys.stderr)
     return 0
+
+
+def _write_grid(args: argparse.Namespace, out, name: str, records: list[dict], plot) -> None:
+    """A grid command's outputs: ``<name>.json`` (the run's metadata and the records) and ``<name>.png``."""
+    import torch
+
+    meta = _meta(args, {"device": args.device, "torch": torch.__version__, "torch_threads": torch.get_num_threads()})
+    (out / f"{name}.json").write_text(json.dumps({**meta, "records": records}, indent=1) + "\n")
+    plot(records, out / f"{name}.png")
+    print(f"# wrote {out / (name + '.json')} and {out / (name + '.png')}", file=sys.stderr)
 
 
 def _meta(args: argparse.Namespace, extra: dict) -> dict:
