@@ -19,7 +19,7 @@ import torch
 
 import mdfast
 from mdfast.models.llada import load_llada
-from mdfast.train import code_data, mdlm
+from mdfast.train import code_cases, code_data, mdlm
 from mdfast.train.code_cases import code_infill_cases, parses
 from mdfast.train.mdlm_loss import MaskedBatch, mdlm_loss, sample_masks
 
@@ -336,6 +336,36 @@ def test_infill_cases(tokenizer, split):
         if sys.version_info >= (3, 11):
             assert case.function in qualnames(compile(case.source, case.path, "exec"))
     assert not parses("def f(:\n")
+
+
+def test_grpo_records_and_rewards_on_real_cases(tokenizer, split, tmp_path, monkeypatch):
+    held = split[1]
+    files = {p: held[p] for p in sorted(held)[:3]}
+    cases = code_infill_cases(tokenizer, n_cases=4, seq_len=256, files=files)
+    records = [json.loads(json.dumps(code_cases.training_record(c))) for c in cases]
+    columns = {key: [r[key] for r in records] for key in records[0] if key != "input_ids"}
+    truth = [r["target"] for r in records]
+    text = tokenizer.batch_decode(truth, skip_special_tokens=True)
+    assert code_cases.filled_file_parses(None, text, truth, **columns) == [1.0] * 4
+    assert code_cases.span_token_accuracy(None, text, truth, **columns) == [1.0] * 4
+    # a fill that breaks the file, and one wrong token in four
+    broken = ["def (:" for _ in records]
+    assert code_cases.filled_file_parses(None, broken, truth, **columns) == [0.0] * 4
+    quarter = [[t if i % 4 else (t + 1) % 4096 for i, t in enumerate(ids)] for ids in truth]
+    expected = [sum(i % 4 != 0 for i in range(len(ids))) / len(ids) for ids in truth]
+    assert code_cases.span_token_accuracy(None, text, quarter, **columns) == pytest.approx(expected)
+    assert all(torch.equal(torch.tensor(r["input_ids"]), c.input_ids) for r, c in zip(records, cases))
+    with pytest.raises(ValueError, match="target"):
+        code_cases.span_token_accuracy(None, text, [ids[1:] for ids in truth], **columns)
+    with pytest.raises(TypeError, match="completions: expected decoded text"):
+        code_cases.filled_file_parses(None, truth, truth, **columns)
+    # the command writes the same records for the same cases
+    monkeypatch.setattr(code_data, "source_files", lambda: {**files, **{p: split[0][p] for p in sorted(split[0])[:2]}})
+    out = tmp_path / "cases.jsonl"
+    assert code_cases.main(["--split", "heldout", "--cases", "4", "--out", str(out)]) == 0
+    assert [json.loads(line) for line in out.read_text().splitlines()] == records
+    with pytest.raises(SystemExit):
+        code_cases.main(["--cases", "0", "--out", str(out)])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -125,6 +125,8 @@ def test_config_and_trainer_refuse_bad_settings(tmp_path):
         PolicyGRPOConfig(scale_rewards="batch")
     with pytest.raises(ValueError, match="reward_weights"):
         trainer(tmp_path, reward_weights=[1.0, 2.0])
+    with pytest.raises(TypeError, match="suppress_tokens"):
+        PolicyGRPOConfig(suppress_tokens=[4.0])
     assert PolicyGRPOConfig(budget=0.25).steps_for(256) == 64
     assert PolicyGRPOConfig(budget=0.25, block_length=32).steps_for(256) == 64
     assert PolicyGRPOConfig(budget=0.1, block_length=32).steps_for(256) == 24  # 3 steps per block
@@ -149,3 +151,62 @@ def test_the_command_trains_a_policy_end_to_end(tmp_path):
     assert os.path.isdir(out / "checkpoint-3")
     with pytest.raises(SystemExit, match="--reward"):
         main(["--model", str(folder), "--data", str(data), "--preset", "paper-code"])
+
+
+def test_suppressed_tokens_never_reach_the_rewards(tmp_path):
+    seen = []
+
+    def recording_reward(prompts, completions, completion_ids, **columns):
+        seen.extend(t for ids in completion_ids for t in ids)
+        return [float(ids[0] % 2) for ids in completion_ids]
+
+    free = trainer(tmp_path / "free", max_steps=1)
+    free.reward_funcs = [recording_reward]
+    free.train()
+    suppressed = sorted(set(seen))[: max(1, len(set(seen)) // 2)]
+    seen.clear()
+    torch.manual_seed(0)
+    run = PolicyGRPOTrainer(
+        StepPolicy(8),
+        tiny_bert(),
+        recording_reward,
+        dataset(),
+        config(tmp_path / "suppressed", max_steps=1, suppress_tokens=suppressed),
+        mask_token_id=MASK,
+    )
+    run.train()
+    assert seen and not set(seen) & set(suppressed)
+
+
+def test_the_command_starts_from_the_default_policy_and_blocks_the_mask(tmp_path):
+    folder = tmp_path / "model"
+    tiny_bert().save_pretrained(folder)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in dataset()))
+    out = tmp_path / "policy"
+    argv = ["--model", str(folder), "--data", str(data), "--reward", "train_fixtures:even_reward"]
+    argv += ["--mask-token-id", str(MASK), "--device", "cpu", "--output-dir", str(out), "--backend", "torch"]
+    argv += ["--num-generations", "2", "--per-device-train-batch-size", "2", "--max-completion-length", "4"]
+    argv += ["--steps", "2", "--max-steps", "1", "--disable-tqdm", "--policy-hidden", "8", "--suppress-mask"]
+    assert main([*argv, "--policy", "default", "--policy-init-prompts", "2"]) == 0
+    start = StepPolicy.load(out / "init_policy.safetensors")
+    assert start.hidden == 8 and os.path.isfile(out / "policy.safetensors")
+    # the start is policy_init's fit on the first examples of the run's seeded order, with the mask blocked
+    from mdfast.train.policy_init import default_policy_start
+
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(42))[:2]
+    prompts = [torch.tensor(dataset()[int(i)]["prompt_ids"] + [MASK] * 4) for i in order]
+    expected, _ = default_policy_start(
+        tiny_bert(),
+        prompts,
+        config(tmp_path, num_generations=2, steps=2, suppress_tokens=[MASK]),
+        hidden=8,
+        mask_token_id=MASK,
+    )
+    assert all(torch.equal(a, b) for a, b in zip(start.parameters(), expected.parameters()))
+    # resuming from a checkpoint does not fit again
+    (out / "init_policy.safetensors").unlink()
+    assert main([*argv, "--policy", "default", "--max-steps", "2", "--resume"]) == 0
+    assert not (out / "init_policy.safetensors").exists() and os.path.isdir(out / "checkpoint-2")
+    with pytest.raises(SystemExit, match="--policy-init-prompts"):
+        main([*argv, "--policy", "default", "--policy-init-prompts", "0"])

@@ -133,3 +133,15 @@ def test_infilling_decodes_only_the_masked_positions():
         rollouts(model, policy, torch.tensor([[7, MASK, 8], [MASK, MASK, 9]]))
     with pytest.raises(ValueError, match="steps: expected at most 6 steps"):
         rollouts(model, policy, suffix_inputs(N=6), steps=7, block_length=4)
+
+
+def test_suppressed_tokens_are_never_decoded_and_none_changes_nothing():
+    model, policy = tiny_bert(), policy_with_spread()
+    ids = suffix_inputs(N=6)
+    free = rollouts(model, policy, ids)
+    assert torch.equal(rollouts(model, policy, ids, suppress_tokens=None).completion_ids, free.completion_ids)
+    decoded = sorted(set(free.completion_ids.flatten().tolist()))
+    r = rollouts(model, policy, ids, suppress_tokens=decoded)
+    assert not bool(torch.isin(r.completion_ids, torch.tensor(decoded)).any())
+    with pytest.raises(TypeError, match="suppress_tokens"):
+        rollouts(model, policy, ids, suppress_tokens=3)

@@ -14,13 +14,23 @@ on token boundaries (byte-level BPE never joins a line's text with its newline),
 replaced by any decoded fill: ``InfillCase.filled_source`` builds the filled file, ``parses`` checks it with
 ``ast.parse``. Deterministic for a given tokenizer, seq_len, seed and Python version (the held-out files are the
 interpreter's own).
+
+For GRPO on the code model (SPEC 6.2; issue 13's reward "the file parses + token accuracy + lambda t_final"):
+``training_record`` turns a case into a JSONL example of ``mdfast train grpo`` (its ``input_ids`` template and,
+as reward columns, ``target``, ``source`` and ``span_chars``), and the two reward functions take TRL's signature:
+``filled_file_parses`` (1.0 when the file with the completion's text in place of the span parses, else 0.0) and
+``span_token_accuracy`` (the share of span tokens equal to the file's); the trainer adds lambda t_final. The
+command ``python -m mdfast.train.code_cases --split train --cases N --out F`` writes such a file.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
+import json
 import random
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +38,14 @@ from torch import Tensor
 
 from . import code_data
 
-__all__ = ["InfillCase", "code_infill_cases", "parses"]
+__all__ = [
+    "InfillCase",
+    "code_infill_cases",
+    "filled_file_parses",
+    "parses",
+    "span_token_accuracy",
+    "training_record",
+]
 
 
 def parses(source: str) -> bool:
@@ -197,3 +214,82 @@ def code_infill_cases(
         span_chars = (offsets[ta][0], offsets[tb - 1][1])
         cases.append(InfillCase(path, name, window, span, target, files[path], span_chars))
     return cases
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GRPO on the cases: the training examples and the two task rewards (TRL's reward signature)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def training_record(case: InfillCase) -> dict:
+    """The case as an example of ``mdfast train grpo`` (and ``mdfast train align``): "input_ids" (the window,
+    [MASK] over the span), and the reward columns "target" (the span's true ids), "source" (the whole file) and
+    "span_chars" (the span's characters in it); "path" and "function" say where it comes from."""
+    return {
+        "input_ids": case.input_ids.tolist(),
+        "target": case.target_ids.tolist(),
+        "source": case.source,
+        "span_chars": list(case.span_chars),
+        "path": case.path,
+        "function": case.function,
+    }
+
+
+def filled_file_parses(prompts, completions, completion_ids, source, span_chars, **columns) -> list[float]:
+    """Task reward: 1.0 when ``source`` with its ``span_chars`` replaced by the completion's text parses
+    (``ast.parse``), else 0.0. ``completions`` must be text: the trainer decodes them with its
+    processing_class (special tokens skipped; ``mdfast eval code`` writes them into the file instead)."""
+    rewards = []
+    for text, file, (start, stop) in zip(completions, source, span_chars):
+        if not isinstance(text, str):
+            raise TypeError("completions: expected decoded text; give the trainer the tokenizer (processing_class)")
+        rewards.append(float(parses(file[:start] + text + file[stop:])))
+    return rewards
+
+
+def span_token_accuracy(prompts, completions, completion_ids, target, **columns) -> list[float]:
+    """Task reward: the share of the span's tokens (``completion_ids``, in position order) equal to the file's
+    (``target``)."""
+    rewards = []
+    for ids, truth in zip(completion_ids, target):
+        if len(ids) != len(truth):
+            raise ValueError(f"target: {len(truth)} span tokens for a completion of {len(ids)}")
+        rewards.append(sum(int(a) == int(b) for a, b in zip(ids, truth)) / len(truth))
+    return rewards
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mdfast.train.code_cases``: write infilling cases as JSONL examples (``training_record``)."""
+    from . import code_data
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mdfast.train.code_cases",
+        description="Write code infilling cases (one masked span of a function body each) as JSONL examples for "
+        "mdfast train grpo / align.",
+    )
+    parser.add_argument("--split", choices=("train", "heldout"), default="train", help="the files' split (train)")
+    parser.add_argument("--cases", type=int, default=256, help="at most this many cases (256)")
+    parser.add_argument("--seq-len", type=int, default=256, help="window length: the model's max_sequence_length")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", default=str(code_data.TOKENIZER_FILE), help="tokenizer.json or its folder")
+    parser.add_argument("--out", required=True, help="the JSONL file to write")
+    args = parser.parse_args(argv)
+    if args.cases < 1:
+        parser.error(f"--cases: expected >= 1, got {args.cases}")
+    train, heldout = code_data.split_files(code_data.source_files())
+    cases = code_infill_cases(
+        code_data.load_tokenizer(args.tokenizer),
+        n_cases=args.cases,
+        seq_len=args.seq_len,
+        seed=args.seed,
+        files=train if args.split == "train" else heldout,
+    )
+    with open(args.out, "w", encoding="utf-8") as f:
+        for case in cases:
+            f.write(json.dumps(training_record(case)) + "\n")
+    print(f"{len(cases)} {args.split} cases written to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

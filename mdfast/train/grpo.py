@@ -78,7 +78,9 @@ class PolicyGRPOConfig:
     order and every draw derive from it. groups_per_rollout_batch: prompts decoded together in
     one batch of G x that many rows (must divide per_device_train_batch_size; the result depends
     on it, not on the number of ranks). backend: mdfast's backend for the steps.
-    disable_tqdm: no progress bar.
+    disable_tqdm: no progress bar. suppress_tokens: ids whose logits are set to -inf in every
+    decoding step of the rollouts and the evaluation (``mdfast.infill``'s ``suppress_tokens``; SPEC 7
+    blocks the [MASK] logit when decoding), None for none.
     """
 
     output_dir: str = "policy-grpo"
@@ -110,6 +112,7 @@ class PolicyGRPOConfig:
     groups_per_rollout_batch: int = 1
     backend: str = "auto"
     disable_tqdm: bool = False
+    suppress_tokens: list[int] | None = None
 
     def __post_init__(self) -> None:
         positive = (
@@ -135,6 +138,12 @@ class PolicyGRPOConfig:
             raise ValueError(
                 f"PolicyGRPOConfig.groups_per_rollout_batch: {self.groups_per_rollout_batch} must divide "
                 f"per_device_train_batch_size={self.per_device_train_batch_size}"
+            )
+        if self.suppress_tokens is not None and not (
+            isinstance(self.suppress_tokens, (list, tuple)) and all(isinstance(i, int) for i in self.suppress_tokens)
+        ):
+            raise TypeError(
+                f"PolicyGRPOConfig.suppress_tokens: expected a list of token ids or None, got {self.suppress_tokens!r}"
             )
         if not self.budget > 0:
             raise ValueError(f"PolicyGRPOConfig.budget: expected > 0, got {self.budget}")
@@ -338,25 +347,13 @@ class PolicyGRPOTrainer:
             self._orders = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + epoch))}
         return self.train_dataset[int(self._orders[epoch][position])]
 
-    def _template(self, example: dict) -> list[int]:
-        """The ids to decode: the example's "input_ids", or its prompt followed by N masks."""
-        if "input_ids" in example:
-            return list(example["input_ids"])
-        if "prompt_ids" in example:
-            prompt = list(example["prompt_ids"])
-        elif "prompt" in example and self.processing_class is not None:
-            prompt = self.processing_class(example["prompt"], add_special_tokens=False)["input_ids"]
-        else:
-            raise ValueError(
-                "train_dataset: each example needs 'input_ids' (with mask ids), 'prompt_ids', or 'prompt' (text, "
-                f"with a processing_class); got keys {sorted(example)}"
-            )
-        return prompt + [self.mask_token_id] * self.args.max_completion_length
-
     def _rollouts(self, examples: list[dict], first_group: int) -> Rollouts:
         """G trajectories of each example, decoded as one batch (left-padded), drawn with a
         generator seeded by (seed, the global index of the batch's first group)."""
-        templates = [self._template(e) for e in examples]
+        templates = [
+            example_template(e, self.mask_token_id, self.args.max_completion_length, self.processing_class)
+            for e in examples
+        ]
         width = max(len(t) for t in templates)
         ids = torch.tensor([[self.pad_token_id] * (width - len(t)) + t for t in templates], device=self.device)
         mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in templates], device=self.device)
@@ -374,6 +371,7 @@ class PolicyGRPOTrainer:
             generator=generator,
             mask_token_id=self.mask_token_id,
             backend=self.args.backend,
+            suppress_tokens=self.args.suppress_tokens,
         )
 
     def _task_rewards(self, examples: list[dict], groups: list[Rollouts]) -> Tensor:
@@ -568,6 +566,24 @@ class PolicyGRPOTrainer:
         self.global_step = int(state["global_step"])
 
 
+def example_template(example: dict, mask_token_id: int, max_completion_length: int, tokenizer=None) -> list[int]:
+    """The ids to decode for a training example: its "input_ids" (the mask id at the positions to
+    fill), or its "prompt_ids" / "prompt" (text, tokenized with ``tokenizer``) followed by
+    ``max_completion_length`` mask ids."""
+    if "input_ids" in example:
+        return list(example["input_ids"])
+    if "prompt_ids" in example:
+        prompt = list(example["prompt_ids"])
+    elif "prompt" in example and tokenizer is not None:
+        prompt = tokenizer(example["prompt"], add_special_tokens=False)["input_ids"]
+    else:
+        raise ValueError(
+            "train_dataset: each example needs 'input_ids' (with mask ids), 'prompt_ids', or 'prompt' (text, "
+            f"with a processing_class); got keys {sorted(example)}"
+        )
+    return prompt + [mask_token_id] * max_completion_length
+
+
 def _first_set(*values):
     return next((v for v in values if v is not None), None)
 
@@ -680,8 +696,22 @@ def add_arguments(parser) -> None:
         help="a reward function's import path 'package.module:function' (repeat for several)",
     )
     parser.add_argument("--reward-weights", type=float, nargs="+", default=None)
-    parser.add_argument("--policy", default=None, help="the StepPolicy file to start from (default: a fresh one)")
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="the StepPolicy file to start from (default: a fresh one), or 'default': a fresh one fitted first to "
+        "SPEC 2's default policy on its own rollouts of --policy-init-prompts training examples "
+        "(mdfast.train.policy_init)",
+    )
     parser.add_argument("--policy-hidden", type=int, default=64, help="width d of a fresh policy")
+    parser.add_argument(
+        "--policy-init-prompts", type=int, default=16, help="--policy default: the training examples it decodes (16)"
+    )
+    parser.add_argument(
+        "--suppress-mask",
+        action="store_true",
+        help="block the [MASK] logit in every decoding step, rollouts and evaluation (SPEC 7; suppress_tokens)",
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="paper-code: the paper's code recipe")
     parser.add_argument("--chat", action="store_true", default=None, help="wrap text prompts in the chat template")
     parser.add_argument("--output-dir", default="policy-grpo")
@@ -708,6 +738,8 @@ def run(args) -> int:
         disable_tqdm=args.disable_tqdm,
         **{**{k: v for k, v in preset.items() if k in CONFIG_FLAGS}, **values},
     )
+    if args.policy_init_prompts < 1:
+        raise SystemExit(f"mdfast train grpo: --policy-init-prompts: expected >= 1, got {args.policy_init_prompts}")
     chat = args.chat if args.chat is not None else preset.get("chat", False)
     if not args.reward:
         raise SystemExit(
@@ -720,12 +752,24 @@ def run(args) -> int:
     model = load_model(args.model, device=world.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
     train = _prepare(read_jsonl(args.data), tokenizer, chat)
-    if args.policy:
+    mask_token_id = _first_set(
+        args.mask_token_id,
+        getattr(getattr(model, "config", None), "mask_token_id", None),
+        getattr(tokenizer, "mask_token_id", None),
+    )
+    if args.suppress_mask:
+        if mask_token_id is None:
+            raise SystemExit(
+                "mdfast train grpo: --suppress-mask: no mask id in the model or tokenizer; pass --mask-token-id"
+            )
+        config.suppress_tokens = [mask_token_id]
+    if args.policy == "default" and not (args.resume and _has_checkpoint(config.output_dir)):
+        policy = _default_start(model, train, config, args, tokenizer, mask_token_id, world)
+    elif args.policy and args.policy != "default":
         policy = StepPolicy.load(args.policy, world.device)
     else:
         torch.manual_seed(config.seed)
         policy = StepPolicy(args.policy_hidden).to(world.device)
-    mask_token_id = _first_set(args.mask_token_id, getattr(tokenizer, "mask_token_id", None))
     eval_fn = None
     if args.eval_data:
         eval_fn = _reward_eval(
@@ -745,6 +789,36 @@ def run(args) -> int:
     if world.is_main:
         print(f"[mdfast grpo] policy written to {os.path.join(config.output_dir, POLICY_FILE)}", file=sys.stderr)
     return 0
+
+
+def _has_checkpoint(output_dir: str) -> bool:
+    return os.path.isdir(output_dir) and any(re.fullmatch(r"checkpoint-\d+", n) for n in os.listdir(output_dir))
+
+
+def _default_start(model, train, config, args, tokenizer, mask_token_id, world) -> StepPolicy:
+    """--policy default: ``policy_init.default_policy_start`` on the first --policy-init-prompts
+    training examples of the run's seeded order; the fitted start is written beside the run as
+    init_policy.safetensors."""
+    from .policy_init import default_policy_start
+
+    if mask_token_id is None:
+        raise SystemExit(
+            "mdfast train grpo: --policy default: no mask id in the model or tokenizer; pass --mask-token-id"
+        )
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+    prompts = [
+        torch.tensor(
+            example_template(train[int(i)], mask_token_id, config.max_completion_length, tokenizer), device=world.device
+        )
+        for i in order[: args.policy_init_prompts]
+    ]
+    policy, fits = default_policy_start(model, prompts, config, hidden=args.policy_hidden, mask_token_id=mask_token_id)
+    if world.is_main:
+        os.makedirs(config.output_dir, exist_ok=True)
+        policy.save(os.path.join(config.output_dir, "init_policy.safetensors"))
+        shown = ", ".join(f"{f.rms_log2_before:.2f} -> {f.rms_log2_after:.2f}" for f in fits)
+        print(f"[mdfast grpo] start fitted to the default policy (rms log2 error per round: {shown})", file=sys.stderr)
+    return policy
 
 
 def _prepare(records: list[dict], tokenizer, chat: bool) -> list[dict]:
@@ -779,7 +853,7 @@ def _reward_eval(model, examples, reward_funcs, config, tokenizer, mask_token_id
         total = []
         for example in examples:
             options = {"decoder": "xflow", "policy": policy, "block_length": config.block_length}
-            options.update(backend=config.backend, mask_token_id=mask_token_id)
+            options.update(backend=config.backend, mask_token_id=mask_token_id, suppress_tokens=config.suppress_tokens)
             if "input_ids" in example:
                 ids = torch.tensor([example["input_ids"]], device=policy.fc1.weight.device)
                 n = int((ids == mask_token_id).sum())

@@ -52,8 +52,8 @@ def _log2_error(policy: StepPolicy, states: Tensor) -> Tensor:
 
 def fit_default_policy(policy: StepPolicy, states: Tensor, *, steps: int = 500, lr: float = 3e-3) -> DefaultFit:
     """Fit ``policy`` in place so that its mean action matches the default policy's on ``states``
-    (M, k+4) (module docstring): ``steps`` full-batch AdamW steps at ``lr``. Only the policy's
-    weights change. Returns the fit's error before and after."""
+    (M, k+4) (module docstring; moved to the policy's device): ``steps`` full-batch AdamW steps at
+    ``lr``. Only the policy's weights change. Returns the fit's error before and after."""
     if not isinstance(policy, StepPolicy):
         raise TypeError(f"policy: expected a mdfast.StepPolicy, got {type(policy).__name__}")
     if not isinstance(states, Tensor) or states.dim() != 2 or states.shape[1] != policy.state_dim:
@@ -62,7 +62,7 @@ def fit_default_policy(policy: StepPolicy, states: Tensor, *, steps: int = 500, 
         raise ValueError(f"states: expected at least one state, all finite, got {describe(states)}")
     if not (isinstance(steps, int) and steps >= 0):
         raise ValueError(f"steps: expected a non-negative int, got {steps!r}")
-    states = states.detach().float()
+    states = states.detach().to(device=policy.fc1.weight.device, dtype=torch.float32)
     with torch.no_grad():
         before = float(_log2_error(policy, states).pow(2).mean().sqrt())
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
@@ -98,7 +98,7 @@ def default_policy_start(
         if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.dtype != torch.long:
             raise TypeError(f"prompts[{index}]: expected a 1-D int64 tensor, got {describe(ids)}")
     torch.manual_seed(config.seed)
-    policy = StepPolicy(hidden)
+    policy = StepPolicy(hidden).to(model.get_input_embeddings().weight.device)
     fits = []
     for round_index in range(rounds):
         states = []
@@ -114,6 +114,7 @@ def default_policy_start(
                 generator=generator,
                 mask_token_id=mask_token_id,
                 backend=config.backend,
+                suppress_tokens=config.suppress_tokens,
             )
             states.append(record.states[record.active].cpu())
         states = torch.cat(states)

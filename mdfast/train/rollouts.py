@@ -78,6 +78,7 @@ def collect_rollouts(
     generator: torch.Generator | None = None,
     mask_token_id: int | None = None,
     backend: str = "auto",
+    suppress_tokens: list[int] | None = None,
 ) -> Rollouts:
     """Decode each row of ``input_ids`` (B0, L) ``num_generations`` times with x-flow, actions
     sampled from ``policy``, and record the trajectories (SPEC 6.2); rows b * G .. b * G + G - 1
@@ -87,7 +88,8 @@ def collect_rollouts(
     every other position is fed as its token's embedding (SPEC 7): a prompt followed by N masks is
     generation. Every row must hold the same number N >= 1 of masks. ``steps`` = T forwards in all,
     split over the blocks of ``block_length`` decoded tokens as ``mdfast.infill`` splits them
-    (default: one block). ``generator`` (on the model's device) drives the draws: the same
+    (default: one block). ``suppress_tokens``: ids never predicted (their logits -inf, as
+    ``mdfast.infill``). ``generator`` (on the model's device) drives the draws: the same
     generator state, model, policy and inputs give the same record bitwise. The model runs under
     ``torch.no_grad``; nothing in the record carries an autograd graph.
     """
@@ -135,6 +137,7 @@ def collect_rollouts(
             generator=generator,
             backend=backend,
             mask_token_id=mask_token_id,
+            suppress_tokens=suppress_tokens,
         )
     record = dict(out.rollout)
     record.pop("valid")
