@@ -72,9 +72,19 @@ def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False):
     """The tokenizer saved in folder ``path``, or None where the folder holds none."""
     if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PretrainedConfig
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    options = {}
+    if _is_llada(path) and "tokenizer_class" in _tokenizer_config(path):
+        # transformers does not know config.json's model_type "llada" and warns when AutoTokenizer reads it;
+        # the tokenizer's own config names its class, so config.json is not read
+        options["config"] = PretrainedConfig()
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code, **options)
+
+
+def _tokenizer_config(path: str | os.PathLike) -> dict:
+    file = Path(path) / "tokenizer_config.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> None:

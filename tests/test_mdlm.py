@@ -373,6 +373,26 @@ def test_grpo_records_and_rewards_on_real_cases(tokenizer, split, tmp_path, monk
 # ---------------------------------------------------------------------------------------------
 
 
+def test_a_llada_folders_tokenizer_loads_quietly_and_as_the_code_tokenizer(capfd):
+    """mdfast.loading.load_tokenizer on a LLaDA checkpoint: transformers does not know model_type "llada" and
+    used to warn about it; the folder's tokenizer_config.json names the class, so config.json is not read."""
+    from mdfast.loading import load_tokenizer
+
+    folder = mdlm.SHIPPED_MODEL_DIR
+    if not (folder / "tokenizer_config.json").is_file():
+        pytest.skip(f"no code model is shipped ({folder} has no tokenizer)")
+    capfd.readouterr()
+    loaded = load_tokenizer(folder)
+    assert "instantiate a model of type" not in capfd.readouterr().err
+    text = "def f(x):\n    return x + 1  # [MASK]\n"
+    assert loaded(text)["input_ids"] == code_data.load_tokenizer(folder)(text)["input_ids"]
+    assert (loaded.mask_token_id, loaded.pad_token_id, loaded.eos_token_id) == (
+        code_data.MASK_ID,
+        code_data.PAD_ID,
+        code_data.EOS_ID,
+    )
+
+
 def test_shipped_model_infills_a_heldout_function(streams):
     folder = mdlm.SHIPPED_MODEL_DIR
     if not (folder / "config.json").is_file():
