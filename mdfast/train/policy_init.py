@@ -27,7 +27,6 @@ from torch import Tensor
 from .. import reference
 from ..errors import describe
 from ..policy import StepPolicy
-from .grpo import PolicyGRPOConfig
 from .rollouts import collect_rollouts
 
 __all__ = ["DefaultFit", "default_policy_start", "fit_default_policy"]
@@ -79,7 +78,7 @@ def fit_default_policy(policy: StepPolicy, states: Tensor, *, steps: int = 500, 
 def default_policy_start(
     model,
     prompts: Sequence[Tensor],
-    config: PolicyGRPOConfig,
+    config,
     *,
     hidden: int = 64,
     rounds: int = 2,
@@ -87,8 +86,9 @@ def default_policy_start(
     mask_token_id: int,
     max_states: int = 65536,
 ) -> tuple[StepPolicy, list[DefaultFit]]:
-    """A fresh StepPolicy(``hidden``) (seeded by ``config.seed``) fitted to the default policy on the
-    states of its own rollouts: ``rounds`` times, decode every prompt (a 1-D int64 tensor holding
+    """A fresh StepPolicy(``hidden``) (seeded by ``config.seed``; ``config``: the run's ``PolicyGRPOConfig``,
+    not imported here because grpo.py builds on this module) fitted to the default policy on the states of its
+    own rollouts: ``rounds`` times, decode every prompt (a 1-D int64 tensor holding
     ``mask_token_id`` at the positions to fill) ``config.num_generations`` times at the trainer's step
     count (``config.steps_for``) with sampled actions, then ``fit_default_policy`` on the active states
     (at most ``max_states``, evenly spaced)."""
