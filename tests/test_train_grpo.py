@@ -132,7 +132,9 @@ def test_config_and_trainer_refuse_bad_settings(tmp_path):
     assert PolicyGRPOConfig(budget=0.1, block_length=32).steps_for(256) == 24  # 3 steps per block
 
 
-def test_the_command_trains_a_policy_end_to_end(tmp_path):
+def command_line(tmp_path):
+    """A tiny BERT folder, a training JSONL and an output folder under tmp_path, and the ``mdfast train grpo``
+    arguments the command tests share: (model folder, data file, output folder, argv)."""
     folder = tmp_path / "model"
     tiny_bert().save_pretrained(folder)
     data = tmp_path / "train.jsonl"
@@ -141,7 +143,13 @@ def test_the_command_trains_a_policy_end_to_end(tmp_path):
     argv = ["--model", str(folder), "--data", str(data), "--reward", "train_fixtures:even_reward"]
     argv += ["--mask-token-id", str(MASK), "--device", "cpu", "--output-dir", str(out), "--backend", "torch"]
     argv += ["--num-generations", "2", "--per-device-train-batch-size", "2", "--max-completion-length", "4"]
-    argv += ["--steps", "2", "--max-steps", "2", "--logging-steps", "1", "--disable-tqdm", "--policy-hidden", "8"]
+    argv += ["--steps", "2", "--disable-tqdm", "--policy-hidden", "8"]
+    return folder, data, out, argv
+
+
+def test_the_command_trains_a_policy_end_to_end(tmp_path):
+    folder, data, out, argv = command_line(tmp_path)
+    argv += ["--max-steps", "2", "--logging-steps", "1"]
     assert main(argv) == 0
     policy = StepPolicy.load(out / "policy.safetensors")
     assert policy.hidden == 8
@@ -179,15 +187,8 @@ def test_suppressed_tokens_never_reach_the_rewards(tmp_path):
 
 
 def test_the_command_starts_from_the_default_policy_and_blocks_the_mask(tmp_path):
-    folder = tmp_path / "model"
-    tiny_bert().save_pretrained(folder)
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in dataset()))
-    out = tmp_path / "policy"
-    argv = ["--model", str(folder), "--data", str(data), "--reward", "train_fixtures:even_reward"]
-    argv += ["--mask-token-id", str(MASK), "--device", "cpu", "--output-dir", str(out), "--backend", "torch"]
-    argv += ["--num-generations", "2", "--per-device-train-batch-size", "2", "--max-completion-length", "4"]
-    argv += ["--steps", "2", "--max-steps", "1", "--disable-tqdm", "--policy-hidden", "8", "--suppress-mask"]
+    _, _, out, argv = command_line(tmp_path)
+    argv += ["--max-steps", "1", "--suppress-mask"]
     assert main([*argv, "--policy", "default", "--policy-init-prompts", "2"]) == 0
     start = StepPolicy.load(out / "init_policy.safetensors")
     assert start.hidden == 8 and os.path.isfile(out / "policy.safetensors")
