@@ -542,12 +542,7 @@ class PolicyGRPOTrainer:
         return path
 
     def latest_checkpoint(self) -> str:
-        found = []
-        if os.path.isdir(self.args.output_dir):
-            for name in os.listdir(self.args.output_dir):
-                match = re.fullmatch(r"checkpoint-(\d+)", name)
-                if match and os.path.isfile(os.path.join(self.args.output_dir, name, STATE_FILE)):
-                    found.append((int(match.group(1)), name))
+        found = _checkpoints(self.args.output_dir)
         if not found:
             raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint-<step> folder in {self.args.output_dir}")
         return os.path.join(self.args.output_dir, max(found)[1])
@@ -582,6 +577,17 @@ def example_template(example: dict, mask_token_id: int, max_completion_length: i
             f"with a processing_class); got keys {sorted(example)}"
         )
     return prompt + [mask_token_id] * max_completion_length
+
+
+def _checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """(step, folder name) of every complete checkpoint-<step> folder in ``output_dir``."""
+    found = []
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            match = re.fullmatch(r"checkpoint-(\d+)", name)
+            if match and os.path.isfile(os.path.join(output_dir, name, STATE_FILE)):
+                found.append((int(match.group(1)), name))
+    return found
 
 
 def _first_set(*values):
@@ -763,7 +769,7 @@ def run(args) -> int:
                 "mdfast train grpo: --suppress-mask: no mask id in the model or tokenizer; pass --mask-token-id"
             )
         config.suppress_tokens = [mask_token_id]
-    if args.policy == "default" and not (args.resume and _has_checkpoint(config.output_dir)):
+    if args.policy == "default" and not (args.resume and _checkpoints(config.output_dir)):
         policy = _default_start(model, train, config, args, tokenizer, mask_token_id, world)
     elif args.policy and args.policy != "default":
         policy = StepPolicy.load(args.policy, world.device)
@@ -789,10 +795,6 @@ def run(args) -> int:
     if world.is_main:
         print(f"[mdfast grpo] policy written to {os.path.join(config.output_dir, POLICY_FILE)}", file=sys.stderr)
     return 0
-
-
-def _has_checkpoint(output_dir: str) -> bool:
-    return os.path.isdir(output_dir) and any(re.fullmatch(r"checkpoint-\d+", n) for n in os.listdir(output_dir))
 
 
 def _default_start(model, train, config, args, tokenizer, mask_token_id, world) -> StepPolicy:
