@@ -19,12 +19,21 @@ package_dir = {
     "mdfast.triton_kernels": "triton_kernels",
     "mdfast.csrc": "csrc",
 }
-packages = ["mdfast", "mdfast.backends", "mdfast.decode", "mdfast.eval", "mdfast.models", "mdfast.train", *package_dir]
+packages = [
+    "mdfast",
+    "mdfast.backends",
+    "mdfast.code_model",
+    "mdfast.decode",
+    "mdfast.eval",
+    "mdfast.models",
+    "mdfast.train",
+    *package_dir,
+]
 package_data = {
-    # the example policies (StepPolicy.example) and the code model (mdfast eval code, issue 13)
+    # the example policies (StepPolicy.example) and the code model's weights (mdfast eval code)
     "mdfast": ["data/policies/*.safetensors", "data/policies/*.json", "data/code_model/*"],
     "mdfast.csrc": ["*.h", "*.cpp", "*/*.h", "*/*.cpp", "*/*.cu", "*/*.cuh"],
-    "mdfast.train": ["*.txt", "*.json"],
+    "mdfast.code_model": ["*.txt", "*.json"],
 }
 
 ext_modules, cmdclass = [], {}

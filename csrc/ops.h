@@ -81,7 +81,7 @@ struct GivenStats {
   at::Tensor tokens, confidence, lse;
 };
 
-// The packed step policy, one float32 vector (mdfast.policy.PolicyLayout, the same layout):
+// The packed step policy, one float32 vector (mdfast.backends.contract.PolicyLayout, the same layout):
 //   [W1 (d, k+4) row-major, b1 (d), W2 (d, d) row-major, b2 (d), w_mu (d), w_kappa (d), b_mu, b_kappa]
 struct PolicyView {
   int64_t d = 0, width = 0;  // hidden width, state width k + 4

@@ -4,95 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
 
 from . import reference
+from .backends.contract import PolicyLayout
 from .errors import describe
 
-__all__ = ["PolicyLayout", "StepPolicy"]
+__all__ = ["StepPolicy"]
 
 _FORMAT = "mdfast.StepPolicy/1"
 # Trained policies shipped with the package: <name>.safetensors (StepPolicy.save) and its card <name>.json.
 EXAMPLE_POLICIES = Path(__file__).parent / "data" / "policies"
-
-
-@dataclass(frozen=True)
-class PolicyLayout:
-    """Where each weight of a StepPolicy of hidden width d and top-k width k sits in the one float
-    vector the kernels read (``StepPolicy.packed_weights``; csrc/ops.h ``PolicyView`` is the same
-    layout in C++):
-
-        [W1 (d, k+4) row-major, b1 (d), W2 (d, d) row-major, b2 (d), w_mu (d), w_kappa (d), b_mu, b_kappa]
-
-    The fields below are the element offsets of each piece; ``size`` is the whole vector's length.
-    """
-
-    hidden: int
-    k: int
-
-    @property
-    def width(self) -> int:
-        """The policy state's width k + 4 (SPEC 2.3)."""
-        return self.k + 4
-
-    @property
-    def W1(self) -> int:
-        return 0
-
-    @property
-    def b1(self) -> int:
-        return self.hidden * self.width
-
-    @property
-    def W2(self) -> int:
-        return self.b1 + self.hidden
-
-    @property
-    def b2(self) -> int:
-        return self.W2 + self.hidden * self.hidden
-
-    @property
-    def w_mu(self) -> int:
-        return self.b2 + self.hidden
-
-    @property
-    def w_kappa(self) -> int:
-        return self.w_mu + self.hidden
-
-    @property
-    def b_mu(self) -> int:
-        return self.w_kappa + self.hidden
-
-    @property
-    def b_kappa(self) -> int:
-        return self.b_mu + 1
-
-    @property
-    def size(self) -> int:
-        return self.b_kappa + 1
-
-    def unpack(self, packed: Tensor, kappa_min: float, kappa_max: float) -> SimpleNamespace:
-        """Views of ``packed`` shaped like a StepPolicy's layers (``fc1.weight`` (d, k+4), ...), with
-        kappa_min and kappa_max: what ``mdfast.reference.step_policy`` evaluates."""
-        d, w = self.hidden, self.width
-
-        def layer(weight_at: int, rows: int, cols: int, bias_at: int) -> SimpleNamespace:
-            weight = packed[weight_at : weight_at + rows * cols].view(rows, cols)
-            return SimpleNamespace(weight=weight, bias=packed[bias_at : bias_at + rows])
-
-        return SimpleNamespace(
-            fc1=layer(self.W1, d, w, self.b1),
-            fc2=layer(self.W2, d, d, self.b2),
-            mu_head=layer(self.w_mu, 1, d, self.b_mu),
-            kappa_head=layer(self.w_kappa, 1, d, self.b_kappa),
-            kappa_min=kappa_min,
-            kappa_max=kappa_max,
-        )
 
 
 class StepPolicy(nn.Module):

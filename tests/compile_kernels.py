@@ -133,7 +133,7 @@ def production_launches() -> list[Launch]:
     from mdfast import FlowConfig
     from mdfast.backends import GivenStats, StepInputs, StepScalars
     from mdfast.backends import triton as kernels
-    from mdfast.policy import PolicyLayout
+    from mdfast.backends.contract import PolicyLayout
 
     meta = torch.device("meta")
     bf16, f16, f32, i64 = torch.bfloat16, torch.float16, torch.float32, torch.int64

@@ -443,8 +443,9 @@ def test_build_state_finds_the_build_of_these_sources_only(tmp_path, monkeypatch
 def test_generate_runs_a_llada_checkpoint_natively(tmp_path, capsys):
     """A LLaDA checkpoint folder (config.json model_type "llada", as mdfast.save_llada and LLaDA's
     release write it) decodes on mdfast's native body: no remote code, no --trust-remote-code."""
+    from mdfast.code_model import data as code_data
+    from mdfast.code_model import pretrain as mdlm
     from mdfast.loading import load_config, load_model
-    from mdfast.train import code_data, mdlm
 
     tokenizer = code_data.load_tokenizer()
     options = mdlm.TrainOptions(d_model=32, n_layers=1, n_heads=2, mlp_hidden=64)

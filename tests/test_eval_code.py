@@ -131,7 +131,7 @@ def test_bad_suppress_tokens_are_named_before_any_forward(suppress, error, messa
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from mdfast.train import code_data
+    from mdfast.code_model import data as code_data
 
     return code_data.load_tokenizer()
 
@@ -140,8 +140,8 @@ def tokenizer():
 def cases(tokenizer):
     """Four cases of the first held-out files: two of different span lengths that share their step count at
     budget 1/8 (so one call decodes spans of two lengths), and two more."""
-    from mdfast.train import code_data
-    from mdfast.train.code_cases import code_infill_cases
+    from mdfast.code_model import data as code_data
+    from mdfast.code_model.cases import code_infill_cases
 
     held = code_data.split_files(code_data.source_files())[1]
     files = {path: held[path] for path in sorted(held)[:4]}
@@ -163,7 +163,7 @@ def grid_steps(length, i, j) -> bool:
 def tiny_code_model(tokenizer):
     """A random 1-layer LLaDA over the code tokenizer with a 256-token window, its weights spread wide (std 0.5)
     so that predictions depend on the context and decoders differ."""
-    from mdfast.train import mdlm
+    from mdfast.code_model import pretrain as mdlm
 
     options = mdlm.TrainOptions(d_model=32, n_layers=1, n_heads=2, mlp_hidden=64)
     model = mdfast.LLaDAModel(mdlm.code_model_config(options, len(tokenizer)))
@@ -178,7 +178,7 @@ def tiny_code_model(tokenizer):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tokenizer):
     """The tiny model saved as a code-model folder (save_llada + the shipped tokenizer), as training writes it."""
-    from mdfast.train import code_data
+    from mdfast.code_model import data as code_data
 
     folder = tmp_path_factory.mktemp("tiny_code_model")
     model = tiny_code_model(tokenizer)

@@ -18,10 +18,12 @@ import pytest
 import torch
 
 import mdfast
+from mdfast.code_model import cases as code_cases
+from mdfast.code_model import data as code_data
+from mdfast.code_model import pretrain as mdlm
+from mdfast.code_model.cases import code_infill_cases, parses
+from mdfast.code_model.mdlm_loss import MaskedBatch, mdlm_loss, sample_masks
 from mdfast.models.llada import load_llada
-from mdfast.train import code_cases, code_data, mdlm
-from mdfast.train.code_cases import code_infill_cases, parses
-from mdfast.train.mdlm_loss import MaskedBatch, mdlm_loss, sample_masks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

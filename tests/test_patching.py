@@ -6,7 +6,6 @@ test_infill.py; here a patched model's methods must give exactly what the functi
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
@@ -151,88 +150,3 @@ def test_readme_patch_example_runs():
     exec(compile(example, "README.md", "exec"), names)
     assert names["out"].sequences.shape[0] == 2 and names["out"].nfe > 0
     assert not hasattr(model, "mdfast_generate"), "the example ends with unpatch"
-
-
-# ---------------------------------------------------------------------------------------------
-# The import arrows: patching on top, no circle in the package
-# ---------------------------------------------------------------------------------------------
-
-
-def package_files() -> dict[str, Path]:
-    """Module name -> source file, for mdfast/ and for triton_kernels/ under its installed name
-    ``mdfast.triton_kernels`` (setup.py maps the folder there)."""
-    files = {}
-    roots = [(PACKAGE, PACKAGE.parent), (TRITON_KERNELS, TRITON_KERNELS.parent)]
-    for root, parent in roots:
-        for path in root.rglob("*.py"):
-            parts = path.relative_to(parent).with_suffix("").parts
-            if root is TRITON_KERNELS:
-                parts = ("mdfast", *parts)
-            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return files
-
-
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the mdfast modules it imports anywhere in its file (functions included)."""
-    files = package_files()
-    graph = {}
-    for name, path in files.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                targets |= {alias.name for alias in node.names if alias.name in files}
-            elif isinstance(node, ast.ImportFrom):
-                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-                module = ".".join(filter(None, [base, node.module]))
-                submodules = {f"{module}.{alias.name}" for alias in node.names} & set(files)
-                # `from package import submodule` imports the submodule; a name that is not one, its module
-                targets |= submodules if len(submodules) == len(node.names) else {*submodules, module}
-        targets &= set(files) - {name}
-        graph[name] = targets
-    return graph
-
-
-def test_patching_sits_above_decode_and_models():
-    graph = import_graph()
-    assert {"mdfast.decode", "mdfast.models"} <= graph["mdfast.patching"]
-    below = [name for name in graph if name.startswith(("mdfast.models", "mdfast.decode"))]
-    for name in below:
-        assert "mdfast.patching" not in graph[name], f"{name} imports mdfast.patching"
-    for name in below:
-        if name.startswith("mdfast.models"):
-            assert not any(t.startswith("mdfast.decode") for t in graph[name]), f"{name} imports mdfast.decode"
-
-
-def test_the_package_has_no_import_circle():
-    graph = import_graph()
-    state: dict[str, int] = {}
-
-    def visit(name, path):
-        state[name] = 1
-        for target in sorted(graph.get(name, ())):
-            if state.get(target) == 1:
-                cycle = [*path[path.index(target) :], target]
-                pytest.fail("import circle: " + " -> ".join(cycle))
-            if target not in state:
-                visit(target, [*path, target])
-        state[name] = 2
-
-    for name in sorted(graph):
-        if name not in state:
-            visit(name, [name])
-
-
-def test_every_kernel_file_is_reached_by_a_static_import():
-    """A reader (and every tool) follows a call from the public ops to each Triton kernel file by
-    import statements alone: each file of triton_kernels/ is imported, by its installed name, from
-    a module that mdfast/ops.py reaches."""
-    graph = import_graph()
-    reached, todo = set(), ["mdfast.ops"]
-    while todo:
-        name = todo.pop()
-        if name not in reached:
-            reached.add(name)
-            todo.extend(graph.get(name, ()))
-    kernels = {name for name in graph if name.startswith("mdfast.triton_kernels.")}
-    assert kernels and kernels <= reached, f"not reached from mdfast.ops: {sorted(kernels - reached)}"

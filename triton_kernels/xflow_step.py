@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mdfast.policy import PolicyLayout
+from mdfast.backends.contract import PolicyLayout
 
 from .token_stats import (
     finish_row,
@@ -126,7 +126,7 @@ def _policy_mean_action(
 ):
     """SPEC 2.3-2.5 for a block of rows: the deterministic action a_min * 1F1(alpha; alpha+beta; z).
 
-    Weights: the packed float32 vector of ``mdfast.policy.PolicyLayout`` (W1 at 0, row-major (d, k+4);
+    Weights: the packed float32 vector of ``mdfast.backends.contract.PolicyLayout`` (W1 at 0, row-major (d, k+4);
     B1, W2, B2, W_MU, W_KAPPA, B_MU, B_KAPPA: the offsets of b1, W2 (d, d) row-major, b2, w_mu,
     w_kappa, b_mu, b_kappa). The hidden width d is padded to DP (zero weights: SiLU(0) = 0 adds
     nothing). Broadcast-multiply-reduce in float32: W1 s as k + 4 rank-one updates, W2 h in chunks

@@ -21,9 +21,8 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ..policy import PolicyLayout
 from . import native
-from .contract import GivenStats, StepInputs, StepScalars
+from .contract import GivenStats, PolicyLayout, StepInputs, StepScalars
 
 __all__ = ["NAMES", "Backend", "GivenStats", "KernelBackend", "StepInputs", "StepScalars", "available", "get"]
 

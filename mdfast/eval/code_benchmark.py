@@ -2,7 +2,7 @@
 
 SPEC 7: "a small code model trained here on real Python source is for that [the paper's budget effect] (...)
 evaluate on >= 200 cases, block the [MASK] logit when decoding". The cases are
-``mdfast.train.code_cases.code_infill_cases``: a span of 32-128 tokens (whole lines of a function body) of a
+``mdfast.code_model.cases.code_infill_cases``: a span of 32-128 tokens (whole lines of a function body) of a
 held-out standard-library file, masked, with the rest of the file around it as context in the model's window
 (``max_sequence_length`` tokens). Every decoder fills the span with ``mdfast.infill`` at every budget, the
 [MASK] id suppressed (``suppress_tokens``), through the grid the infilling benchmarks share (``budget_grid.py``:
@@ -56,7 +56,7 @@ def code(
 ) -> list[dict]:
     """Run the code budget curve; one plain record (JSON-ready dict) per (decoder, budget).
 
-    model: None (the shipped code model, ``mdfast.train.mdlm.SHIPPED_MODEL_DIR``), a LLaDA checkpoint folder
+    model: None (the shipped code model, ``mdfast.code_model.pretrain.SHIPPED_MODEL_DIR``), a LLaDA checkpoint folder
     (``mdfast.load_llada`` in ``dtype`` onto ``device``, with the folder's ``tokenizer.json``) or a model module,
     used where it is (with ``tokenizer``, default the shipped code tokenizer ``code_data.load_tokenizer()``).
     decoders: names of ``mdfast.decode.DECODERS`` (default: all). budgets: fractions of the span length
@@ -69,7 +69,7 @@ def code(
     agreement_se, nfe, steps, seconds, tokens_per_s, and per_case (path, function, span, correct, exact,
     parses, masked, agree, nfe per case).
     """
-    from mdfast.train.code_cases import InfillCase, code_infill_cases
+    from mdfast.code_model.cases import InfillCase, code_infill_cases
 
     decoders, budgets = check_grid(decoders, budgets, batch_size)
     model, tokenizer, model_name = _resolve_model(model, tokenizer, device, dtype)
@@ -85,7 +85,7 @@ def code(
             cases = code_infill_cases(tokenizer, seq_len=seq_len, seed=seed, **options)
     cases = list(cases)
     if not cases or not all(isinstance(c, InfillCase) for c in cases):
-        raise ValueError("cases: expected at least one InfillCase (mdfast.train.code_cases)")
+        raise ValueError("cases: expected at least one InfillCase (mdfast.code_model.cases)")
     items = [InfillItem(tuple(c.input_ids.tolist()), tuple(range(*c.span))) for c in cases]
     results = decode_grid(
         model,
@@ -116,9 +116,9 @@ def code(
 
 
 def _resolve_model(model, tokenizer, device, dtype):
+    from mdfast.code_model import data as code_data
+    from mdfast.code_model.shipped import SHIPPED_MODEL_DIR
     from mdfast.models.llada import load_llada
-    from mdfast.train import code_data
-    from mdfast.train.mdlm import SHIPPED_MODEL_DIR
 
     if model is None:
         if not (SHIPPED_MODEL_DIR / "config.json").is_file():

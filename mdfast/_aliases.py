@@ -1,0 +1,13 @@
+"""Deprecated import paths: a module that moved keeps its old name for one release."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+
+
+def alias_module(old: str, new: str) -> None:
+    """Make ``old`` the module ``new`` (the same object), warning once with a DeprecationWarning."""
+    warnings.warn(f"{old} moved to {new}; the old name goes in the next release", DeprecationWarning, stacklevel=3)
+    sys.modules[old] = importlib.import_module(new)
