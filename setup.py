@@ -13,22 +13,13 @@ install with ``pip install --no-build-isolation``).
 import os
 import runpy
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 package_dir = {
     "mdfast.triton_kernels": "triton_kernels",
     "mdfast.csrc": "csrc",
 }
-packages = [
-    "mdfast",
-    "mdfast.backends",
-    "mdfast.code_model",
-    "mdfast.decode",
-    "mdfast.eval",
-    "mdfast.models",
-    "mdfast.train",
-    *package_dir,
-]
+packages = [*find_packages(include=["mdfast", "mdfast.*"]), *package_dir]
 package_data = {
     # the example policies (StepPolicy.example) and the code model's weights (mdfast eval code)
     "mdfast": ["data/policies/*.safetensors", "data/policies/*.json", "data/code_model/*"],
