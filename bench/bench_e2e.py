@@ -94,7 +94,11 @@ def eager_port_module():
 
 
 def modernbert(p: dict, device, dtype) -> torch.nn.Module:
-    from transformers import ModernBertConfig, ModernBertForMaskedLM
+    """A ModernBERT-style masked LM with the preset's widths and random weights (seeded), in eval mode."""
+    from transformers import (  # measured import cost, 2 to 8 s: gpu_check's e2e stage (llada body) skips it
+        ModernBertConfig,
+        ModernBertForMaskedLM,
+    )
 
     config = ModernBertConfig(
         vocab_size=p["vocab"],
@@ -138,9 +142,11 @@ def llada_config(p: dict) -> dict:
 
 
 def llada_pair(p: dict, device, dtype, seed: int = 0) -> tuple[mdfast.LLaDAModel, torch.nn.Module]:
-    """The native LLaDA body with random weights (matrices N(0, 1/fan_in), the head N(0, 16/d) so
-    that predictions are peaked enough for confident tokens, norms 1) and the eager port on the very
-    same tensors (built on the meta device, then given the native state dict's views: no copy)."""
+    """The native LLaDA body with random weights, and the eager port on the very same tensors.
+
+    Weights: matrices N(0, 1/fan_in), the head N(0, 16/d) so that predictions are peaked enough for confident
+    tokens, norms 1. The port is built on the meta device, then given the native state dict's views (no copy).
+    """
     fields = llada_config(p)
     native = mdfast.LLaDAModel(LLaDAConfig.from_dict(fields), device=device, dtype=dtype).eval()
     generator = torch.Generator(device).manual_seed(seed)
@@ -161,8 +167,10 @@ def llada_pair(p: dict, device, dtype, seed: int = 0) -> tuple[mdfast.LLaDAModel
 
 
 def eager_low_confidence(model, ids, N, steps):
-    """LLaDA generate.py, temperature 0, one block: full logits, float64 softmax, topk selection;
-    SPEC 3's linear schedule: N // steps tokens a step, one more in the first N % steps steps."""
+    """LLaDA generate.py's loop, temperature 0, one block: full logits, float64 softmax, topk selection.
+
+    SPEC 3's linear schedule: N // steps tokens a step, one more in the first N % steps steps.
+    """
     x = torch.cat([ids, torch.full((ids.shape[0], N), MASK, device=ids.device)], 1)
     P = ids.shape[1]
     base, extra = divmod(N, steps)
@@ -203,8 +211,10 @@ EAGER_LOOPS = {"low_confidence": eager_low_confidence, "xflow": eager_xflow}
 
 
 def response_forward(model, embeds: torch.Tensor, P: int):
-    """One forward of ``model`` on ``embeds`` with only rows P.. projected (what mdfast's loop
-    asks of a model each step): a forward pre-hook on the output projection slices its input."""
+    """One forward of ``model`` on ``embeds`` with only rows P.. projected (what mdfast's loop asks each step).
+
+    A forward pre-hook on the output projection slices its input.
+    """
     head = model.get_output_embeddings()
 
     def call():
@@ -219,8 +229,10 @@ def response_forward(model, embeds: torch.Tensor, P: int):
 
 @dataclass
 class Forward:
-    """One forward, timed: ``replayed_ms`` (from a CUDA graph; None on the CPU or where it cannot
-    be captured) and ``eager_ms``."""
+    """One forward, timed.
+
+    replayed_ms: from a CUDA graph (None on the CPU or where it cannot be captured). eager_ms: called eagerly.
+    """
 
     model: str
     B: int
@@ -231,8 +243,11 @@ class Forward:
 
 
 def time_forwards(body, port, B: int, p: dict, device, repeat: int) -> dict[str, Forward]:
-    """The body with only the response rows projected (mdfast's forward) and the whole forwards the
-    eager loops run (the body's, the port's), each warmed up first, medians of ``repeat``."""
+    """The forwards of each loop, timed: each warmed up first, medians of ``repeat``.
+
+    mdfast: the body with only the response rows projected; eager and eager port: the whole forwards the eager
+    loops run (the body's, the port's).
+    """
     timer = Timer(device, warmup=1, repeat=repeat, calls=1, flush=False)
     L = p["prompt"] + p["new"]
     ids = torch.randint(5, p["vocab"], (B, L), device=device)
@@ -281,8 +296,10 @@ def wall(fn, device, repeat: int):
 
 
 def decode(body, port, ids, p: dict, steps: int, decoder: str, forwards, device, repeat: int, backend="auto"):
-    """The loops of one decoder at one step count (module docstring), one Run each; ``forwards``
-    (from ``time_forwards``) gives the model's share of each loop."""
+    """The loops of one decoder at one step count (module docstring), one Run each.
+
+    forwards: from ``time_forwards``, the model's share of each loop.
+    """
     new, P = p["new"], ids.shape[1]
     runs = {
         "mdfast": lambda: mdfast.generate(
@@ -424,10 +441,10 @@ def main(argv=None) -> int:
 
 def _plot(points, path) -> None:
     try:
-        import matplotlib
+        import matplotlib  # optional: the plot only
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # optional: the plot only
     except ImportError:
         print("# matplotlib is not installed: no plot", file=sys.stderr)
         return

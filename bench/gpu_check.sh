@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one GPU command of mdfast (issue 9): staged checks and measurements that end by themselves
+# The one GPU command of mdfast: staged checks and measurements that end by themselves
 # within 465 s on an H100 or H200, the most informative first. Each stage runs under `timeout` and
 # one global deadline; a stage that would start with too little time left is skipped, saying so.
 #
@@ -8,9 +8,11 @@
 #   bash bench/gpu_check.sh --tiny          # every stage at toy shapes on the CPU (CI runs this)
 #
 # Writes $OUT/NN_<stage>.log and $OUT/summary.txt (the environment, one line per stage: PASS /
-# FAIL / TIMEOUT / SKIP with its key figure, then the targets of issues 3-5), or the same under
-# /tmp/mdfast-gpu-check when OUT is unset; prints the summary last. The device tool returns at
-# most 8 files, so the background CUDA build writes its log into 00_setup.log, after setup's.
+# FAIL / TIMEOUT / SKIP with its key figure, then the GPU targets), or the same under
+# build/gpu-check (build/gpu-check-tiny with --tiny) of the checkout when OUT is unset; the stages'
+# JSON results go to $GPU_CHECK_RESULTS, else build/gpu-check-results(-tiny), and stay there for a
+# rerun of some stages. Prints the summary last. The device tool returns at most 8 files, so the
+# background CUDA build writes its log into 00_setup.log, after setup's.
 #
 # stage          cap s  what (the Python of every stage: bench/gpu_check.py --stage NAME)
 # 00 setup         90   nvidia-smi, versions, pip install --no-deps --no-build-isolation -e .
@@ -29,27 +31,27 @@ tiny=0
 for arg in "$@"; do
     case $arg in
         --tiny) tiny=1 ;;
-        -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $arg (--tiny, --help)" >&2; exit 2 ;;
     esac
 done
 
 PY=${PYTHON:-python3}
-out=${OUT:-/tmp/mdfast-gpu-check}
+out=${OUT:-build/gpu-check}
 limit=${GPU_CHECK_SECONDS:-465}
 reserve=10 # seconds kept for the targets table and the summary
 stages=${STAGES:-00 01 02 03 04 05 06 07}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export MDFAST_BUILD_DIR=${MDFAST_BUILD_DIR:-$PWD/build/ext}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-results=${GPU_CHECK_RESULTS:-/tmp/mdfast-gpu-check-results}
+results=${GPU_CHECK_RESULTS:-build/gpu-check-results}
 tiny_flag=()
 if ((tiny)); then
     # the CPU only, the Triton kernels under the interpreter
     export CUDA_VISIBLE_DEVICES="" TRITON_INTERPRET=1
     tiny_flag=(--tiny)
-    out=${OUT:-/tmp/mdfast-gpu-check-tiny}
-    results=${GPU_CHECK_RESULTS:-/tmp/mdfast-gpu-check-results-tiny}
+    out=${OUT:-build/gpu-check-tiny}
+    results=${GPU_CHECK_RESULTS:-build/gpu-check-results-tiny}
 fi
 mkdir -p "$out" "$results" "$MDFAST_BUILD_DIR"
 work=$(mktemp -d)
@@ -74,7 +76,7 @@ write_summary() {
         cat "$work"/line.* 2>/dev/null
         if [[ -s $work/targets ]]; then
             echo
-            echo "targets of issues 3-5 (from $results):"
+            echo "GPU targets (from $results):"
             cat "$work/targets"
         fi
     } > "$summary"
@@ -204,7 +206,7 @@ if selected 01 && ((!build_recorded)); then
     wait_build 0 || record 01 cuda_build TIMEOUT $((SECONDS - build_start)) "still building at the deadline"
 fi
 
-# ---- the targets of issues 3-5, from what the stages measured -----------------------------------
+# ---- the GPU targets, from what the stages measured ---------------------------------------------
 "$PY" bench/gpu_check.py --stage targets --results "$results" "${tiny_flag[@]}" 2>&1 | grep -v '^KEY: ' > "$work/targets"
 write_summary
 echo

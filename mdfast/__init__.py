@@ -8,7 +8,7 @@ decoding loop (``generate``, ``infill``) and ``patch`` to install it on a model.
 from importlib.metadata import PackageNotFoundError, version
 
 from .config import FlowConfig
-from .decode import GenerateOutput, generate, infill
+from .decode import DecodeOptions, GenerateOutput, generate, generate_with_options, infill, infill_with_options
 from .models.llada import LLaDAModel, load_llada, save_llada
 from .ops import TokenStats, XFlowStep, token_stats, xflow_step
 from .patching import patch, unpatch
@@ -20,6 +20,7 @@ except PackageNotFoundError:  # a source tree on sys.path that was never install
     __version__ = "0+unknown"
 
 __all__ = [
+    "DecodeOptions",
     "FlowConfig",
     "GenerateOutput",
     "LLaDAModel",
@@ -28,7 +29,9 @@ __all__ = [
     "XFlowStep",
     "__version__",
     "generate",
+    "generate_with_options",
     "infill",
+    "infill_with_options",
     "load_llada",
     "patch",
     "save_llada",

@@ -37,9 +37,11 @@ class FlowConfig:
 
     @property
     def kummer_terms(self) -> int:
-        """Terms of Kummer's series 1F1(alpha; alpha+beta; z), z = ln(a_max/a_min), that a kernel
-        sums for float32 accuracy: the n-th term is at most z^n / n! and the sum is at least 1, so
-        stop at the first n > 2z with z^n / n! < 2^-30 (29 terms for the default z = ln 256)."""
+        """Terms of Kummer's series 1F1(alpha; alpha+beta; z), z = ln(a_max/a_min), a kernel sums for float32.
+
+        The n-th term is at most z^n / n! and the sum is at least 1, so stop at the first n > 2z with
+        z^n / n! < 2^-30 (29 terms for the default z = ln 256).
+        """
         z = math.log(self.a_max / self.a_min)
         n = 1
         while n <= 2 * z or n * math.log(z) - math.lgamma(n + 1) > -30 * math.log(2):

@@ -15,6 +15,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
+
+from .models.llada import LLaDAConfig, LLaDAModel, load_llada, save_llada
 
 __all__ = ["load_config", "load_model", "load_tokenizer", "save_model"]
 
@@ -27,14 +37,12 @@ def _is_llada(path: str | os.PathLike) -> bool:
 
 
 def load_config(path: str | os.PathLike, *, trust_remote_code: bool = False):
-    """The folder's config: ``LLaDAConfig`` for a LLaDA checkpoint, else transformers' ``AutoConfig``
-    (which raises, naming ``trust_remote_code``, for a model that comes with its own code)."""
+    """The folder's config: ``LLaDAConfig`` for a LLaDA checkpoint, else transformers' ``AutoConfig``.
+
+    AutoConfig raises, naming ``trust_remote_code``, for a model that comes with its own code.
+    """
     if _is_llada(path):
-        from .models.llada import LLaDAConfig
-
         return LLaDAConfig.from_json_file(Path(path) / "config.json")
-    from transformers import AutoConfig
-
     return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
 
 
@@ -46,8 +54,10 @@ def load_model(
     trust_remote_code: bool = False,
     config=None,
 ) -> nn.Module:
-    """The model in folder ``path`` on ``device``, in eval mode (see the module docstring);
-    ``config`` (from ``load_config``) saves reading it again."""
+    """The model in folder ``path`` on ``device``, in eval mode (see the module docstring).
+
+    ``config`` (from ``load_config``) saves reading it again.
+    """
     device = torch.device(device)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
@@ -55,11 +65,7 @@ def load_model(
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"{path}: holds no config.json (pass the folder a model was saved to)")
     if _is_llada(path):
-        from .models.llada import load_llada
-
         return load_llada(path, dtype=dtype, device=device).eval()
-    from transformers import AutoModel, AutoModelForMaskedLM
-
     config = config if config is not None else load_config(path, trust_remote_code=trust_remote_code)
     loader = AutoModelForMaskedLM if type(config) in AutoModelForMaskedLM._model_mapping else AutoModel
     model = loader.from_pretrained(
@@ -72,12 +78,12 @@ def load_tokenizer(path: str | os.PathLike, *, trust_remote_code: bool = False):
     """The tokenizer saved in folder ``path``, or None where the folder holds none."""
     if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer, PretrainedConfig
-
     options = {}
-    if _is_llada(path) and "tokenizer_class" in _tokenizer_config(path):
-        # transformers does not know config.json's model_type "llada" and warns when AutoTokenizer reads it;
-        # the tokenizer's own config names its class, so config.json is not read
+    if _is_llada(path):
+        # transformers does not know config.json's model_type "llada" and warns when AutoTokenizer reads it:
+        # a stand-in config keeps it from reading config.json, the tokenizer's class comes from its own files
+        if "tokenizer_class" not in _tokenizer_config(path) and (Path(path) / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
         options["config"] = PretrainedConfig()
     return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code, **options)
 
@@ -89,8 +95,6 @@ def _tokenizer_config(path: str | os.PathLike) -> dict:
 
 def save_model(model: nn.Module, path: str | os.PathLike, tokenizer=None) -> None:
     """Write ``model`` (and its tokenizer) to folder ``path`` in the form ``load_model`` reads."""
-    from .models.llada import LLaDAModel, save_llada
-
     os.makedirs(path, exist_ok=True)
     if isinstance(model, LLaDAModel):
         save_llada(model, path)

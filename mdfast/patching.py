@@ -32,13 +32,16 @@ INSTALLED = ("mdfast_adapter", "mdfast_backend", "mdfast_generate", "mdfast_infi
 
 
 def patch(model: nn.Module, *, mask_token_id: int | None = None, backend: str = "auto") -> nn.Module:
-    """Install mdfast's decoding loop on ``model`` in place and return it: afterwards
-    ``model.mdfast_generate(input_ids, ...)`` is ``mdfast.generate(model, input_ids, ...)`` and
-    ``model.mdfast_infill(input_ids, ...)`` is ``mdfast.infill(model, input_ids, ...)``, both with
+    """Install mdfast's decoding loop on ``model`` in place and return it.
+
+    Afterwards ``model.mdfast_generate(input_ids, ...)`` is ``mdfast.generate(model, input_ids, ...)``
+    and ``model.mdfast_infill(input_ids, ...)`` is ``mdfast.infill(model, input_ids, ...)``, both with
     ``backend`` by default.
 
-    ``mask_token_id``: the [MASK] id (None: the model config's ``mask_token_id``). ``backend``: one
-    of "auto", "triton", "cuda", "cpu", "torch". Patching a patched model again with the same mask
+    - mask_token_id: the [MASK] id (None: the model config's ``mask_token_id``).
+    - backend: one of "auto", "triton", "cuda", "cpu", "torch".
+
+    Patching a patched model again with the same mask
     id (None: the config's, where it names one) and backend returns it unchanged; another mask id or
     backend is a ValueError naming both (``unpatch`` it first to change them). Raises ValueError,
     saying why, for a model mdfast cannot drive.
@@ -85,7 +88,9 @@ def _check_same_patch(model: nn.Module, installed_id: int, mask_token_id: int | 
 
 def unpatch(model: nn.Module) -> nn.Module:
     """Undo ``patch``: the model's own output projection back, every attribute ``patch`` set gone.
-    A model that is not patched is returned as it is."""
+
+    A model that is not patched is returned as it is.
+    """
     adapter = getattr(model, "mdfast_adapter", None)
     if adapter is None:
         return model

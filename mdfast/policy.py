@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from . import reference
@@ -21,7 +23,7 @@ EXAMPLE_POLICIES = Path(__file__).parent / "data" / "policies"
 
 
 class StepPolicy(nn.Module):
-    """The step policy of SPEC 2.4, a two-layer SiLU MLP over the token state giving a Beta law:
+    """The step policy of SPEC 2.4: a two-layer SiLU MLP over the token state giving a Beta law.
 
         h = SiLU(W2 SiLU(W1 s + b1) + b2)
         mu = 0.05 + 0.9 sigmoid(w_mu.h + b_mu);  kappa = kmin + (kmax - kmin) sigmoid(w_k.h + b_k)
@@ -93,8 +95,10 @@ class StepPolicy(nn.Module):
             raise ValueError(f"state: expected shape (..., {self.state_dim}), got {tuple(state.shape)}")
 
     def forward(self, state: Tensor) -> tuple[Tensor, Tensor]:
-        """(alpha, beta) of the Beta law of y for each state (..., k+4); computed in float32, or
-        float64 for a float64 state."""
+        """(alpha, beta) of the Beta law of y for each state (..., k+4).
+
+        Computed in float32, or float64 for a float64 state.
+        """
         self._check_state(state)
         return reference.step_policy(self, state.to(reference.compute_dtype(state)))
 
@@ -104,15 +108,19 @@ class StepPolicy(nn.Module):
         return reference.expected_action(alpha, beta, self.a_min, self.a_max)
 
     def sample(self, state: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """(a, log pi(y)) with y ~ Beta(alpha, beta), a = a_min * 2^(y L) (SPEC 2.5). The log-
-        probability keeps its graph to the policy's weights (for policy-gradient training)."""
+        """(a, log pi(y)) with y ~ Beta(alpha, beta), a = a_min * 2^(y L) (SPEC 2.5).
+
+        The log-probability keeps its graph to the policy's weights (for policy-gradient training).
+        """
         alpha, beta = self(state)
         return reference.sample_action(alpha, beta, self.a_min, self.a_max, generator)
 
     def packed_weights(self, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The weights as one vector of ``dtype`` (float32 for the kernels), each at its place in
-        ``self.layout``: [W1 (d, k+4) row-major, b1 (d), W2 (d, d), b2 (d), w_mu (d), w_kappa (d), b_mu,
-        b_kappa]. Cached per device and dtype until a parameter changes (in place or replaced)."""
+        """The weights as one vector of ``dtype`` (float32 for the kernels), each at its place in ``self.layout``.
+
+        [W1 (d, k+4) row-major, b1 (d), W2 (d, d), b2 (d), w_mu (d), w_kappa (d), b_mu, b_kappa].
+        Cached per device and dtype until a parameter changes (in place or replaced).
+        """
         layout = self.layout
         pieces = (
             (layout.W1, self.fc1.weight),
@@ -137,16 +145,12 @@ class StepPolicy(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the weights and constants as a plain safetensors file (no pickled code)."""
-        from safetensors.torch import save_file
-
         tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
         save_file(tensors, os.fspath(path), metadata={"format": _FORMAT, "constants": json.dumps(self.constants())})
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> StepPolicy:
         """Read a file written by ``save``; a missing or unexpected weight is an error."""
-        from safetensors import safe_open
-
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             if metadata.get("format") != _FORMAT:
@@ -163,17 +167,21 @@ class StepPolicy(nn.Module):
 
     @staticmethod
     def examples() -> list[str]:
-        """The names of the trained policies shipped with mdfast (``mdfast/data/policies/<name>.safetensors``,
-        each with a card ``<name>.json``: what it was trained on, the command, the date, its measured
-        accuracy), sorted."""
+        """The names of the trained policies shipped with mdfast, sorted.
+
+        Each is ``mdfast/data/policies/<name>.safetensors`` with a card ``<name>.json``: what it was
+        trained on, the command, the date, its measured accuracy.
+        """
         if not EXAMPLE_POLICIES.is_dir():
             return []
         return sorted(path.stem for path in EXAMPLE_POLICIES.glob("*.safetensors"))
 
     @classmethod
     def example(cls, name: str, device: torch.device | str = "cpu") -> StepPolicy:
-        """The shipped policy ``name`` (one of ``StepPolicy.examples()``), e.g.
-        ``StepPolicy.example("antiberty-suffix")``; an unknown name raises ValueError listing the known ones."""
+        """The shipped policy ``name`` (one of ``StepPolicy.examples()``).
+
+        E.g. ``StepPolicy.example("antiberty-suffix")``; an unknown name raises ValueError listing the known ones.
+        """
         return cls.load(_example_file(name, ".safetensors"), device)
 
     @staticmethod

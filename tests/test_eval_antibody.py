@@ -1,4 +1,4 @@
-"""The antibody benchmark's harness (mdfast/eval/genes.py, antibody_benchmark.py, metrics.py, plot.py, cli.py).
+"""The antibody benchmark's harness (mdfast/eval/genes.py, antibody_benchmark.py, metrics.py, plot.py, its command).
 
 ``mdfast.infill`` is replaced by a fake here (its real decoding is tested in test_infill.py, and on the real
 weights in test_eval_quality.py): the fake fills each row from the row's own gene by a rule that depends on the
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import mdfast
+import mdfast.cli
 from mdfast.eval import antibody_benchmark as bench
 from mdfast.eval import budget_grid as grid
 from mdfast.eval.genes import Gene, genes_from_table, split_genes, subset
@@ -318,14 +319,13 @@ def test_antiberty_loads_quietly(capfd):
 def test_command_writes_table_json_and_plot(monkeypatch, tmp_path, capsys):
     pytest.importorskip("anarci", reason="the eval extra's anarci is not installed (pip install 'mdfast[eval]')")
     pytest.importorskip("antiberty", reason="antiberty==0.1.3 is not installed (pip install 'mdfast[eval]')")
-    from mdfast.eval.cli import main
     from mdfast.eval.genes import held_out_genes
 
     genes = held_out_genes(4)
     masked = [bench.mask_gene(g, t, VOCAB, seed=3) for g in genes for t in bench.TASKS]
     monkeypatch.setattr(mdfast, "infill", FakeInfill(masked), raising=False)
     argv = ["antibody", "--genes", "4", "--decoders", "xflow,low_confidence", "--budgets", "1/4,1", "--seed", "3"]
-    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
+    assert mdfast.cli.main(["eval", *argv, "--out", str(tmp_path), "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert table.count("| suffix |") == 4 and table.count("| span |") == 4
     assert "suffix: 4 genes, 120 residues scored" in table

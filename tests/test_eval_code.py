@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import mdfast
+import mdfast.cli
 
 transformers = pytest.importorskip("transformers", reason="the tests build tiny models from transformers classes")
 
@@ -314,12 +315,16 @@ def test_bad_arguments_are_named(cases, tokenizer, tmp_path):
         code(tmp_path / "nothing", cases=cases)
 
 
+def eval_code(checkpoint, out, *extra) -> int:
+    """``mdfast eval code`` on the tiny checkpoint: threshold and low_confidence at budgets 1/8 and 1/4, 3 cases."""
+    argv = ["eval", "code", "--model", str(checkpoint), "--decoders", "threshold,low_confidence"]
+    argv += ["--budgets", "1/8,1/4", "--cases", "3", "--seed", "1", "--threads", "1", "--out", str(out)]
+    return mdfast.cli.main([*argv, "--no-progress", *extra])
+
+
 def test_command_writes_table_json_and_plot(checkpoint, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="the eval extra's matplotlib is not installed")
-    from mdfast.eval.cli import main
-
-    argv = ["code", "--model", str(checkpoint), "--decoders", "threshold,low_confidence", "--budgets", "1/8,1/4"]
-    assert main([*argv, "--cases", "3", "--seed", "1", "--threads", "1", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert eval_code(checkpoint, tmp_path) == 0
     table = capsys.readouterr().out
     assert table.count("| threshold |") == 2 and table.count("| low_confidence |") == 2
     saved = json.loads((tmp_path / "code.json").read_text())
@@ -327,3 +332,127 @@ def test_command_writes_table_json_and_plot(checkpoint, tmp_path, capsys):
     assert len(saved["records"]) == 4 and all(r["cases"] == 3 and r["seed"] == 1 for r in saved["records"])
     assert f"3 cases, {saved['records'][0]['tokens']} span tokens scored" in table
     assert (tmp_path / "code.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# resumable runs (mdfast/eval/run_log.py, commands.py) and the command line (mdfast/cli/eval.py)
+# ---------------------------------------------------------------------------------------------
+
+TIMING = ("seconds", "tokens_per_s")
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+class CountingInfill:
+    """``mdfast.infill`` that counts its calls and raises KeyboardInterrupt at call number ``stop_at``."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.calls, self.stop_at = [], stop_at
+
+    def __call__(self, *args, **kwargs):
+        if len(self.calls) + 1 == self.stop_at:
+            raise KeyboardInterrupt
+        self.calls.append(kwargs["decoder"])
+        return mdfast.decode.infill(*args, **kwargs)
+
+
+def test_an_interrupted_run_keeps_its_cells_and_the_rerun_decodes_only_the_rest(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    """Stopped after the first cell (the reference decode), the log holds that cell; the rerun decodes the other
+    three cells only (all its calls minus the first cell's batches) and writes the records of a run never
+    stopped (timing aside)."""
+    pytest.importorskip("matplotlib", reason="the eval extra's matplotlib is not installed")
+    whole = CountingInfill()
+    monkeypatch.setattr(mdfast, "infill", whole)
+    assert eval_code(checkpoint, tmp_path / "whole") == 0
+    # the grid's order: low_confidence at budget 1 (the reference, after a warm-up call) first, then threshold
+    first_cell = whole.calls.index("threshold")
+    stopped = CountingInfill(stop_at=first_cell + 1)
+    monkeypatch.setattr(mdfast, "infill", stopped)
+    assert eval_code(checkpoint, tmp_path / "resumed") == 130
+    lines = (tmp_path / "resumed" / "code.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "settings" in json.loads(lines[0])
+    assert (json.loads(lines[1])["decoder"], json.loads(lines[1])["budget"]) == ("low_confidence", "1")
+    assert not (tmp_path / "resumed" / "code.json").exists()
+
+    rerun = CountingInfill()
+    monkeypatch.setattr(mdfast, "infill", rerun)
+    assert eval_code(checkpoint, tmp_path / "resumed") == 0
+    assert len(rerun.calls) == len(whole.calls) - (first_cell - 1), "the reference cell is not decoded again"
+    cells = [json.loads(line) for line in (tmp_path / "resumed" / "code.jsonl").read_text().splitlines()[1:]]
+    assert [(c["decoder"], c["budget"]) for c in cells] == [
+        ("low_confidence", "1"),
+        ("threshold", "1/8"),
+        ("threshold", "1/4"),
+        ("low_confidence", "1/8"),
+        ("low_confidence", "1/4"),
+    ]
+    resumed = json.loads((tmp_path / "resumed" / "code.json").read_text())["records"]
+    assert without_timing(resumed) == without_timing(
+        json.loads((tmp_path / "whole" / "code.json").read_text())["records"]
+    )
+
+    again = CountingInfill()
+    monkeypatch.setattr(mdfast, "infill", again)
+    assert eval_code(checkpoint, tmp_path / "resumed") == 0 and again.calls == [], "a finished run decodes nothing"
+    capsys.readouterr()
+
+
+def test_other_settings_in_the_out_folder_are_refused_unless_restarted(checkpoint, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the eval extra's matplotlib is not installed")
+    from mdfast.eval.run_log import RunLog
+
+    settings = {"model": str(checkpoint), "decoders": ["threshold", "low_confidence"], "budgets": ["1/8", "1/4"]}
+    RunLog(tmp_path / "code.jsonl", {**settings, "seed": 2})
+    assert eval_code(checkpoint, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mdfast eval code: error: --out: ") and "holds a run with other settings" in err
+    assert "seed: 2 there, 1 here" in err and "--restart" in err
+    assert eval_code(checkpoint, tmp_path, "--restart") == 0
+    assert json.loads((tmp_path / "code.jsonl").read_text().splitlines()[0])["settings"]["seed"] == 1
+
+
+def test_the_run_log_drops_a_line_cut_short_and_names_a_broken_one(tmp_path):
+    from mdfast.eval.run_log import RunLog, SettingsMismatch
+
+    path = tmp_path / "run.jsonl"
+    log = RunLog(path, {"a": 1, "b": [1, 2]})
+    log.append({"cell": 1})
+    log.append({"cell": 2})
+    path.write_text(path.read_text() + '{"cell": 3, "tok')  # killed while writing
+    resumed = RunLog(path, {"a": 1, "b": [1, 2]})
+    assert resumed.entries == [{"cell": 1}, {"cell": 2}]
+    assert path.read_text().endswith('{"cell": 2}\n'), "the cut line is gone before anything is appended"
+    with pytest.raises(SettingsMismatch, match=r"b: \[1, 2\] there, \[1, 3\] here"):
+        RunLog(path, {"a": 1, "b": [1, 3]})
+    assert RunLog(path, {"a": 2}, restart=True).entries == []
+    path.write_text('{"settings": {}}\nnot json\n{"cell": 1}\n')
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        RunLog(path, {})
+
+
+def test_presets_fill_what_the_command_line_leaves_out():
+    import argparse
+
+    from mdfast.cli import eval as eval_cli
+    from mdfast.cli.errors import ArgumentParser
+
+    parser = ArgumentParser(prog="mdfast")
+    eval_cli.add_parser(parser.add_subparsers(dest="verb"))
+    quick = parser.parse_args(["eval", "code", "--preset", "quick", "--cases", "5"])
+    settings = eval_cli.settings_of(quick, "code")
+    assert settings["cases"] == 5 and settings["decoders"] == ["xflow", "low_confidence"]
+    assert settings["budgets"] == ["1/4", "1"] and list(settings) == list(eval_cli.SETTINGS["code"])
+    full = eval_cli.settings_of(parser.parse_args(["eval", "antibody", "--genes", "all"]), "antibody")
+    assert full["decoders"] == "all" and full["genes"] == "all" and full["budgets"] == ["1/8", "1/4", "1/2", "1"]
+    assert isinstance(quick, argparse.Namespace) and quick.run is eval_cli.run
+    for benchmark in ("antibody", "code", "humaneval"):
+        args = parser.parse_args(["eval", benchmark, "--model", ".", "--preset", "quick"])
+        assert all(
+            value is not None
+            for key, value in eval_cli.settings_of(args, benchmark).items()
+            if key in eval_cli.PRESETS[benchmark]["quick"]
+        )

@@ -12,6 +12,8 @@ import pytest
 import torch
 import transformers
 
+import mdfast
+import mdfast.cli
 from mdfast.eval import humaneval_benchmark as he
 from mdfast.eval.sandbox import SANDBOX_UID, Limits, run_program
 
@@ -169,17 +171,43 @@ def test_generation_end_to_end_on_a_tiny_model(tmp_path, decoder):
 
 
 def test_command_end_to_end(tmp_path, capsys):
-    from mdfast.eval.cli import main
-
     model, tokenizer = tiny_model_and_tokenizer(tmp_path)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     out = tmp_path / "out"
     argv = ["humaneval", "--model", str(tmp_path), "--decoder", "low_confidence", "--steps", "4"]
     argv += ["--gen-length", "8", "--block-length", "4", "--problems", "2", "--device", "cpu"]
-    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    assert mdfast.cli.main(["eval", *argv, "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "pass@1 0.000" in printed and "(0/2)" in printed and "NFE 4.0" in printed
     saved = json.loads((out / "humaneval.json").read_text())
     assert saved["summary"]["problems"] == 2 and len(saved["records"]) == 2
     assert "--steps 4" in saved["command"] and "--decoder low_confidence" in saved["command"]
+
+
+def test_a_resumed_run_generates_only_the_missing_problems(tmp_path, monkeypatch):
+    """Given the records of problem 0 (``done``), only problems 1 and 2 are generated (after one warm-up call);
+    the scored records are those of a run that generated all three."""
+    model, tokenizer = tiny_model_and_tokenizer(tmp_path)
+    options = {"decoder": "low_confidence", "steps": 4, "gen_length": 8, "block_length": 4, "problems": 3}
+    logged = []
+    whole = he.humaneval(model, tokenizer, **options, on_record=logged.append)
+    assert [r["task_id"] for r in logged] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert all("passed" not in r for r in logged), "the log holds generated, not yet scored, records"
+    calls = []
+    real_generate = mdfast.generate
+
+    def counting_generate(model, input_ids, *args, **kwargs):
+        calls.append(input_ids.shape[0])
+        return real_generate(model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(mdfast, "generate", counting_generate)
+    resumed = he.humaneval(model, tokenizer, **options, done=logged[:1])
+    assert len(calls) == 1 + 2, "a warm-up call, then problems 1 and 2"
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in drop} for r in whole
+    ]
+    calls.clear()
+    he.humaneval(model, tokenizer, **options, done=logged, score=False)
+    assert calls == [], "nothing left to generate: not even the warm-up"

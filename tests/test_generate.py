@@ -385,7 +385,7 @@ def test_bad_inputs_are_named():
     ],
 )
 def test_edges_are_named_before_any_forward(kwargs, error, message):
-    """Issue 10's edges: a mask id that disagrees with the patched one, EOS ids that are no ids of
+    """The edges: a mask id that disagrees with the patched one, EOS ids that are no ids of
     the vocabulary, prompt ids outside it, more positions than the model has, more steps than
     tokens: named errors, raised before the first forward (no more errors after a whole decode)."""
     model = mdfast.patch(tiny_bert(), mask_token_id=MASK)

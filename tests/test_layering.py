@@ -83,6 +83,8 @@ def violations(sources: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str
 
 CORE = (
     "mdfast.ops",
+    "mdfast.op_checks",
+    "mdfast.op_results",
     "mdfast.backends",
     "mdfast.triton_kernels",
     "mdfast.models",

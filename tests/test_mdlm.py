@@ -1,15 +1,18 @@
-"""The code model of issue 13 (mdfast.train): data split, tokenizer, objective, training loop, infilling cases.
+"""The code model (mdfast.code_model): data split, tokenizer, objective, training loop, infilling cases, commands.
 
 The split must be disjoint by unit and reproducible from its recorded recipe; the tokenizer must round-trip any
 text and carry [MASK]; ``mdlm_loss`` must equal the objective computed here by hand (1/r weighting, masked
 positions only, 1/n per region); a few steps must lower the held-out loss of a tiny model; a run stopped and
 resumed must end bit for bit where the uninterrupted run ends; the checkpoint must load with ``load_llada``; the
-infilling cases must mask exactly a span of whole lines inside the named function's body.
+infilling cases must mask exactly a span of whole lines inside the named function's body; ``mdfast train mdlm``
+and ``mdfast data`` must run them and record their command without a machine's folders.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import hashlib
 import json
 import math
 import sys
@@ -18,6 +21,8 @@ import pytest
 import torch
 
 import mdfast
+import mdfast.cli
+from mdfast.cli import train_mdlm
 from mdfast.code_model import cases as code_cases
 from mdfast.code_model import data as code_data
 from mdfast.code_model import pretrain as mdlm
@@ -272,14 +277,44 @@ def test_checkpoint_loads_with_load_llada(tmp_path, streams, tokenizer):
 
 
 def test_command_line_options():
-    import argparse
-
     parser = argparse.ArgumentParser()
-    mdlm.add_arguments(parser)
-    args = parser.parse_args(["--out", "x", "--steps", "5", "--d-model", "64", "--dtype", "float32"])
+    train_mdlm.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["mdlm", "--out", "x", "--steps", "5", "--d-model", "64", "--dtype", "float32"])
     options = mdlm.TrainOptions(**{f: getattr(args, f) for f in mdlm.TrainOptions.__dataclass_fields__})
     assert options == mdlm.TrainOptions(steps=5, d_model=64, dtype="float32")
-    assert args.device in ("cpu", "cuda") and args.compile is None and not args.resume
+    assert args.device is None and args.compile is None and not args.resume  # the device is chosen when it runs
+    assert train_mdlm.STATE_FILE == mdlm.STATE_FILE
+    # the recorded command: --out and the flags away from their defaults, an absolute --out as a placeholder
+    assert train_mdlm.shown_command(args) == "mdfast train mdlm --out x --d-model 64 --steps 5 --dtype float32"
+    again = parser.parse_args(["mdlm", "--out", "/abs/runs", "--minutes", "150", "--threads", "1", "--no-compile"])
+    assert train_mdlm.shown_command(again) == "mdfast train mdlm --out OUT --minutes 150 --no-compile --threads 1"
+
+
+def test_train_mdlm_command_records_a_relative_command(tmp_path, streams, monkeypatch, capsys):
+    """``mdfast train mdlm`` trains, records the command as typed from the repository root, and resumes."""
+    monkeypatch.setattr(mdlm, "token_streams", lambda tokenizer, cache: streams)  # not the whole library
+    monkeypatch.chdir(tmp_path)
+    tiny = [f"--{name.replace('_', '-')}={value}" for name, value in TINY.items()]
+    argv = ["train", "mdlm", "--out", "run", "--device", "cpu", "--quiet", "--stop-at", "2", "--steps", "3", *tiny]
+    assert mdfast.cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 2
+    assert mdfast.cli.main(["train", "mdlm", "--out", "run", "--device", "cpu", "--quiet", "--resume"]) == 0
+    record = json.loads((tmp_path / "run" / mdlm.RUN_FILE).read_text())
+    assert record["step"] == 3
+    assert record["command"].startswith("mdfast train mdlm --out run --device cpu --stop-at 2 --quiet --seq-len 64 ")
+    assert record["resumed_with"] == ["mdfast train mdlm --out run --device cpu --resume --quiet"]
+    assert mdfast.cli.main(argv) == 2, "a folder that holds a run is not overwritten"
+    assert "already holds a run" in capsys.readouterr().err
+    assert mdfast.cli.main(["train", "mdlm", "--out", "other", "--steps", "3", "--span-min", "0"]) == 2
+    assert mdfast.cli.main(["train", "mdlm", "--out", "other"]) == 2, "neither --minutes nor --steps"
+
+
+def test_the_shipped_record_names_its_heldout_list_and_no_machine_folder():
+    record = json.loads((mdlm.SHIPPED_MODEL_DIR / mdlm.RUN_FILE).read_text())
+    for command in (record["command"], *record["resumed_with"]):
+        assert command.startswith("mdfast train mdlm --out runs/code_model "), command
+    assert record["heldout_list"] == code_data.HELDOUT_FILE.name
+    assert record["heldout_list_sha256"] == hashlib.sha256(code_data.HELDOUT_FILE.read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,10 +399,21 @@ def test_grpo_records_and_rewards_on_real_cases(tokenizer, split, tmp_path, monk
     # the command writes the same records for the same cases
     monkeypatch.setattr(code_data, "source_files", lambda: {**files, **{p: split[0][p] for p in sorted(split[0])[:2]}})
     out = tmp_path / "cases.jsonl"
-    assert code_cases.main(["--split", "heldout", "--cases", "4", "--out", str(out)]) == 0
+    assert mdfast.cli.main(["data", "code-cases", "--split", "heldout", "--cases", "4", "--out", str(out)]) == 0
     assert [json.loads(line) for line in out.read_text().splitlines()] == records
-    with pytest.raises(SystemExit):
-        code_cases.main(["--cases", "0", "--out", str(out)])
+    assert mdfast.cli.main(["data", "code-cases", "--cases", "0", "--out", str(out)]) == 2
+
+
+def test_code_split_command(split, monkeypatch, capsys):
+    """``mdfast data code-split`` shows the split; it writes nothing unless asked."""
+    train, held = split
+    files = {p: train[p] for p in sorted(train)[:3]} | {p: held[p] for p in sorted(held)[:2]}
+    monkeypatch.setattr(code_data, "source_files", lambda: files)
+    listed = code_data.HELDOUT_FILE.read_bytes()
+    assert mdfast.cli.main(["data", "code-split"]) == 0
+    shown = capsys.readouterr().out
+    assert "5 files; training 3 files" in shown and "held out 2 of" in shown
+    assert code_data.HELDOUT_FILE.read_bytes() == listed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +444,7 @@ def test_a_llada_folders_tokenizer_loads_quietly_and_as_the_code_tokenizer(capfd
 def test_shipped_model_infills_a_heldout_function(streams):
     folder = mdlm.SHIPPED_MODEL_DIR
     if not (folder / "config.json").is_file():
-        pytest.skip(f"no code model is shipped ({folder} has no checkpoint; see mdfast/train/mdlm.py)")
+        pytest.skip(f"no code model is shipped ({folder} has no checkpoint; see mdfast/code_model/pretrain.py)")
     model = load_llada(folder, dtype=torch.float32)
     tokenizer = code_data.load_tokenizer(folder)
     assert tokenizer.mask_token_id == model.config.mask_token_id == code_data.MASK_ID

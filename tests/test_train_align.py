@@ -1,8 +1,11 @@
-"""SPEC 6.1's x-pred alignment (mdfast/train/align.py): the loss against a hand computation, the
-masking, the trainer (full and LoRA) and the ``mdfast train align`` command end to end."""
+"""SPEC 6.1's x-pred alignment (mdfast/train/align.py): the loss, the masking, the trainer and the command.
+
+The loss against a hand computation, the masking, the trainer (full and LoRA) and ``mdfast train align`` end to end.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from types import SimpleNamespace
@@ -14,10 +17,10 @@ from torch import nn
 from train_fixtures import MASK, VOCAB, prompt_ids, tiny_llada
 
 pytest.importorskip("transformers", reason="mdfast.train.align's trainer is a transformers.Trainer")
+import mdfast.cli
 from mdfast.train.align import (
     XPredAlignmentTrainer,
     alignment_training_arguments,
-    main,
     masked_cross_entropy,
     sample_alignment_mask,
     xpred_alignment_loss,
@@ -184,12 +187,10 @@ def test_the_command_answers_prompts_and_aligns_end_to_end(tmp_path):
     argv = ["--model", str(folder), "--data", str(data), "--mask-token-id", str(MASK), "--device", "cpu"]
     argv += ["--answer-length", "4", "--max-steps", "2", "--per-device-train-batch-size", "2"]
     argv += ["--output-dir", str(out), "--save-data", str(saved), "--backend", "torch"]
-    assert main(argv) == 0
+    assert mdfast.cli.main(["train", "align", *argv]) == 0
     answered = [json.loads(line) for line in saved.read_text().splitlines()]
     assert len(answered) == 3 and all(sum(r["answer_mask"]) == 4 for r in answered)
     # the answers are the model's own full-budget low_confidence answers
-    import mdfast
-
     base = tiny_bert()
     first = answered[0]
     prompt = torch.tensor([first["input_ids"][:-4]])
@@ -201,3 +202,21 @@ def test_the_command_answers_prompts_and_aligns_end_to_end(tmp_path):
     assert not torch.equal(aligned.bert.embeddings.word_embeddings.weight, base.bert.embeddings.word_embeddings.weight)
     log = [json.loads(line) for line in (out / "alignment_log.jsonl").read_text().splitlines()]
     assert any("mse_masked" in entry for entry in log)
+
+
+def test_the_command_checks_its_arguments_before_loading_anything(tmp_path, capsys):
+    folder = tmp_path / "model"
+    tiny_bert().save_pretrained(folder)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("")
+    base = ["train", "align", "--model", str(folder), "--data", str(data)]
+    assert mdfast.cli.main([*base, "--answer-length", "0"]) == 2
+    assert "--answer-length: expected at least 1" in capsys.readouterr().err
+    assert mdfast.cli.main([*base[:3], str(tmp_path), "--data", str(data)]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert mdfast.cli.main([*base[:5], str(tmp_path / "missing.jsonl")]) == 2
+    assert "--data: no such file" in capsys.readouterr().err
+    if importlib.util.find_spec("accelerate") is not None:
+        assert mdfast.cli.main([*base, "--device", "cpu"]) == 2  # an empty --data file
+        error = capsys.readouterr().err
+        assert "--data" in error and "no records" in error

@@ -1,5 +1,6 @@
-"""Data-parallel GRPO (mdfast/train/distributed.py): 2 CPU processes (gloo) train exactly the policy
-1 process trains on the same data and seeds (a tiny native LLaDA: the workers need no transformers).
+"""Data-parallel GRPO (mdfast/train/distributed.py): 2 CPU processes (gloo) train exactly 1 process's policy.
+
+The same data and seeds; a tiny native LLaDA (the workers need no transformers).
 
 What is equal, and why: each prompt's G trajectories are decoded from a generator seeded by
 (seed, the prompt's global index) in a batch of the same composition (groups_per_rollout_batch

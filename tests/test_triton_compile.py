@@ -1,8 +1,10 @@
-"""Every Triton kernel compiles for sm_90 (Triton's compiler and ptxas, no GPU needed) in every
-specialisation the launchers make at mdfast's shapes (as Triton specialises them at run time:
-integers equal to 1 or divisible by 16, 16-byte aligned pointers), without spilling registers: what
-the interpreter-run tests cannot see. The table (registers, local and shared memory per
-specialisation) is what ``python tests/compile_kernels.py`` prints."""
+"""Every Triton kernel compiles for sm_90 without spilling registers, in every specialisation mdfast's shapes make.
+
+Triton's compiler and ptxas need no GPU. The specialisations are the launchers' at mdfast's shapes,
+as Triton specialises them at run time (integers equal to 1 or divisible by 16, 16-byte aligned
+pointers): what the interpreter-run tests cannot see. The table (registers, local and shared memory
+per specialisation) is what ``python tests/compile_kernels.py`` prints.
+"""
 
 from __future__ import annotations
 

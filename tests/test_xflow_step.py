@@ -22,7 +22,7 @@ from checks import (
 )
 
 import mdfast
-from mdfast import FlowConfig, StepPolicy, backends, ops
+from mdfast import FlowConfig, StepPolicy, backends, op_checks, ops
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -233,15 +233,15 @@ def test_bad_values_are_named_and_write_nothing(backend, spoil, message, sample)
 
 def test_a_finite_embedding_table_is_checked_once_per_version():
     logits, X, t, embedding, m = make_state(1, 5, 60, 4, device="cpu")
-    assert not ops._finite_tables.known(embedding)
+    assert not op_checks.finite_tables.known(embedding)
     mdfast.xflow_step(logits, X, t, embedding, m, backend="torch")
-    assert ops._finite_tables.known(embedding) and ops._finite_tables.known(embedding.detach())
+    assert op_checks.finite_tables.known(embedding) and op_checks.finite_tables.known(embedding.detach())
     with torch.no_grad():
         embedding[3, 1] = math.nan  # an in-place change: a new version, checked again
-    assert not ops._finite_tables.known(embedding)
+    assert not op_checks.finite_tables.known(embedding)
     with pytest.raises(ValueError, match="embedding: holds a NaN"):
         mdfast.xflow_step(logits, X, t, embedding, m, backend="torch")
-    assert not ops._finite_tables.known(torch.randn(60, 4)), "another table is not known"
+    assert not op_checks.finite_tables.known(torch.randn(60, 4)), "another table is not known"
 
 
 @pytest.mark.gpu

@@ -1,9 +1,13 @@
-"""What the training tests share: a tiny native LLaDA, prompts, and a reward function (the tiny BERT is
-``checks.tiny_bert``)."""
+"""What the training tests share: a tiny native LLaDA, prompts, and a reward function.
+
+The tiny BERT is ``checks.tiny_bert``.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from mdfast.models.llada import LLaDAConfig, LLaDAModel
 
 MASK = 4
 VOCAB = 64
@@ -11,8 +15,6 @@ VOCAB = 64
 
 def tiny_llada(seed: int = 0):
     """mdfast's native LLaDA body (SPEC 5), 2 layers, 32 wide, vocabulary 64: no transformers needed."""
-    from mdfast.models.llada import LLaDAConfig, LLaDAModel
-
     torch.manual_seed(seed)
     config = LLaDAConfig(
         d_model=32,

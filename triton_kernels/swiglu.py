@@ -29,8 +29,10 @@ def _swiglu_kernel(gate_ptr, up_ptr, out_ptr, n_cols, stride_gate, stride_up, BL
 
 
 def swiglu(gate: Tensor, up: Tensor) -> Tensor:
-    """SiLU(gate) * up for gate, up (rows, n) with stride(1) == 1 and any row strides; returns a
-    contiguous (rows, n) tensor."""
+    """SiLU(gate) * up, a new contiguous (rows, n) tensor.
+
+    gate, up: (rows, n) with stride(1) == 1 and any row strides.
+    """
     rows, n = gate.shape
     out = torch.empty(rows, n, dtype=gate.dtype, device=gate.device)
     if out.numel():

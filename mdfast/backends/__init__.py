@@ -22,20 +22,27 @@ from torch import Tensor
 
 from .. import reference
 from . import native
-from .contract import GivenStats, PolicyLayout, StepInputs, StepScalars
+from .contract import (
+    KERNEL_LOGITS_DTYPES,
+    TOKEN_STATS_FIELDS,
+    XFLOW_FIELDS,
+    GivenStats,
+    PolicyLayout,
+    StepInputs,
+    StepScalars,
+)
 
 __all__ = ["NAMES", "Backend", "GivenStats", "KernelBackend", "StepInputs", "StepScalars", "available", "get"]
 
 NAMES = ("torch", "cpu", "cuda", "triton")
 
-TOKEN_STATS_FIELDS = ("argmax", "topk_probs", "topk_ids", "lse", "margin", "entropy_topk", "entropy_full")
-XFLOW_FIELDS = ("tokens", "confidence", "action", "reedited", "committed", "lse")
-KERNEL_LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
 
 class Backend:
-    """One implementation of the ops. ``device_type`` is "cpu", "cuda" or None (any device);
-    ``body_ops``: whether it has the LLaDA body's ``rms_norm``, ``rope_`` and ``swiglu``."""
+    """One implementation of the ops.
+
+    name: one of NAMES; device_type: "cpu", "cuda" or None (any device); logits_dtypes: the dtypes it
+    reads; body_ops: whether it has the LLaDA body's ``rms_norm``, ``rope_`` and ``swiglu``.
+    """
 
     name: str
     device_type: str | None
@@ -68,8 +75,10 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """The reference itself, in float32 (float64 for float64 logits), eager PyTorch, differentiable
-    where the reference is (the body ops)."""
+    """The reference itself in eager PyTorch, in float32 (float64 for float64 logits).
+
+    Differentiable where the reference is (the body ops).
+    """
 
     name, device_type, body_ops = "torch", None, True
     logits_dtypes = (*KERNEL_LOGITS_DTYPES, torch.float64)
@@ -125,8 +134,11 @@ class TorchBackend(Backend):
 
 
 class KernelBackend(Backend):
-    """A backend whose kernels are a module with the functions of csrc/ops.h: a compiled extension,
-    or ``mdfast.backends.triton``. ``load()`` returns that module or raises with the reason."""
+    """A backend whose kernels are a module with the functions of csrc/ops.h.
+
+    That module is a compiled extension or ``mdfast.backends.triton``; ``load()`` returns it or raises
+    with the reason.
+    """
 
     def __init__(self, name: str, device_type: str, load, body_ops: bool = False) -> None:
         self.name, self.device_type, self._load, self.body_ops = name, device_type, load, body_ops
@@ -178,7 +190,7 @@ def triton_interpreter() -> bool:
 def _load_triton():
     if not torch.cuda.is_available() and not triton_interpreter():
         raise RuntimeError("no CUDA device (set TRITON_INTERPRET=1 to run the Triton kernels on the CPU)")
-    from . import triton
+    from . import triton  # optional extra: triton
 
     return triton
 

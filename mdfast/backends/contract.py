@@ -1,7 +1,13 @@
-"""The calling convention of every backend's ``xflow_step``, in Python: ``StepInputs`` (its tensors
-and its ``StepScalars``) and ``GivenStats``, the same fields as the structs of csrc/ops.h
-(csrc/bindings.cpp converts one into the other by name). Nothing here imports the rest of mdfast,
-so the kernels (``triton_kernels/``) and the backends above them both depend on it.
+"""The calling convention the kernels and the backends share: what goes in, what comes out, the limits.
+
+- ``StepInputs`` (a step's tensors and its ``StepScalars``) and ``GivenStats``: the same fields as the
+  structs of csrc/ops.h (csrc/bindings.cpp converts one into the other by name);
+- ``PolicyLayout``: where each weight of the packed step policy sits (csrc/ops.h ``PolicyView``);
+- ``TOKEN_STATS_FIELDS``, ``XFLOW_FIELDS``: the order of the tensors a kernel module returns;
+- ``KERNEL_LOGITS_DTYPES`` and the ``MAX_*`` limits the kernels are built for.
+
+Nothing here imports the rest of mdfast, so the kernels (``triton_kernels/``) and the backends above
+them both depend on it.
 """
 
 from __future__ import annotations
@@ -10,15 +16,37 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
-__all__ = ["GivenStats", "PolicyLayout", "StepInputs", "StepScalars"]
+__all__ = [
+    "KERNEL_LOGITS_DTYPES",
+    "MAX_POLICY_HIDDEN",
+    "MAX_ROWS",
+    "MAX_VOCABULARY",
+    "TOKEN_STATS_FIELDS",
+    "XFLOW_FIELDS",
+    "GivenStats",
+    "PolicyLayout",
+    "StepInputs",
+    "StepScalars",
+]
+
+# The tensors a kernel module's ``token_stats`` and ``xflow_step`` return, in this order.
+TOKEN_STATS_FIELDS = ("argmax", "topk_probs", "topk_ids", "lse", "margin", "entropy_topk", "entropy_full")
+XFLOW_FIELDS = ("tokens", "confidence", "action", "reedited", "committed", "lse")
+# The logits (and embedding) dtypes every kernel reads.
+KERNEL_LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# The kernels index the vocabulary and the rows with int32 (the top-k's empty slots sit just below
+# 2^31), and keep the policy's first layer in shared memory.
+MAX_VOCABULARY = 2**31 - 65
+MAX_ROWS = 2**31 - 1
+MAX_POLICY_HIDDEN = 4096
 
 
 @dataclass(frozen=True)
 class StepScalars:
-    """The scalar arguments of one x-flow step, ``StepScalars`` of csrc/ops.h field by field
-    (csrc/bindings.cpp converts one into the other by name).
+    """The scalar arguments of one x-flow step: ``StepScalars`` of csrc/ops.h, field by field, by name.
 
     a_min, a_max, reedit_margin, commit_threshold, k: ``FlowConfig``'s (SPEC 2.5-2.7);
     kummer_terms: the terms of Kummer's series a kernel sums (``FlowConfig.kummer_terms``);
@@ -37,9 +65,11 @@ class StepScalars:
 
 
 class GivenStats(NamedTuple):
-    """The statistics a step needs of each row, computed before it (``sample=True``: ``mdfast.ops``
-    drew the actions from them), so that the step does not read the logits again: x_pred = argmax
-    (B, N) int64, c = p(1) (B, N) float32 contiguous, lse (B, N) float32. Given with an action."""
+    """The statistics a step needs of each row, computed before it, so that it reads no logits again.
+
+    With ``sample=True`` ``mdfast.ops`` drew the actions from them; given with an action.
+    tokens: x_pred = argmax (B, N) int64; confidence: c = p(1) (B, N) float32 contiguous; lse (B, N) float32.
+    """
 
     tokens: Tensor
     confidence: Tensor
@@ -48,10 +78,10 @@ class GivenStats(NamedTuple):
 
 @dataclass
 class StepInputs:
-    """The inputs of one x-flow step (SPEC 2.2-2.7) as ``mdfast.ops`` validated and laid them out,
+    """The inputs of one x-flow step (SPEC 2.2-2.7) as ``mdfast.ops`` validated and laid them out.
+
     ``StepInputs`` of csrc/ops.h field by field (csrc/bindings.cpp converts one into the other by
     name). B * N >= 1.
-
     logits (B, N, V), stride(2) == 1 (not read when ``given``); X, X_out (B, N, E) float32
     contiguous; t, t_out (B, N) float32 contiguous (X_out may be X, t_out may be t); embedding
     (V, E), stride(1) == 1; mask_embedding (E,) float32 contiguous; rho (B,) float32; policy_weights:
@@ -76,9 +106,9 @@ class StepInputs:
 
 @dataclass(frozen=True)
 class PolicyLayout:
-    """Where each weight of a StepPolicy of hidden width d and top-k width k sits in the one float
-    vector the kernels read (``StepPolicy.packed_weights``; csrc/ops.h ``PolicyView`` is the same
-    layout in C++):
+    """Where each weight of a StepPolicy (hidden width d, top-k width k) sits in the kernels' one vector.
+
+    ``StepPolicy.packed_weights`` writes it; csrc/ops.h ``PolicyView`` is the same layout in C++:
 
         [W1 (d, k+4) row-major, b1 (d), W2 (d, d) row-major, b2 (d), w_mu (d), w_kappa (d), b_mu, b_kappa]
 
@@ -130,8 +160,10 @@ class PolicyLayout:
         return self.b_kappa + 1
 
     def unpack(self, packed: Tensor, kappa_min: float, kappa_max: float) -> SimpleNamespace:
-        """Views of ``packed`` shaped like a StepPolicy's layers (``fc1.weight`` (d, k+4), ...), with
-        kappa_min and kappa_max: what ``mdfast.reference.step_policy`` evaluates."""
+        """Views of ``packed`` shaped like a StepPolicy's layers, with kappa_min and kappa_max.
+
+        ``fc1.weight`` (d, k+4), ...: what ``mdfast.reference.step_policy`` evaluates.
+        """
         d, w = self.hidden, self.width
 
         def layer(weight_at: int, rows: int, cols: int, bias_at: int) -> SimpleNamespace:

@@ -1,6 +1,8 @@
-"""The Triton backend: the kernels of ``triton_kernels/`` (installed as ``mdfast.triton_kernels``),
-one function per op with the signatures of the compiled extensions (csrc/ops.h, csrc/bindings.cpp),
-so that ``KernelBackend`` drives this module and an extension alike."""
+"""The Triton backend: the kernels of ``triton_kernels/`` (installed as ``mdfast.triton_kernels``).
+
+One function per op with the signatures of the compiled extensions (csrc/ops.h, csrc/bindings.cpp),
+so that ``KernelBackend`` drives this module and an extension alike.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +22,11 @@ _inv_freq: dict[tuple[int, float, torch.device], Tensor] = {}
 
 
 def rope_(x: Tensor, theta: float) -> Tensor:
-    """RoPE in place on x (B, L, H, hd). inv_freq_j = theta^(-2j/hd) is computed once per (hd,
-    theta, device) by ``mdfast.reference.rope_inv_freq`` (the eager evaluation's float32 values) and
-    kept: the first, eager call creates it, so a CUDA graph captured later replays only the kernel."""
+    """RoPE in place on x (B, L, H, hd), with inv_freq_j = theta^(-2j/hd) computed once per (hd, theta, device).
+
+    ``mdfast.reference.rope_inv_freq`` computes it (the eager evaluation's float32 values) and it is
+    kept: the first, eager call creates it, so a CUDA graph captured later replays only the kernel.
+    """
     key = (x.shape[-1], theta, x.device)
     inv_freq = _inv_freq.get(key)
     if inv_freq is None:

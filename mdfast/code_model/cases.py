@@ -1,36 +1,22 @@
-"""Infilling cases for the code model's budget curve (issue 13, part 3): a span of 32-128 tokens inside a function
-body of a held-out file, masked, with the rest of the file around it as context, cut to the model's window.
+"""Infilling cases of the code model: a masked span of 32-128 tokens inside a function body of a held-out file.
 
-``code_infill_cases(tokenizer)`` returns a deterministic list (``InfillCase``): every function of every held-out
-file (``code_data.split_files``) that parses and has at least ``seq_len`` tokens is a candidate; its span is whole
-lines of its body (after the docstring), from the first non-blank character of line a to the last one of line b,
-with a and b drawn by a generator seeded from (seed, path, qualified name, line), so a case never depends on
-which other files exist; the cases are a seeded sample of the candidates, in file order. The window is the
-``seq_len`` tokens of the file centred on the span (shifted to stay inside the file): windows never cross a file
-boundary and never need padding, as in training.
-
-The tokens are those of the whole file encoded at once (exactly the training encoding); the span starts and ends
-on token boundaries (byte-level BPE never joins a line's text with its newline), so the span's characters can be
-replaced by any decoded fill: ``InfillCase.filled_source`` builds the filled file, ``parses`` checks it with
-``ast.parse``. Deterministic for a given tokenizer, seq_len, seed and Python version (the held-out files are the
-interpreter's own).
-
-For GRPO on the code model (SPEC 6.2; issue 13's reward "the file parses + token accuracy + lambda t_final"):
-``training_record`` turns a case into a JSONL example of ``mdfast train grpo`` (its ``input_ids`` template and,
-as reward columns, ``target``, ``source`` and ``span_chars``), and the two reward functions take TRL's signature:
-``filled_file_parses`` (1.0 when the file with the completion's text in place of the span parses, else 0.0) and
-``span_token_accuracy`` (the share of span tokens equal to the file's); the trainer adds lambda t_final. The
-command ``python -m mdfast.code_model.cases --split train --cases N --out F`` writes such a file.
+- ``code_infill_cases(tokenizer)``: a deterministic list of ``InfillCase``. Every function of every held-out file
+  that parses and has at least ``seq_len`` tokens is a candidate; its span is whole lines of its body (after the
+  docstring), drawn by a generator seeded from (seed, path, qualified name, line); the cases are a seeded sample
+  of the candidates, in file order. The window is the ``seq_len`` tokens of the file centred on the span (inside
+  the file: no padding, as in training). The tokens are the whole file's, encoded at once (the training
+  encoding); the span starts and ends on token boundaries, so ``InfillCase.filled_source`` can put any decoded
+  fill in its place.
+- GRPO on the cases: ``training_record`` turns a case into a JSONL example of ``mdfast train grpo`` (written by
+  ``mdfast data code-cases``); ``filled_file_parses`` and ``span_token_accuracy`` are its task rewards, with
+  TRL's reward signature (the trainer adds lambda t_final).
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
-import json
 import random
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -59,10 +45,14 @@ def parses(source: str) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class InfillCase:
-    """path: the held-out file (relative to the standard library); function: the qualified name of the function
-    whose body holds the span; input_ids (seq_len,) int64: the window of the file's tokens with [MASK] over the
-    span; span: (start, stop) positions of the span in input_ids; target_ids (stop - start,) int64: its true
-    tokens; source: the whole file; span_chars: (start, stop) characters of the span in source."""
+    """One infilling case: a window of a file's tokens with [MASK] over a span of a function body.
+
+    - path: the held-out file (relative to the standard library); function: the qualified name of the function
+      whose body holds the span.
+    - input_ids (seq_len,) int64: the window, [MASK] over the span; span: (start, stop) positions of the span in
+      input_ids; target_ids (stop - start,) int64: its true tokens.
+    - source: the whole file; span_chars: (start, stop) characters of the span in source.
+    """
 
     path: str
     function: str
@@ -73,8 +63,10 @@ class InfillCase:
     span_chars: tuple[int, int]
 
     def filled_source(self, span_ids, tokenizer) -> str:
-        """The file with the span's characters replaced by the decoded ``span_ids`` (special tokens decoded
-        as their text, so an unfilled [MASK] or a stray [EOS] shows)."""
+        """The file with the span's characters replaced by the decoded ``span_ids``.
+
+        Special tokens decode as their text, so an unfilled [MASK] or a stray [EOS] shows.
+        """
         ids = span_ids.tolist() if isinstance(span_ids, Tensor) else list(span_ids)
         start, stop = self.span_chars
         return self.source[:start] + tokenizer.decode(ids, skip_special_tokens=False) + self.source[stop:]
@@ -105,8 +97,10 @@ def _functions(tree: ast.AST) -> list[tuple[str, ast.FunctionDef | ast.AsyncFunc
 
 
 def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, text_lines: list[str]) -> tuple[int, int] | None:
-    """First and last line (1-based) of the body after a leading docstring, or None if nothing is left or the
-    body does not start a line of its own (``def f(): return 1``)."""
+    """First and last line (1-based) of the body after a leading docstring, or None.
+
+    None: nothing is left, or the body does not start a line of its own (``def f(): return 1``).
+    """
     body = node.body
     first = body[0] if body else None
     if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
@@ -120,8 +114,10 @@ def _choose_span(
     lines: list[tuple[int, int] | None], first: int, last: int, span_tokens: tuple[int, int], rng: random.Random
 ) -> tuple[int, int] | None:
     """Token span [ta, tb) over whole lines first..last (0-based) with a length in span_tokens, or None.
+
     ``lines[i]`` is (first token, last token + 1) of line i's non-blank text, None for a blank line. Start lines
-    are tried in a random order; for the first that admits a span, the end line is drawn among those that do."""
+    are tried in a random order; for the first that admits a span, the end line is drawn among those that do.
+    """
     low, high = span_tokens
     starts = [i for i in range(first, last + 1) if lines[i] is not None]
     rng.shuffle(starts)
@@ -141,8 +137,10 @@ def _choose_span(
 
 
 def _line_tokens(source: str, offsets: list[tuple[int, int]]) -> list[tuple[int, int] | None]:
-    """Per line of ``source``: (index of the token holding its first non-blank character, index after the
-    token holding its last one), None for a blank line."""
+    """Per line of ``source``: the token range of its non-blank text, None for a blank line.
+
+    The range: (index of the token holding its first non-blank character, index after the token holding its last).
+    """
     token_at = {}
     for index, (start, stop) in enumerate(offsets):
         for char in range(start, stop):
@@ -169,10 +167,12 @@ def code_infill_cases(
     seed: int = 0,
     files: dict[str, str] | None = None,
 ) -> list[InfillCase]:
-    """The infilling cases (module docstring): at most ``n_cases`` (all candidates if fewer), each a window of
-    ``seq_len`` tokens with one masked span of ``span_tokens`` = (min, max) tokens inside a function body.
-    ``tokenizer``: the code tokenizer (``code_data.load_tokenizer``, or ``AutoTokenizer`` on a model folder);
-    ``files``: path -> source (default: the held-out split of the running interpreter's standard library)."""
+    """The infilling cases (module docstring): at most ``n_cases`` (all candidates if fewer).
+
+    - tokenizer: the code tokenizer (``data.load_tokenizer``, or ``AutoTokenizer`` on a model folder).
+    - seq_len: the window; span_tokens: (min, max) tokens of the masked span inside a function body.
+    - files: path -> source (default: the held-out split of the running interpreter's standard library).
+    """
     low, high = span_tokens
     if not 1 <= low <= high <= seq_len:
         raise ValueError(f"span_tokens: expected 1 <= min <= max <= seq_len {seq_len}, got {span_tokens}")
@@ -222,9 +222,11 @@ def code_infill_cases(
 
 
 def training_record(case: InfillCase) -> dict:
-    """The case as an example of ``mdfast train grpo`` (and ``mdfast train align``): "input_ids" (the window,
-    [MASK] over the span), and the reward columns "target" (the span's true ids), "source" (the whole file) and
-    "span_chars" (the span's characters in it); "path" and "function" say where it comes from."""
+    """The case as a JSONL example of ``mdfast train grpo`` (and ``mdfast train align``).
+
+    "input_ids": the window, [MASK] over the span; reward columns "target" (the span's true ids), "source" (the
+    whole file) and "span_chars" (the span's characters in it); "path" and "function": where it comes from.
+    """
     return {
         "input_ids": case.input_ids.tolist(),
         "target": case.target_ids.tolist(),
@@ -236,9 +238,11 @@ def training_record(case: InfillCase) -> dict:
 
 
 def filled_file_parses(prompts, completions, completion_ids, source, span_chars, **columns) -> list[float]:
-    """Task reward: 1.0 when ``source`` with its ``span_chars`` replaced by the completion's text parses
-    (``ast.parse``), else 0.0. ``completions`` must be text: the trainer decodes them with its
-    processing_class (special tokens skipped; ``mdfast eval code`` writes them into the file instead)."""
+    """Task reward: 1.0 when ``source`` with its ``span_chars`` replaced by the completion's text parses, else 0.0.
+
+    ``completions`` must be text: the trainer decodes them with its processing_class (special tokens skipped;
+    ``mdfast eval code`` writes them into the file instead).
+    """
     rewards = []
     for text, file, (start, stop) in zip(completions, source, span_chars):
         if not isinstance(text, str):
@@ -248,48 +252,10 @@ def filled_file_parses(prompts, completions, completion_ids, source, span_chars,
 
 
 def span_token_accuracy(prompts, completions, completion_ids, target, **columns) -> list[float]:
-    """Task reward: the share of the span's tokens (``completion_ids``, in position order) equal to the file's
-    (``target``)."""
+    """Task reward: the share of the span's tokens (``completion_ids``, in position order) equal to ``target``."""
     rewards = []
     for ids, truth in zip(completion_ids, target):
         if len(ids) != len(truth):
             raise ValueError(f"target: {len(truth)} span tokens for a completion of {len(ids)}")
         rewards.append(sum(int(a) == int(b) for a, b in zip(ids, truth)) / len(truth))
     return rewards
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mdfast.code_model.cases``: write infilling cases as JSONL examples (``training_record``)."""
-    from . import data as code_data
-
-    parser = argparse.ArgumentParser(
-        prog="python -m mdfast.code_model.cases",
-        description="Write code infilling cases (one masked span of a function body each) as JSONL examples for "
-        "mdfast train grpo / align.",
-    )
-    parser.add_argument("--split", choices=("train", "heldout"), default="train", help="the files' split (train)")
-    parser.add_argument("--cases", type=int, default=256, help="at most this many cases (256)")
-    parser.add_argument("--seq-len", type=int, default=256, help="window length: the model's max_sequence_length")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokenizer", default=str(code_data.TOKENIZER_FILE), help="tokenizer.json or its folder")
-    parser.add_argument("--out", required=True, help="the JSONL file to write")
-    args = parser.parse_args(argv)
-    if args.cases < 1:
-        parser.error(f"--cases: expected >= 1, got {args.cases}")
-    train, heldout = code_data.split_files(code_data.source_files())
-    cases = code_infill_cases(
-        code_data.load_tokenizer(args.tokenizer),
-        n_cases=args.cases,
-        seq_len=args.seq_len,
-        seed=args.seed,
-        files=train if args.split == "train" else heldout,
-    )
-    with open(args.out, "w", encoding="utf-8") as f:
-        for case in cases:
-            f.write(json.dumps(training_record(case)) + "\n")
-    print(f"{len(cases)} {args.split} cases written to {args.out}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

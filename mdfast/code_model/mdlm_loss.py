@@ -1,8 +1,8 @@
-"""The masked-diffusion training objective of the code model (SPEC 7: "LLaDA's masked-diffusion objective: mask
-ratio r ~ U(0, 1) per sequence, cross-entropy on masked positions weighted 1/r").
+"""The masked-diffusion training objective of the code model (SPEC 7), LLaDA's with span masking mixed in.
 
-Per sequence b of a batch: a region R_b of n_b positions and a mask ratio r_b; each position of R_b is masked
-(replaced by [MASK]) with probability r_b, independently; the loss of the sequence is
+SPEC 7: "LLaDA's masked-diffusion objective: mask ratio r ~ U(0, 1) per sequence, cross-entropy on masked
+positions weighted 1/r". Per sequence b of a batch: a region R_b of n_b positions and a mask ratio r_b; each
+position of R_b is masked (replaced by [MASK]) with probability r_b, independently; the loss of the sequence is
 
     loss_b = (1 / n_b) * sum over masked i of CE(logits_i, x0_i) / r_b,
 
@@ -34,8 +34,12 @@ RATIO_EPS = 1e-3
 
 @dataclass
 class MaskedBatch:
-    """masked (B, L) bool: the positions replaced by [MASK]; weight (B,) float32: 1 / (r_b n_b), the factor
-    of each masked position's cross-entropy; span (B,) bool: the sequence's region is a span (else i.i.d.)."""
+    """The masks of one batch and the weights of their cross-entropies.
+
+    - masked (B, L) bool: the positions replaced by [MASK].
+    - weight (B,) float32: 1 / (r_b n_b), the factor of each masked position's cross-entropy.
+    - span (B,) bool: the sequence's region is a span (else i.i.d.).
+    """
 
     masked: Tensor
     weight: Tensor
@@ -57,7 +61,9 @@ def sample_masks(
     ratio: Tensor | None = None,
 ) -> MaskedBatch:
     """Regions, ratios and masks of one batch (module docstring), drawn on the CPU from ``generator``.
-    ``ratio`` (B,) fixes r_b instead of drawing it (fixed-ratio evaluation)."""
+
+    ``ratio`` (B,) fixes r_b instead of drawing it (fixed-ratio evaluation).
+    """
     if not 1 <= span_min <= span_max <= seq_len:
         raise ValueError(
             f"span_min, span_max: need 1 <= span_min <= span_max <= seq_len {seq_len}, got {span_min}, {span_max}"
@@ -82,9 +88,12 @@ def sample_masks(
 
 
 def mdlm_loss(masked_logits: Tensor, targets: Tensor, batch: MaskedBatch) -> Tensor:
-    """loss_b of every sequence (B,) float32 (module docstring; the batch loss is their mean):
-    ``masked_logits`` (N, V) are the logits at the N masked positions of ``batch`` in row-major order
-    (``logits[batch.masked]``), ``targets`` (N,) the clean tokens there. Cross-entropy in float32."""
+    """loss_b of every sequence (B,) float32 (module docstring; the batch loss is their mean).
+
+    - masked_logits (N, V): the logits at the N masked positions of ``batch`` in row-major order
+      (``logits[batch.masked]``); cross-entropy in float32.
+    - targets (N,): the clean tokens there.
+    """
     if masked_logits.dim() != 2 or masked_logits.shape[0] != targets.shape[0]:
         raise ValueError(
             f"masked_logits, targets: expected (N, V) and (N,), got {describe(masked_logits)} and {describe(targets)}"

@@ -1,6 +1,21 @@
-"""Decoding: the generic step loop (``loop.py``: ``infill`` and ``generate``), the layout and
-schedules (``schedule.py``), CUDA-graph replay (``graphs.py``) and one file per decoder family."""
+"""Decoding: the public calls, their options, the step loop, and one file per decoder family.
 
-from .loop import DECODERS, GenerateOutput, generate, infill
+- ``api.py``: ``generate``, ``infill`` and their ``*_with_options`` forms.
+- ``options.py``: ``DecodeOptions`` (every check of a call's options) and the ``DECODERS`` table.
+- ``loop.py``: the sync-free step loop; ``schedule.py``: the layout and schedules; ``graphs.py``:
+  CUDA-graph replay.
+"""
 
-__all__ = ["DECODERS", "GenerateOutput", "generate", "infill"]
+from .api import generate, generate_with_options, infill, infill_with_options
+from .loop import GenerateOutput
+from .options import DECODERS, DecodeOptions
+
+__all__ = [
+    "DECODERS",
+    "DecodeOptions",
+    "GenerateOutput",
+    "generate",
+    "generate_with_options",
+    "infill",
+    "infill_with_options",
+]

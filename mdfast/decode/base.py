@@ -13,8 +13,9 @@ from .schedule import Block, Schedule, top_positions
 
 
 class Decoder:
-    """One decoding rule. The loop (``loop.py``) owns the model; a decoder owns the state of the
-    decoded positions, packed per row into the (B, W) slots of ``schedule`` (``schedule.py``).
+    """One decoding rule: the state of the decoded positions, per row in the (B, W) slots of ``schedule``.
+
+    The loop (``loop.py``) owns the model; a decoder owns its state (``schedule.py``: the slots).
 
     Each step the loop takes the current block of every row (``block_index`` -> ``Schedule.block``),
     calls ``begin_step`` (bookkeeping before the forward), ``write_inputs`` (the input embeddings
@@ -42,8 +43,11 @@ class Decoder:
 
     @property
     def capturable(self) -> bool:
-        """Whether a step may be replayed from a CUDA graph: not when it draws random numbers, nor on
-        the torch backend (the reference reads values back to the host)."""
+        """Whether a step may be replayed from a CUDA graph.
+
+        Not when it draws random numbers, nor on the torch backend (the reference reads values back
+        to the host).
+        """
         logits_dtype = self.adapter.head.linear.weight.dtype
         return self.temperature == 0.0 and ops.resolve_backend(self.backend, self.device, logits_dtype) != "torch"
 
@@ -77,8 +81,10 @@ class Decoder:
         raise NotImplementedError
 
     def finished(self, step: int) -> bool:
-        """After ``step`` (0-based) of the call: is decoding done? The fixed schedules are done after
-        ``schedule.steps`` steps, decided on the host with no device sync."""
+        """Whether decoding is done after ``step`` (0-based) of the call.
+
+        The fixed schedules are done after ``schedule.steps`` steps, decided on the host with no device sync.
+        """
         return step + 1 >= self.schedule.steps
 
     def blocks_at(self, step: int) -> list[int]:
@@ -102,8 +108,10 @@ class Decoder:
         self.nonfinite |= ~torch.isfinite(lse).all()
 
     def check_finite(self) -> None:
-        """Raise ValueError if any step's logits held a row that is not a finite distribution (one
-        host synchronisation, after the loop: the tokens of such a run are never returned)."""
+        """Raise ValueError if any step's logits held a row that is not a finite distribution.
+
+        One host synchronisation, after the loop: the tokens of such a run are never returned.
+        """
         if bool(self.nonfinite):
             raise ValueError(
                 "logits: the model produced a row that is not a finite distribution (a NaN or +inf entry, or "
@@ -171,5 +179,7 @@ class MaskedTokens(Decoder):
         return top_positions(score, self.schedule.now(self.schedule.counts).unsqueeze(1)) & masked
 
     def after_step(self, block: Block, stats: ops.TokenStats, still_masked: Tensor) -> None:
-        """A hook after the commit, ``still_masked`` (B, n) the entries left masked: soft-masking shapes
-        the next inputs from it, threshold decoding moves a filled block on."""
+        """A hook after the commit; ``still_masked`` (B, n): the entries left masked.
+
+        Soft-masking shapes the next inputs from it, threshold decoding moves a filled block on.
+        """

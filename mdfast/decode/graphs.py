@@ -38,15 +38,20 @@ _failures: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary
 
 
 def capture_failure(model: nn.Module) -> str | None:
-    """Why a decoding step of ``model`` (the module whose forward mdfast drives: the model itself,
-    or the native body a LLaDA remote-code model is driven through) could not be captured in a
-    CUDA graph, once that happened; None otherwise."""
+    """Why a decoding step of ``model`` could not be captured in a CUDA graph, once that happened; else None.
+
+    ``model``: the module whose forward mdfast drives (the model itself, or the native body a LLaDA
+    remote-code model is driven through).
+    """
     return _failures.get(model)
 
 
 class StepGraph:
-    """Runs the steps of one call, replaying a captured CUDA graph of ``step`` when ``enabled``
-    (and ``model`` never failed a capture, and the call may take ``max_steps >= MIN_STEPS`` steps)."""
+    """Runs the steps of one call, replaying a captured CUDA graph of ``step`` where it may.
+
+    It may when ``enabled``, ``model`` never failed a capture, and the call may take
+    ``max_steps >= MIN_STEPS`` steps.
+    """
 
     def __init__(self, step: Callable[[], None], model: nn.Module, enabled: bool, max_steps: int) -> None:
         self.step, self.model = step, model

@@ -1,7 +1,6 @@
-"""The decoding loop: one generic, sync-free step loop for every decoder, and its two entry points.
+"""The decoding loop: one generic, sync-free step loop for every decoder (``decode_loop``).
 
-``infill`` decodes the positions of each sequence that hold the mask id (SPEC 7); ``generate`` is
-infilling of an appended masked suffix. Both run ``_decode``:
+``mdfast.infill`` and ``mdfast.generate`` (``api.py``) check their inputs and options, then run
 
     schedule = Schedule(M, steps, block_length)   # slots, blocks and per-row tables (schedule.py)
     for each step:              # on CUDA: captured once per call, then replayed (graphs.py)
@@ -29,44 +28,37 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..errors import describe
-from ..models import ModelAdapter, adapt, release
+from ..models import ModelAdapter
 from .base import Decoder
 from .graphs import StepGraph
-from .remasking import Entropy, LowConfidence, MaskGitPlus, RunningConfidenceRemasking, Threshold, TopKMargin
+from .options import DECODERS, DecodeOptions
 from .schedule import Schedule, fill_padding_rows
-from .soft_mask import SoftMask
-from .xflow import XFlow
 
-DECODERS: dict[str, type[Decoder]] = {
-    "xflow": XFlow,
-    "low_confidence": LowConfidence,
-    "maskgit_plus": MaskGitPlus,
-    "topk_margin": TopKMargin,
-    "entropy": Entropy,
-    "rcr": RunningConfidenceRemasking,
-    "soft_mask": SoftMask,
-    "threshold": Threshold,
-}
+__all__ = ["DECODERS", "DecodeInputs", "GenerateOutput", "decode_loop", "fill_after_eos"]
 
 
 @dataclass
 class GenerateOutput:
-    """sequences (B, L): the input with every decoded position filled (``generate``: prompt then
-    response, (B, P + max_new_tokens)); nfe: model forwards; history: the decoder's state after
-    every step (``return_history``), over the slots of the decoded positions, slot i of row b =
-    its i-th masked position from the left, max_b |M_b| slots ("tokens" (B, |M|max) with the mask
-    id where nothing is decoded yet and at a shorter row's padding slots, and for x-flow "X"
-    (B, |M|max, E) and "t" (B, |M|max); for ``generate`` slot i is response position i);
-    step_times: seconds per step; log_probs: the x-flow policy's log pi(y) per step when sampling,
-    (B, block length) over each row's current block; graphed_blocks: how many blocks ran at least
-    one of their steps as a replay of the call's CUDA graph (counted on the row with the most such
-    blocks; 0 when every step ran eagerly); rollout: x-flow with ``sample=True, record_rollout=True``
-    records SPEC 6.2's trajectory per row, step l and slot i (slot i = row b's i-th decoded
-    position, ``positions`` (B, |M|max) with ``valid`` False past a shorter row's |M_b|): "states"
-    (B, T, |M|max, k + 4) s_{l,i}, "draws" y_{l,i}, "log_probs" log pi_old(y | s) (no graph),
-    "active" (took the flow update: in its block, not re-edited, t before < 0.99), "reedited",
-    "committed" (B, T) the hard-committed slot or -1, "t_final" (B, |M|max)."""
+    """What a ``generate`` / ``infill`` call returns.
+
+    - sequences (B, L): the input with every decoded position filled (``generate``: prompt then
+      response, (B, P + max_new_tokens)).
+    - nfe: model forwards.
+    - history: the decoder's state after every step (``return_history``), over the slots of the
+      decoded positions (slot i of row b = its i-th masked position from the left; for ``generate``
+      response position i), max_b |M_b| slots: "tokens" (B, |M|max) with the mask id where nothing
+      is decoded yet and at a shorter row's padding slots; x-flow also "X" (B, |M|max, E), "t".
+    - step_times: seconds per step.
+    - log_probs: the x-flow policy's log pi(y) per step when sampling, (B, block length) over each
+      row's current block.
+    - graphed_blocks: how many blocks ran at least one step as a replay of the call's CUDA graph
+      (on the row with the most such blocks; 0 when every step ran eagerly).
+    - rollout: x-flow with ``sample=True, record_rollout=True``: SPEC 6.2's trajectory per row,
+      step l and slot i (``positions`` (B, |M|max), ``valid`` False past a shorter row's |M_b|):
+      "states" (B, T, |M|max, k + 4), "draws", "log_probs" log pi_old(y | s) (no graph), "active"
+      (took the flow update), "reedited", "committed" (B, T) the hard-committed slot or -1,
+      "t_final" (B, |M|max).
+    """
 
     sequences: Tensor
     nfe: int
@@ -77,293 +69,47 @@ class GenerateOutput:
     rollout: dict[str, Tensor] | None = None
 
 
-def infill(
-    model,
-    input_ids: Tensor,
-    attention_mask: Tensor | None = None,
-    *,
-    steps: int,
-    decoder: str = "xflow",
-    block_length: int | None = None,
-    policy=None,
-    temperature: float = 0.0,
-    eos_token_id: int | list[int] | None = None,
-    return_history: bool = False,
-    progress: bool = False,
-    generator: torch.Generator | None = None,
-    backend: str = "auto",
-    mask_token_id: int | None = None,
-    cuda_graph: bool = True,
-    suppress_tokens: list[int] | None = None,
-    **decoder_options,
-) -> GenerateOutput:
-    """Decode the positions of ``input_ids`` (B, L) that hold the mask id; keep every other one.
+@dataclass(frozen=True)
+class DecodeInputs:
+    """The tensors of one call, checked, on the model's device.
 
-    SPEC 7: "the positions of a sequence that hold the mask id form the set M, anywhere (prefix,
-    spans, right context); only M is decoded, every other position is fed as its token's
-    embedding. block_length splits each row's M in left-to-right order into blocks; steps split
-    evenly over blocks; a row with |M| = 0 is returned as is. x-flow's state (X, t) exists for
-    positions in M only."
-
-    - M_b: the positions of row b holding the mask id (``mask_token_id``, default the model's)
-      where ``attention_mask`` (B, L), if given, is 1; the rows may hold different numbers of masks.
-    - ``block_length`` n (default: each row's whole M is one block): row b's M, left to right,
-      splits into ceil(|M_b| / n) blocks of n positions, the last one possibly shorter. Decoding
-      runs inside a row's current block; earlier blocks are fed as their decoded tokens (x-flow:
-      their plain embeddings), later ones as masks.
-    - ``steps``: every row takes ``steps`` steps (forwards, all rows together), split over its own
-      blocks: steps // K_b per block, one more for each of the first steps % K_b blocks. ``steps``
-      must be at most the largest |M_b| and at least the number of blocks of every row; a row with
-      fewer masked positions than steps gets steps that commit nothing (x-flow keeps refining).
-    - ``decoder``: "xflow" (SPEC 2; ``policy`` a StepPolicy or None for the heuristic; options
-      ``config``, ``sample``, ``record_rollout`` (with ``sample``: the trajectory in
-      ``GenerateOutput.rollout``, SPEC 6.2)), "low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr",
-      "soft_mask" (options ``k``, ``w_s``, ``w_a``, ``w_b``), "threshold" (option ``tau``; it takes
-      as many steps as its blocks need, each row moving to its next block once its block is full).
-    - ``eos_token_id`` (an id or a list of ids in the vocabulary): in each row, every decoded
-      position after the first decoded EOS (left to right over M) becomes that EOS; given tokens
-      never change.
-    - ``suppress_tokens`` (a list of ids in the vocabulary, like transformers' ``generate``): their
-      logits are set to -inf in every decoded row before any decoder sees them, so no decoded
-      position ever takes one (SPEC 7: the code model's [MASK] logit is blocked when decoding);
-      the padding entries of a block keep their fixed row. Suppressing every id is a ValueError.
-    - Dream (shifted logits): position j is predicted by row j - 1, so a masked position needs a
-      real token (or a masked one) right before it.
-
-    A padded batch decodes every row exactly as that row decodes alone. On a CUDA device, with
-    ``cuda_graph`` (the default) and a decoder that draws no random numbers (temperature 0, x-flow
-    without ``sample``), one step (inputs, forward, decoder step) is captured in a CUDA graph and
-    replayed for every later step of every block (``decode/graphs.py``); a model that cannot be
-    captured falls back to eager steps with a warning. Logits rows that are not a finite
-    distribution raise ValueError after the loop. A model that was not ``mdfast.patch``-ed is
-    adapted for this call only.
+    - input_ids (B, L) int64: every position's token (the mask id at the positions to decode).
+    - attention_mask (B, L) int64 or None: 0 at padding.
+    - decode (B, L) bool: M, the positions to decode.
     """
-    patched = getattr(model, "mdfast_adapter", None) is not None
-    adapter = adapt(model, mask_token_id)
-    try:
-        input_ids, attention_mask = _check_inputs(adapter, input_ids, attention_mask)
-        decode = input_ids == adapter.mask_token_id
-        if attention_mask is not None:
-            decode &= attention_mask.bool()
-        return _decode(
-            adapter,
-            input_ids,
-            attention_mask,
-            decode,
-            steps,
-            decoder,
-            block_length,
-            policy,
-            temperature,
-            eos_token_id,
-            return_history,
-            progress,
-            generator,
-            backend,
-            cuda_graph,
-            suppress_tokens,
-            decoder_options,
-        )
-    finally:
-        if not patched:
-            release(adapter)
+
+    input_ids: Tensor
+    attention_mask: Tensor | None
+    decode: Tensor
 
 
-def generate(
-    model,
-    input_ids: Tensor,
-    attention_mask: Tensor | None = None,
-    *,
-    max_new_tokens: int,
-    steps: int,
-    decoder: str = "xflow",
-    block_length: int | None = None,
-    policy=None,
-    temperature: float = 0.0,
-    eos_token_id: int | list[int] | None = None,
-    return_history: bool = False,
-    progress: bool = False,
-    generator: torch.Generator | None = None,
-    backend: str = "auto",
-    mask_token_id: int | None = None,
-    cuda_graph: bool = True,
-    suppress_tokens: list[int] | None = None,
-    **decoder_options,
-) -> GenerateOutput:
-    """Generate ``max_new_tokens`` tokens after each (left-padded) prompt of ``input_ids`` (B, P):
-    ``infill`` of the prompt followed by ``max_new_tokens`` masks, where M is exactly that suffix
-    (a mask id inside a prompt is fed as it is), and every argument means what it means there.
-
-    ``block_length`` (default: the whole response) must divide ``max_new_tokens``, the number of
-    blocks must divide ``steps`` (so every block gets steps / blocks steps, as in LLaDA's
-    generate), and ``steps`` must be at most ``max_new_tokens``. Tokens after an EOS
-    (``eos_token_id``, one id or several) are set to that EOS.
-    """
-    patched = getattr(model, "mdfast_adapter", None) is not None
-    adapter = adapt(model, mask_token_id)
-    try:
-        input_ids, attention_mask = _check_inputs(adapter, input_ids, attention_mask, max_new_tokens)
-        N = max_new_tokens
-        if not (isinstance(steps, int) and steps >= 1):
-            raise ValueError(f"steps: expected a positive int, got {steps!r}")
-        if steps > N:
-            raise ValueError(f"steps: expected at most max_new_tokens = {N} steps (one token each), got {steps}")
-        block_length = N if block_length is None else block_length
-        if not (isinstance(block_length, int) and block_length >= 1 and N % block_length == 0):
-            raise ValueError(f"block_length: expected a positive divisor of max_new_tokens={N}, got {block_length!r}")
-        n_blocks = N // block_length
-        if steps % n_blocks != 0:
-            raise ValueError(
-                f"steps: {steps} steps do not split evenly over {n_blocks} blocks of {block_length} tokens"
-            )
-        B, P = input_ids.shape
-        if adapter.shifted and P < 1:
-            raise ValueError("input_ids: a shifted-logit model (Dream) needs a prompt of at least one token")
-        masks = input_ids.new_full((B, N), adapter.mask_token_id)
-        decode = torch.cat([torch.zeros_like(input_ids, dtype=torch.bool), torch.ones_like(masks, dtype=torch.bool)], 1)
-        if attention_mask is not None:
-            attention_mask = torch.cat([attention_mask, torch.ones_like(masks)], dim=1)
-        return _decode(
-            adapter,
-            torch.cat([input_ids, masks], dim=1),
-            attention_mask,
-            decode,
-            steps,
-            decoder,
-            block_length,
-            policy,
-            temperature,
-            eos_token_id,
-            return_history,
-            progress,
-            generator,
-            backend,
-            cuda_graph,
-            suppress_tokens,
-            decoder_options,
-        )
-    finally:
-        if not patched:
-            release(adapter)
-
-
-def _check_inputs(
-    adapter: ModelAdapter, input_ids, attention_mask, max_new_tokens: int | None = None
-) -> tuple[Tensor, Tensor | None]:
-    """Validated ``input_ids`` (B, L) and ``attention_mask`` (on the model's device, int64), checked
-    up front: ids in the vocabulary, and L (+ ``max_new_tokens`` for ``generate``) within the
-    model's positions."""
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
-        shape = "(B, P)" if max_new_tokens is not None else "(B, L)"
-        raise TypeError(f"input_ids: expected an int64 tensor {shape}, got {describe(input_ids)}")
-    B, L = input_ids.shape
-    device = adapter.embedding.device
-    if input_ids.device != device:
-        raise ValueError(f"input_ids: expected a tensor on {device} (the model's device), got {input_ids.device}")
-    if attention_mask is not None:
-        if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, L):
-            raise ValueError(
-                f"attention_mask: expected shape ({B}, {L}) like input_ids, got {describe(attention_mask)}"
-            )
-        attention_mask = attention_mask.to(device=device, dtype=torch.long)
-    if max_new_tokens is not None and not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
-        raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
-    V = adapter.vocab_size
-    if input_ids.numel() and not bool(((input_ids >= 0) & (input_ids < V)).all()):
-        low, high = int(input_ids.min()), int(input_ids.max())
-        raise ValueError(
-            f"input_ids: expected token ids in [0, {V}) (the model's vocabulary), got ids from {low} to {high}"
-        )
-    length = L + (max_new_tokens or 0)
-    if adapter.max_positions is not None and length > adapter.max_positions:
-        what = f"{L} prompt + {max_new_tokens} new tokens" if max_new_tokens is not None else f"{L} tokens"
-        raise ValueError(
-            f"input_ids: {what} = {length} positions, but {type(adapter.model).__name__} takes at most "
-            f"{adapter.max_positions} (its config's maximum sequence length)"
-        )
-    return input_ids, attention_mask
-
-
-def _check_eos(eos_token_id, V: int) -> list[int] | None:
-    if eos_token_id is None:
-        return None
-    ids = [eos_token_id] if not isinstance(eos_token_id, (list, tuple)) else list(eos_token_id)
-    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise TypeError(f"eos_token_id: expected a token id (int) or a non-empty list of ids, got {eos_token_id!r}")
-    if not all(0 <= i < V for i in ids):
-        raise ValueError(f"eos_token_id: expected ids in [0, {V}) (the model's vocabulary), got {eos_token_id!r}")
-    return ids
-
-
-def _check_suppress(suppress_tokens, V: int) -> list[int] | None:
-    """The ids of ``suppress_tokens`` (None or a list of ids, at least one id of the vocabulary left)."""
-    if suppress_tokens is None:
-        return None
-    ids = list(suppress_tokens) if isinstance(suppress_tokens, (list, tuple)) else None
-    if ids is None or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise TypeError(f"suppress_tokens: expected a list of token ids (int) or None, got {suppress_tokens!r}")
-    if not all(0 <= i < V for i in ids):
-        raise ValueError(f"suppress_tokens: expected ids in [0, {V}) (the model's vocabulary), got {ids!r}")
-    if len(set(ids)) >= V:
-        raise ValueError(f"suppress_tokens: every one of the {V} ids of the vocabulary is suppressed; none is left")
-    return sorted(set(ids)) or None
-
-
-def _decode(
-    adapter: ModelAdapter,
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
-    decode: Tensor,
-    steps,
-    decoder_name,
-    block_length,
-    policy,
-    temperature,
-    eos_token_id,
-    return_history,
-    progress,
-    generator,
-    backend,
-    cuda_graph,
-    suppress_tokens,
-    options,
-) -> GenerateOutput:
-    """The one decoding path: ``decode`` (B, L) bool is M."""
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps: expected a positive int, got {steps!r}")
-    if block_length is not None and not (isinstance(block_length, int) and block_length >= 1):
-        raise ValueError(f"block_length: expected a positive int or None, got {block_length!r}")
-    if decoder_name not in DECODERS:
-        raise ValueError(f"decoder: expected one of {sorted(DECODERS)}, got {decoder_name!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature: expected >= 0, got {temperature}")
-    if policy is not None and decoder_name != "xflow":
-        raise ValueError(f"policy: only the xflow decoder takes a step policy, not {decoder_name!r}")
-    eos = _check_eos(eos_token_id, adapter.vocab_size)
-    suppress = _check_suppress(suppress_tokens, adapter.vocab_size)
+def decode_loop(adapter: ModelAdapter, inputs: DecodeInputs, options: DecodeOptions) -> GenerateOutput:
+    """Decode M = ``inputs.decode`` under ``options`` (already validated against the model)."""
+    input_ids, attention_mask, decode = inputs.input_ids, inputs.attention_mask, inputs.decode
     if adapter.shifted:
         _check_shifted(decode, attention_mask)
-    schedule = Schedule(decode, steps, block_length)
-    if policy is not None:
-        options["policy"] = policy
-    try:
-        decoder = DECODERS[decoder_name](
-            adapter, schedule, backend=backend, generator=generator, temperature=temperature, **options
-        )
-    except TypeError as error:
-        raise TypeError(f"decoder {decoder_name!r}: {error}") from None
+    schedule = Schedule(decode, options.steps, options.block_length)
+    decoder = DECODERS[options.decoder](
+        adapter,
+        schedule,
+        backend=options.backend,
+        generator=options.generator,
+        temperature=options.temperature,
+        **options.decoder_kwargs(),
+    )
 
     full_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask  # no padding: none
     device = input_ids.device
     on_gpu = device.type == "cuda"
     with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():  # streams and graphs on the model's GPU
-        step = _Step(adapter, decoder, input_ids, full_mask, suppress)
-        graph = StepGraph(step, adapter.model, cuda_graph and on_gpu and decoder.capturable, decoder.max_steps)
-        nfe, history, step_times, graphed_blocks = _run(decoder, graph, return_history, progress)
+        step = _Step(adapter, decoder, input_ids, full_mask, options.suppressed_ids())
+        capture = options.cuda_graph and on_gpu and decoder.capturable
+        graph = StepGraph(step, adapter.model, capture, decoder.max_steps)
+        nfe, history, step_times, graphed_blocks = _run(decoder, graph, options.return_history, options.progress)
     decoder.check_finite()
     tokens = decoder.tokens()
-    if eos is not None:
-        tokens = fill_after_eos(tokens, eos)
+    if options.eos_token_id is not None:
+        tokens = fill_after_eos(tokens, options.eos_ids())
     sequences = torch.where(decode, tokens.gather(1, schedule.slot_of), input_ids)
     log_probs = getattr(decoder, "log_probs", None) or None
     rollout = None
@@ -388,8 +134,10 @@ def _check_shifted(decode: Tensor, attention_mask: Tensor | None) -> None:
 
 
 class _Step:
-    """One decoding step of a call (see the module docstring), run by ``StepGraph``: it writes only
-    into tensors made here and in the decoder, so a CUDA graph of it replays any later step."""
+    """One decoding step of a call (see the module docstring), run by ``StepGraph``.
+
+    It writes only into tensors made here and in the decoder, so a CUDA graph of it replays any later step.
+    """
 
     def __init__(
         self,

@@ -49,9 +49,11 @@ class Entropy(MaskedTokens):
 
 
 class RunningConfidenceRemasking(MaskedTokens):
-    """SPEC 3, RCR: "keep per position the highest confidence it reached; each step fill every
-    masked position, then re-mask the n_t positions whose running maximum confidence is lowest
-    (n_t from the same schedule)".
+    """Running Confidence Remasking (SPEC 3): refill every masked position, re-mask the lowest running maxima.
+
+    SPEC 3: "keep per position the highest confidence it reached; each step fill every masked
+    position, then re-mask the n_t positions whose running maximum confidence is lowest (n_t from
+    the same schedule)".
 
     Each step fills every masked entry of the row's block with its prediction x0 (raising that
     position's running maximum with p(x0)), then keeps decoded the block entries with the highest
@@ -78,17 +80,16 @@ class RunningConfidenceRemasking(MaskedTokens):
 
 
 class Threshold(MaskedTokens):
-    """Fast-dLLM: commit every masked token of the block with confidence > tau, at least the most
-    confident one, until the block is filled (``steps`` then bounds nothing: a block takes as many
-    forwards as it needs, at most its length).
+    """Fast-dLLM threshold decoding: commit every masked token with confidence > tau, at least the top one.
+
+    Until the block is filled: ``steps`` then bounds nothing (a block takes as many forwards as it
+    needs, at most its length).
 
     Each row moves to its next block on its own, on the device, in the step that fills its current
     block; a row past its last block idles (its entries are all decoded: nothing is selected).
     Whether every row is done is one host read per step, between steps (``finished``)."""
 
     def __init__(self, adapter, schedule, *, tau: float = 0.9, **kwargs) -> None:
-        if not 0.0 <= tau <= 1.0:
-            raise ValueError(f"tau: expected a confidence threshold in [0, 1], got {tau}")
         super().__init__(adapter, schedule, **kwargs)
         self.tau = float(tau)
         self.current = torch.zeros(self.B, dtype=torch.long, device=self.device)  # K_b once row b is done

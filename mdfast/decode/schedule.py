@@ -39,25 +39,29 @@ from torch import Tensor
 
 
 def transfer_counts(n_masked: int, steps: int) -> list[int]:
-    """SPEC 3, LLaDA's linear schedule: tokens committed at each of ``steps`` steps for a block of
-    ``n_masked`` masked tokens: base = n_masked // steps, the first n_masked % steps steps get one
-    more. Known on the host, so no step waits on the device to learn it."""
+    """Tokens committed at each of ``steps`` steps for a block of ``n_masked`` masked tokens (SPEC 3, LLaDA).
+
+    base = n_masked // steps, the first n_masked % steps steps get one more. Known on the host, so
+    no step waits on the device to learn it.
+    """
     base, extra = divmod(n_masked, steps)
     return [base + (1 if s < extra else 0) for s in range(steps)]
 
 
 def steps_per_block(steps: int, blocks: int) -> list[int]:
-    """SPEC 2/3/7 "steps split evenly over blocks": steps // blocks each, and one more for each of the
-    first steps % blocks blocks."""
+    """Steps per block, "split evenly over blocks" (SPEC 2, 3, 7).
+
+    steps // blocks each, and one more for each of the first steps % blocks blocks.
+    """
     return transfer_counts(steps, blocks)
 
 
 def top_positions(score: Tensor, count: int | Tensor) -> Tensor:
-    """A (B, n) boolean mask of each row's ``count`` largest scores, ties -> smaller index (a
-    stable descending sort: the rule every decoder's selection follows).
+    """A (B, n) boolean mask of each row's ``count`` largest scores, ties -> the smaller index.
 
-    ``count`` is an int, an int64 tensor (1,) (the same count for every row) or (B, 1) (one per
-    row), so a step can read it from a device-side schedule without a host synchronisation.
+    A stable descending sort: the rule every decoder's selection follows. ``count`` is an int, an
+    int64 tensor (1,) (the same count for every row) or (B, 1) (one per row), so a step can read it
+    from a device-side schedule without a host synchronisation.
     """
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices
     positions = torch.arange(score.shape[-1], device=score.device).expand_as(order)
@@ -67,8 +71,12 @@ def top_positions(score: Tensor, count: int | Tensor) -> Tensor:
 
 @dataclass
 class Block:
-    """The current block of every row, (B, n) each: ``slots`` into the packed (B, W) state,
-    ``valid`` (False for padding entries) and ``positions`` in the sequence (0 for padding)."""
+    """The current block of every row, (B, n) each.
+
+    - slots: into the packed (B, W) state.
+    - valid: False for padding entries.
+    - positions: in the sequence (0 for padding).
+    """
 
     slots: Tensor
     valid: Tensor
@@ -172,15 +180,16 @@ class Schedule:
         return Block(slots, self.valid.gather(1, slots), self.positions.gather(1, slots))
 
     def block_of_step(self, step: int) -> list[int]:
-        """Host: the block each row runs at ``step`` of the fixed schedule (-1 for a row with no
-        masked position)."""
+        """Host: the block each row runs at ``step`` of the fixed schedule (-1: a row with no masked position)."""
         return [self.block_of_host[b][step] if self.blocks[b] else -1 for b in range(self.B)]
 
 
 def fill_padding_rows(logits: Tensor, valid: Tensor, mask_token_id: int) -> Tensor:
-    """The logits (B, n, V) with every padding entry's row (``valid`` False) replaced by the fixed
-    distribution 0 at the mask id and -inf elsewhere: p(mask id) = 1 exactly, so a padding entry
-    is never re-edited or committed by x-flow (c = 1, t stays 1) and its statistics are finite."""
+    """The logits (B, n, V) with every padding entry's row (``valid`` False) fixed: 0 at the mask id, -inf elsewhere.
+
+    p(mask id) = 1 exactly, so a padding entry is never re-edited or committed by x-flow (c = 1,
+    t stays 1) and its statistics are finite.
+    """
     fixed = torch.full((logits.shape[-1],), -math.inf, dtype=logits.dtype, device=logits.device)
     fixed[mask_token_id] = 0.0
     return torch.where(valid.unsqueeze(-1), logits, fixed)

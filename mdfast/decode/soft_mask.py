@@ -20,13 +20,13 @@ from .base import MaskedTokens
 
 
 class SoftMask(MaskedTokens):
+    """Low-confidence remasking that feeds still-masked positions a mixture of their top-k embeddings."""
+
     full_entropy = True
 
     def __init__(
         self, adapter, schedule, *, k: int = 3, w_s: float = 0.25, w_a: float = 5.0, w_b: float = -1.0, **kwargs
     ) -> None:
-        if not (isinstance(k, int) and 2 <= k <= 8):
-            raise ValueError(f"k: expected an int in [2, 8] tokens to mix, got {k!r}")
         super().__init__(adapter, schedule, **kwargs)
         self.k, self.w_s, self.w_a, self.w_b = k, float(w_s), float(w_a), float(w_b)
         n, E = schedule.block_length, adapter.embedding.shape[1]

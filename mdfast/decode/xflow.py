@@ -33,6 +33,8 @@ from .base import Decoder
 
 
 class XFlow(Decoder):
+    """The x-prediction flow decoder (SPEC 2): per slot a continuous state X and a time t (see the module docstring)."""
+
     def __init__(
         self,
         adapter,
@@ -45,10 +47,6 @@ class XFlow(Decoder):
         **kwargs,
     ) -> None:
         super().__init__(adapter, schedule, **kwargs)
-        if self.temperature != 0.0:
-            raise ValueError(
-                "temperature: the x-flow decoder has no temperature (its randomness is sample=True with a policy)"
-            )
         if config is None:
             config = (
                 FlowConfig(k=policy.k, a_min=policy.a_min, a_max=policy.a_max) if policy is not None else FlowConfig()
@@ -61,8 +59,6 @@ class XFlow(Decoder):
         self.t = torch.where(schedule.valid, 0.0, 1.0)  # padding slots sit at t = 1
         self.ids = torch.full((self.B, self.W), adapter.mask_token_id, dtype=torch.long, device=self.device)
         self.log_probs: list[torch.Tensor] = []
-        if record_rollout and not self.sample:
-            raise ValueError("record_rollout: records sampled trajectories; pass sample=True and a policy")
         self.rollout = _RolloutRecord(self.B, schedule.steps, self.W, config, self.device) if record_rollout else None
 
     @property
@@ -74,8 +70,11 @@ class XFlow(Decoder):
         return self.sample
 
     def begin_step(self, block):
-        """A row whose step opens block j > 0 feeds its block j - 1 as the plain embeddings of that
-        block's tokens from now on (X = E[token], t = 1); every other slot keeps its state."""
+        """Finish the previous block of every row whose step opens block j > 0.
+
+        Block j - 1 is fed as the plain embeddings of its tokens from now on (X = E[token], t = 1);
+        every other slot keeps its state.
+        """
         opening = self.schedule.now(self.schedule.opens_block)
         previous = self.schedule.block((self.block_index() - 1).clamp_min(0))
         finished = opening.unsqueeze(1) & previous.valid
@@ -124,9 +123,11 @@ class XFlow(Decoder):
 
 
 class _RolloutRecord:
-    """SPEC 6.2's record of a sampled x-flow call, per row, step and slot (B, T, W): filled step by
-    step by ``XFlow.update`` (a sampled call is never captured in a CUDA graph, so a host counter
-    numbers the steps); ``tensors`` gives it over the first ``n`` slots."""
+    """SPEC 6.2's record of a sampled x-flow call, per row, step and slot (B, T, W).
+
+    Filled step by step by ``XFlow.update`` (a sampled call is never captured in a CUDA graph, so a
+    host counter numbers the steps); ``tensors`` gives it over the first ``n`` slots.
+    """
 
     def __init__(self, B: int, T: int, W: int, config: FlowConfig, device: torch.device) -> None:
         self.step, self.threshold = 0, config.commit_threshold

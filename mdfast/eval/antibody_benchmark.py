@@ -30,6 +30,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
+from transformers import BertForMaskedLM
+from transformers.utils import logging as hf_logging
+
+from mdfast.loading import load_model, load_tokenizer
 
 from .budget_grid import (
     DEFAULT_BUDGETS,
@@ -88,8 +92,11 @@ class Vocabulary:
 
 @dataclass(frozen=True)
 class MaskedGene:
-    """One benchmark input: ``input_ids`` ([CLS] residues [SEP], masked ones as [MASK]), the masked token
-    ``positions`` (ascending) and the gene's token ids there (``target``)."""
+    """One benchmark input: a gene's ``input_ids`` with some residues masked, their positions and true ids.
+
+    input_ids: [CLS] residues [SEP], the masked ones as [MASK]. positions: the masked token positions, ascending.
+    target: the gene's token ids there.
+    """
 
     gene: Gene
     input_ids: tuple[int, ...]
@@ -100,7 +107,7 @@ class MaskedGene:
 def antiberty_path() -> Path:
     """The AntiBERTy checkpoint folder inside the installed ``antiberty`` package (SPEC 4)."""
     try:
-        import antiberty
+        import antiberty  # optional extra: eval
     except ImportError as error:
         raise ImportError(
             f"the antibody benchmark's default model needs pip install antiberty==0.1.3 ({error})"
@@ -120,8 +127,6 @@ def load_antiberty(device: str | torch.device = "cpu") -> torch.nn.Module:
     masked LM: transformers' report of them as unexpected keys is silenced, and any other unexpected or missing
     key raises ValueError.
     """
-    from transformers import BertForMaskedLM
-
     path = antiberty_path()
     with _quiet_transformers():
         model, info = BertForMaskedLM.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
@@ -137,8 +142,6 @@ def load_antiberty(device: str | torch.device = "cpu") -> torch.nn.Module:
 @contextlib.contextmanager
 def _quiet_transformers():
     """transformers' logging at error level and its progress bars off, restored afterwards."""
-    from transformers.utils import logging as hf_logging
-
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -188,6 +191,8 @@ def antibody(
     tokenizer=None,
     device: str | torch.device = "cpu",
     reference: bool = True,
+    done: dict | None = None,
+    on_cell=None,
 ) -> list[dict]:
     """Run the antibody benchmark; one plain record (JSON-ready dict) per (decoder, budget).
 
@@ -197,9 +202,10 @@ def antibody(
     decoders: names of ``mdfast.decode.DECODERS`` (default: all of them). budgets: fractions of the masked
     count (``parse_budget``). task: "suffix" or "span". genes: None (every held-out gene), an int n (n evenly
     spaced held-out genes) or a list of ``Gene``. policy: the x-flow ``StepPolicy`` (None: the default
-    heuristic); other decoders take none. progress: a bar on stderr (tqdm). reference: False skips the
+    heuristic); other decoders take none. progress: a bar on stderr with an ETA. reference: False skips the
     full-budget low_confidence decode that agreement is measured against (agreement, agreement_se and each
     gene's agree are then None): a training loop's evaluation every N steps needs the accuracy only.
+    done, on_cell: a resumed run's decoded cells, and a callback per new one (``budget_grid.decode_grid``).
 
     Record keys: task, decoder, budget ("1/4"), budget_value, model, seed, batch_size, genes, residues,
     accuracy, accuracy_se, agreement, agreement_se, nfe (mean per gene), steps (mean per gene), seconds,
@@ -226,8 +232,10 @@ def antibody(
         backend=backend,
         policy=policy,
         progress=progress,
-        description="mdfast eval antibody",
+        description=f"mdfast eval antibody ({task})",
         reference=reference,
+        done=done,
+        on_cell=on_cell,
     )
     ref = results[REFERENCE_DECODER, Fraction(1)] if reference else None
     common = {"task": task, "model": model_name, "seed": seed, "batch_size": batch_size}
@@ -242,8 +250,6 @@ def _resolve_model(model, tokenizer, device) -> tuple[torch.nn.Module, Vocabular
     if model is None:
         return load_antiberty(device), antiberty_vocabulary(), "AntiBERTy (antiberty 0.1.3)"
     if isinstance(model, (str, os.PathLike)):
-        from mdfast.loading import load_model, load_tokenizer
-
         with _quiet_transformers():
             module = load_model(model, device=device, dtype=torch.float32)
             if tokenizer is None:

@@ -1,9 +1,7 @@
 """What the infilling benchmarks share (SPEC 7): budgets, step counts, and the grid of (decoder, budget) runs.
 
-SPEC 2: 'A "budget" is T / N'; SPEC 7: "Metrics, besides accuracy: agreement with the same model's full-budget,
-one-token-per-step low_confidence decode of the same input (...), and NFE." Both benchmarks (antibody genes,
-the code model's held-out functions) decode items, each a token sequence with masked positions, by
-``mdfast.infill`` at every budget. Choices the SPEC leaves open, made here:
+Both benchmarks (antibody genes, the code model's held-out functions) decode items, each a token sequence with
+masked positions, by ``mdfast.infill`` at every budget (SPEC 2: a budget is T / N). Choices the SPEC leaves open:
 - budget b gives ``steps = max(1, ceil(b * n_masked))`` per item (exact fractions, no float rounding);
 - ``mdfast.infill`` gives every row of a call the same number of steps, so items are batched by their step
   count (in item order, at most ``batch_size`` rows a call); rows of different lengths in one call are
@@ -12,18 +10,22 @@ the code model's held-out functions) decode items, each a token sequence with ma
   that (decoder, budget) cell too;
 - each decoder is warmed up by a one-step call on one item before its first timed call (extension builds and
   allocator warm-up stay out of the timing); ``seconds`` is the wall time of the timed calls, NFE per item the
-  forwards of the call that decoded it.
+  forwards of the call that decoded it;
+- a resumed run passes the cells it has (``done``) and decodes only the others; ``on_cell`` sees each new one.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
+
+import mdfast
+from mdfast.decode import DECODERS
 
 from .progress import progress_bar
 
@@ -35,6 +37,7 @@ __all__ = [
     "budget_steps",
     "check_grid",
     "decode_grid",
+    "grid_runs",
     "parse_budget",
     "step_batches",
 ]
@@ -60,10 +63,10 @@ def budget_steps(budget: Fraction, n_masked: int) -> int:
 
 
 def check_grid(decoders, budgets, batch_size) -> tuple[list[str], list[Fraction]]:
-    """The decoder names (default: every one of ``mdfast.decode.DECODERS``) and the sorted distinct budgets,
-    checked (ValueError naming the argument), with ``batch_size`` a positive int."""
-    from mdfast.decode import DECODERS
+    """The decoder names and the sorted distinct budgets, checked (ValueError naming the argument).
 
+    decoders: names of ``mdfast.decode.DECODERS`` (None: all). batch_size: a positive int.
+    """
     decoders = list(DECODERS) if decoders is None else list(decoders)
     unknown = [d for d in decoders if d not in DECODERS]
     if unknown or not decoders:
@@ -78,8 +81,10 @@ def check_grid(decoders, budgets, batch_size) -> tuple[list[str], list[Fraction]
 
 @dataclass(frozen=True)
 class InfillItem:
-    """One input of a benchmark: ``input_ids`` with the mask id at the ascending ``positions`` (the antibody
-    benchmark's ``MaskedGene`` has the same two fields)."""
+    """One input of a benchmark: ``input_ids`` with the mask id at the ascending ``positions``.
+
+    The antibody benchmark's ``MaskedGene`` has the same two fields.
+    """
 
     input_ids: tuple[int, ...]
     positions: tuple[int, ...]
@@ -87,8 +92,11 @@ class InfillItem:
 
 @dataclass
 class Decoded:
-    """One (decoder, budget) run: per item, the decoded ids at its positions, the call's NFE and steps; the
-    wall seconds of the timed calls."""
+    """One (decoder, budget) run: per item, the decoded ids, the call's NFE and steps; the timed wall seconds.
+
+    tokens: per item, the ids decoded at its positions. nfe, steps: per item, those of the call that decoded it.
+    seconds: the wall time of the timed calls.
+    """
 
     tokens: list[tuple[int, ...]]
     nfe: list[int]
@@ -105,10 +113,21 @@ class Decoded:
             "tokens_per_s": masked_tokens / self.seconds,
         }
 
+    def to_json(self) -> dict:
+        """A JSON-ready dict (a run log's line); ``from_json`` reads it back."""
+        return {"tokens": [list(t) for t in self.tokens], "nfe": self.nfe, "steps": self.steps, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Decoded:
+        """The ``Decoded`` that ``to_json`` wrote."""
+        return cls([tuple(t) for t in data["tokens"]], list(data["nfe"]), list(data["steps"]), float(data["seconds"]))
+
 
 def step_batches(counts: Sequence[int], budget: Fraction, batch_size: int) -> list[tuple[int, list[int]]]:
-    """(steps, item indices) per ``infill`` call for items with ``counts`` masked tokens: grouped by their step
-    count at ``budget``, in item order, at most ``batch_size`` a call."""
+    """(steps, item indices) per ``infill`` call for items with ``counts`` masked tokens.
+
+    Items are grouped by their step count at ``budget``, in item order, at most ``batch_size`` a call.
+    """
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(counts):
         groups.setdefault(budget_steps(budget, n), []).append(i)
@@ -117,6 +136,12 @@ def step_batches(counts: Sequence[int], budget: Fraction, batch_size: int) -> li
         for steps, rows in sorted(groups.items())
         for k in range(0, len(rows), batch_size)
     ]
+
+
+def grid_runs(decoders: list[str], budgets: list[Fraction], reference: bool = True) -> list[tuple[str, Fraction]]:
+    """The (decoder, budget) cells a grid decodes, in order: the reference decode first (``reference``)."""
+    shared = [(REFERENCE_DECODER, Fraction(1))] if reference else []
+    return shared + [(d, b) for d in decoders for b in budgets if (d, b) not in shared]
 
 
 def decode_grid(
@@ -134,23 +159,35 @@ def decode_grid(
     progress: bool = False,
     description: str = "mdfast eval",
     reference: bool = True,
+    done: dict[tuple[str, Fraction], Decoded] | None = None,
+    on_cell: Callable[[str, Fraction, Decoded], None] | None = None,
 ) -> dict[tuple[str, Fraction], Decoded]:
-    """Decode every item (``InfillItem``s, or anything with ``input_ids`` and ``positions``) with every decoder
-    at every budget, and with the reference decode (module docstring); keyed by (decoder, budget), the
-    reference under (``REFERENCE_DECODER``, 1). ``policy`` goes to x-flow only; ``suppress_tokens`` to every
-    call; ``progress``: a bar over the calls; ``reference=False`` leaves the reference decode out (unless it is
-    one of the runs asked for)."""
-    shared = [(REFERENCE_DECODER, Fraction(1))] if reference else []
-    runs = shared + [(d, b) for d in decoders for b in budgets if (d, b) not in shared]
+    """Decode every item with every decoder at every budget, and the reference decode; keyed by (decoder, budget).
+
+    items: ``InfillItem``s, or anything with ``input_ids`` and ``positions``.
+    reference: the reference decode, under (``REFERENCE_DECODER``, 1); False leaves it out unless asked for.
+    policy: to x-flow only. suppress_tokens: to every call.
+    progress: a bar over the forwards still to run, with elapsed and remaining time.
+    done: cells decoded before (a resumed run), kept as they are. on_cell: called as ``on_cell(decoder, budget,
+    decoded)`` after each cell decoded here.
+    """
+    runs = grid_runs(decoders, budgets, reference)
+    results = {key: value for key, value in (done or {}).items() if key in runs}
+    todo = [key for key in runs if key not in results]
     counts = [len(item.positions) for item in items]
-    batches = {b: step_batches(counts, b, batch_size) for b in {b for _, b in runs}}
-    bar = progress_bar(sum(len(batches[b]) for _, b in runs), description, "batch", progress)
+    batches = {b: step_batches(counts, b, batch_size) for b in {b for _, b in todo}}
+    forwards = sum(steps for _, b in todo for steps, _ in batches[b])
+    bar = progress_bar(forwards, description, "forward", progress)
     runner = _Runner(model, items, pad_id, mask_id, backend, policy, suppress_tokens)
     try:
-        return {(d, b): runner.decode(d, batches[b], bar) for d, b in runs}
+        for d, b in todo:
+            results[d, b] = runner.decode(d, batches[b], bar)
+            if on_cell is not None:
+                on_cell(d, b, results[d, b])
     finally:
         if bar is not None:
             bar.close()
+    return {key: results[key] for key in runs}
 
 
 class _Runner:
@@ -177,12 +214,10 @@ class _Runner:
                 out.tokens[i] = tuple(sequences[row, picked].tolist())
                 out.nfe[i], out.steps[i] = nfe, steps
             if bar is not None:
-                bar.update(1)
+                bar.update(steps)
         return out
 
     def _infill(self, decoder: str, steps: int, rows: list[int]):
-        import mdfast
-
         inputs = [self.items[i].input_ids for i in rows]
         length = max(len(ids) for ids in inputs)
         offsets = [length - len(ids) for ids in inputs]

@@ -1,23 +1,17 @@
-"""The code model's budget curve (issue 13, SPEC 7): infill a span of a held-out function at budgets 1/8 .. 1.
+"""The code model's budget curve (SPEC 7): infill a span of a held-out function at budgets 1/8 .. 1.
 
-SPEC 7: "a small code model trained here on real Python source is for that [the paper's budget effect] (...)
-evaluate on >= 200 cases, block the [MASK] logit when decoding". The cases are
-``mdfast.code_model.cases.code_infill_cases``: a span of 32-128 tokens (whole lines of a function body) of a
-held-out standard-library file, masked, with the rest of the file around it as context in the model's window
-(``max_sequence_length`` tokens). Every decoder fills the span with ``mdfast.infill`` at every budget, the
-[MASK] id suppressed (``suppress_tokens``), through the grid the infilling benchmarks share (``budget_grid.py``:
-steps ``max(1, ceil(b * span length))``, cases batched by step count, so rows of different span lengths share a
-call, the reference decode run once, warm-up and timing).
+The cases are ``mdfast.code_model.cases.code_infill_cases``: a span of 32-128 tokens (whole lines of a function
+body) of a held-out standard-library file, masked, with the rest of the file around it as context in the model's
+window. Every decoder fills the span with ``mdfast.infill`` at every budget, the [MASK] id suppressed, through
+the grid the infilling benchmarks share (``budget_grid.py``).
 
 Metrics per (decoder, budget), each with its standard error over cases (``metrics.pooled_fraction``):
 - ``exact_match``: the share of cases whose whole span equals the file's;
 - ``accuracy``: span tokens equal to the file's, pooled over cases;
-- ``parses``: the share of cases whose filled file (the span's characters replaced by the decoded tokens'
-  text, ``InfillCase.filled_source``) ``ast.parse`` accepts; a span still holding a [MASK] counts as not
-  parsing (its text "[MASK]" is valid Python by accident), and ``masked_spans`` counts those spans apart
-  (0 whenever [MASK] is suppressed, as here: a check);
-- ``agreement``: span tokens equal to the same model's full-budget, one-token-per-step low_confidence decode,
-  pooled over cases;
+- ``parses``: the share of cases whose filled file (``InfillCase.filled_source``) ``ast.parse`` accepts; a span
+  still holding a [MASK] counts as not parsing, and ``masked_spans`` counts those spans apart (0 whenever [MASK]
+  is suppressed, as here: a check);
+- ``agreement``: span tokens equal to the same model's full-budget, one-token-per-step low_confidence decode;
 - ``nfe`` and ``steps`` (means per case), ``seconds`` and ``tokens_per_s`` (span tokens per wall second of the
   ``infill`` calls).
 A decoded special token ([PAD], [EOS]) counts as a wrong token and is written into the file as its text.
@@ -32,6 +26,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
+
+from mdfast.code_model import data as code_data
+from mdfast.code_model.cases import InfillCase, code_infill_cases
+from mdfast.code_model.shipped import SHIPPED_MODEL_DIR
+from mdfast.models.llada import load_llada
 
 from .budget_grid import DEFAULT_BUDGETS, REFERENCE_DECODER, Decoded, InfillItem, check_grid, decode_grid
 from .metrics import finite_or_none, pooled_fraction
@@ -53,39 +52,29 @@ def code(
     tokenizer=None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    done: dict | None = None,
+    on_cell=None,
 ) -> list[dict]:
     """Run the code budget curve; one plain record (JSON-ready dict) per (decoder, budget).
 
-    model: None (the shipped code model, ``mdfast.code_model.pretrain.SHIPPED_MODEL_DIR``), a LLaDA checkpoint folder
-    (``mdfast.load_llada`` in ``dtype`` onto ``device``, with the folder's ``tokenizer.json``) or a model module,
-    used where it is (with ``tokenizer``, default the shipped code tokenizer ``code_data.load_tokenizer()``).
-    decoders: names of ``mdfast.decode.DECODERS`` (default: all). budgets: fractions of the span length
-    (``budget_grid.parse_budget``). cases: None (the default ``code_infill_cases``, 256), an int n (n cases) or
-    a list of ``InfillCase``; windows of the model's ``max_sequence_length``, placed with ``seed``. policy: the
-    x-flow ``StepPolicy`` (None: the default heuristic). progress: a bar on stderr (tqdm).
+    - model: None (the shipped code model, ``mdfast.code_model.shipped.SHIPPED_MODEL_DIR``), a LLaDA checkpoint
+      folder (loaded in ``dtype`` onto ``device``, with its ``tokenizer.json``) or a model module, used where it
+      is (with ``tokenizer``, default the shipped code tokenizer).
+    - decoders: names of ``mdfast.decode.DECODERS`` (default: all). budgets: fractions of the span length.
+    - cases: None (the default ``code_infill_cases``, 256), an int n (n cases) or a list of ``InfillCase``;
+      windows of the model's ``max_sequence_length``, placed with ``seed``.
+    - policy: the x-flow ``StepPolicy`` (None: the default heuristic). progress: a bar on stderr with an ETA.
+    - done, on_cell: a resumed run's decoded cells, and a callback per new one (``budget_grid.decode_grid``).
 
     Record keys: decoder, budget ("1/4"), budget_value, model, seed, batch_size, cases, tokens (span tokens in
     all), exact_match, exact_match_se, accuracy, accuracy_se, parses, parses_se, masked_spans, agreement,
     agreement_se, nfe, steps, seconds, tokens_per_s, and per_case (path, function, span, correct, exact,
     parses, masked, agree, nfe per case).
     """
-    from mdfast.code_model.cases import InfillCase, code_infill_cases
-
     decoders, budgets = check_grid(decoders, budgets, batch_size)
     model, tokenizer, model_name = _resolve_model(model, tokenizer, device, dtype)
     mask_id = tokenizer.mask_token_id
-    if cases is None or isinstance(cases, int):
-        if cases is not None and cases < 1:
-            raise ValueError(f"cases: expected a positive number of cases, got {cases}")
-        seq_len = getattr(model.config, "max_sequence_length", None)
-        if seq_len is None:
-            raise ValueError("model: its config has no max_sequence_length to size the windows; pass cases")
-        options = {} if cases is None else {"n_cases": cases}
-        with _quiet_parse():
-            cases = code_infill_cases(tokenizer, seq_len=seq_len, seed=seed, **options)
-    cases = list(cases)
-    if not cases or not all(isinstance(c, InfillCase) for c in cases):
-        raise ValueError("cases: expected at least one InfillCase (mdfast.code_model.cases)")
+    cases = _resolve_cases(cases, model, tokenizer, seed)
     items = [InfillItem(tuple(c.input_ids.tolist()), tuple(range(*c.span))) for c in cases]
     results = decode_grid(
         model,
@@ -100,6 +89,8 @@ def code(
         suppress_tokens=[mask_id],
         progress=progress,
         description="mdfast eval code",
+        done=done,
+        on_cell=on_cell,
     )
     reference = results[REFERENCE_DECODER, Fraction(1)]
     parsed: dict[tuple[int, tuple[int, ...]], bool] = {}  # (case, fill) -> parses: decoders often agree
@@ -115,11 +106,23 @@ def code(
     return records
 
 
-def _resolve_model(model, tokenizer, device, dtype):
-    from mdfast.code_model import data as code_data
-    from mdfast.code_model.shipped import SHIPPED_MODEL_DIR
-    from mdfast.models.llada import load_llada
+def _resolve_cases(cases, model, tokenizer, seed: int) -> list[InfillCase]:
+    if cases is None or isinstance(cases, int):
+        if cases is not None and cases < 1:
+            raise ValueError(f"cases: expected a positive number of cases, got {cases}")
+        seq_len = getattr(model.config, "max_sequence_length", None)
+        if seq_len is None:
+            raise ValueError("model: its config has no max_sequence_length to size the windows; pass cases")
+        options = {} if cases is None else {"n_cases": cases}
+        with _quiet_parse():
+            cases = code_infill_cases(tokenizer, seq_len=seq_len, seed=seed, **options)
+    cases = list(cases)
+    if not cases or not all(isinstance(c, InfillCase) for c in cases):
+        raise ValueError("cases: expected at least one InfillCase (mdfast.code_model.cases)")
+    return cases
 
+
+def _resolve_model(model, tokenizer, device, dtype):
     if model is None:
         if not (SHIPPED_MODEL_DIR / "config.json").is_file():
             raise ValueError(f"model: no code model is shipped yet ({SHIPPED_MODEL_DIR}); pass a checkpoint folder")
@@ -154,9 +157,12 @@ def _quiet_parse():
 
 
 def case_scores(cases, decoded: Decoded, reference: Decoded, tokenizer, parsed: dict | None = None) -> list[dict]:
-    """Per case: path, function, span (its length), correct (tokens equal to the file's), exact, masked (the span
-    still holds a [MASK]), parses (the filled file parses and nothing is left masked), agree (tokens equal to
-    the reference decode's) and nfe. ``parsed`` caches parse results by (case index, fill) across calls."""
+    """Per case: path, function, span, correct, exact, masked, parses, agree and nfe.
+
+    span: its length. correct: tokens equal to the file's. masked: the span still holds a [MASK]. parses: the
+    filled file parses and nothing is left masked. agree: tokens equal to the reference decode's.
+    parsed: caches parse results by (case index, fill) across calls.
+    """
     parsed = {} if parsed is None else parsed
     scores = []
     for i, (case, tokens, ref, nfe) in enumerate(zip(cases, decoded.tokens, reference.tokens, decoded.nfe)):

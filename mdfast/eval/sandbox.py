@@ -60,10 +60,13 @@ class Limits:
 
 
 def run_program(source: str, limits: Limits = Limits(), slot: int = 0) -> dict:
-    """Run one program (its full source) in the sandbox. Returns ``{"passed": exit status 0 within the limits,
-    "status": "passed" | "timed out" | "failed: <last stderr line>" | "killed by <signal>" | "sandbox setup failed:
-    ...", "returncode", "seconds", "stderr" (its last 2,000 characters), "sandbox": {"network", "uid"}}``.
-    ``slot`` (0 <= slot < 1000) picks the uid among concurrently running programs."""
+    """Run one program (its full source) in the sandbox; a dict of what happened.
+
+    Returns: passed (exit status 0 within the limits), status ("passed" | "timed out" | "failed: <last stderr
+    line>" | "killed by <signal>" | "sandbox setup failed: ..."), returncode, seconds, stderr (its last 2,000
+    characters), sandbox ({"network", "uid"}).
+    slot: 0 <= slot < 1000, picks the uid among concurrently running programs.
+    """
     if not isinstance(source, str):
         raise TypeError(f"source: expected a str, got {type(source).__name__}")
     if not (isinstance(slot, int) and 0 <= slot < 1000):
@@ -79,7 +82,9 @@ def run_programs(
     sources: list[str], limits: Limits = Limits(), workers: int | None = None, progress=None
 ) -> list[dict]:
     """``run_program`` for each source, ``workers`` at a time (default: the CPU count); results in order.
-    ``progress``: called with no argument after each program (a progress bar's update)."""
+
+    progress: called with no argument after each program (a progress bar's update).
+    """
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not (isinstance(workers, int) and 1 <= workers <= 1000):
         raise ValueError(f"workers: expected an int in [1, 1000], got {workers!r}")

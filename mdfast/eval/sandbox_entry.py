@@ -1,5 +1,6 @@
-"""The first code a sandboxed program's process runs (``sandbox.py`` starts it as a script; stdlib only, it
-imports nothing of mdfast): it sets the limits, leaves the network, drops root, then runs the program.
+"""The first code a sandboxed program's process runs: it sets the limits, leaves the network, drops root, runs it.
+
+``sandbox.py`` starts it as a script; stdlib only, it imports nothing of mdfast.
 
 argv: [this file, config.json]. The config names the program file, the limits and the uid to become. The
 steps, in order (each needs the privilege the next one gives up):
@@ -9,12 +10,13 @@ steps, in order (each needs the privilege the next one gives up):
    where the kernel refuses both, the socket module is disabled instead (a guard against accidents, not a
    boundary: ctypes gets around it), and the report says so;
 3. as root: the standard-library modules the program's source names are imported first (the interpreter's own
-   files may be readable by root only, e.g. under /root/.pyenv; ``antigravity`` and ``this`` are left out), then
+   files may be readable by root only, e.g. under root's own pyenv; ``antigravity`` and ``this`` are left out), then
    no supplementary groups and setgid/setuid to the config's uid (RLIMIT_NPROC is not enforced for root, and
    root could write anywhere); a failure stops here with exit status 125, before the program runs;
 4. a report (sandbox.json: network, uid) for the parent, then the program runs as ``__main__``.
 """
 
+import _socket
 import ast
 import contextlib
 import ctypes
@@ -22,6 +24,7 @@ import importlib
 import json
 import os
 import resource
+import socket
 import sys
 
 CLONE_NEWNET = 0x40000000
@@ -39,8 +42,6 @@ def _leave_network() -> str:
     flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
     if unshare is not None and unshare(flags) == 0:
         return "namespace"
-    import _socket
-    import socket
 
     def refuse(*args, **kwargs):
         raise PermissionError("network access is disabled in the mdfast sandbox")

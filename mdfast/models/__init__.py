@@ -114,10 +114,12 @@ class ModelAdapter:
         return self.model.get_input_embeddings()(token_ids)
 
     def logits(self, inputs_embeds: Tensor, attention_mask: Tensor | None, positions: Tensor) -> Tensor:
-        """Logits predicting the token at each position of ``positions`` (B, n) int64: (B, n, V)
-        from one forward on ``inputs_embeds`` (B, L, E), the projection applied to those rows only
-        (for Dream the row before each position; a position 0 there reads row 0, which callers
-        never ask for a real token)."""
+        """Logits (B, n, V) predicting the token at each position of ``positions`` (B, n) int64.
+
+        One forward on ``inputs_embeds`` (B, L, E), the projection applied to those rows only (for
+        Dream the row before each position; a position 0 there reads row 0, which callers never ask
+        for a real token).
+        """
         rows = (positions - 1).clamp_min(0) if self.shifted else positions
         kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
         if self.accepts_position_ids and attention_mask is not None:
@@ -134,15 +136,19 @@ class ModelAdapter:
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:
-    """Absolute positions that skip left padding: 0, 1, 2, ... from each sequence's first real
-    token (pads get 0), so a padded row sees the positions of its solo run."""
+    """Absolute positions that skip left padding: 0, 1, 2, ... from each sequence's first real token.
+
+    Pads get 0, so a padded row sees the positions of its solo run.
+    """
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
     """Recognise ``model``'s family and capture its output projection (see the module docstring).
+
     Raises ValueError, saying why, for a model mdfast cannot drive. A model that already carries an
-    adapter (``mdfast.patch``) keeps it: a ``mask_token_id`` other than its own is a ValueError."""
+    adapter (``mdfast.patch``) keeps it: a ``mask_token_id`` other than its own is a ValueError.
+    """
     adapter = getattr(model, "mdfast_adapter", None)
     if adapter is not None:
         if mask_token_id is not None and int(mask_token_id) != adapter.mask_token_id:
@@ -209,16 +215,21 @@ def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
 
 
 def _max_positions(config, family: str) -> int | None:
-    """The longest sequence the model takes, where its config says: LLaDA's ``max_sequence_length``,
-    every other family's ``max_position_embeddings``."""
+    """The longest sequence the model takes, where its config says so.
+
+    LLaDA's ``max_sequence_length``, every other family's ``max_position_embeddings``.
+    """
     value = getattr(config, "max_sequence_length" if family == "llada" else "max_position_embeddings", None)
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _llada_body(model: nn.Module) -> nn.Module:
-    """The module to drive for a LLaDA model: a native LLaDAModel as it is, else a native body
-    sharing its weights (``llada.from_remote``), else (config or weights not SPEC 5's) the model's
-    own forward, with the reason in a warning (Python shows it once per call site)."""
+    """The module to drive for a LLaDA model: a native LLaDAModel as it is, else a native body sharing its weights.
+
+    The native body over a remote model's weights is ``llada.from_remote``'s; where its config or
+    weights are not SPEC 5's, the model's own forward, with the reason in a warning (Python shows it
+    once per call site).
+    """
     if isinstance(model, LLaDAModel):
         return model
     try:

@@ -1,59 +1,61 @@
-"""SPEC 6.1: x-pred alignment, a fine-tune that makes softmax(Z) W_in land on the clean embedding.
+"""x-pred alignment (SPEC 6.1): a fine-tune that makes softmax(Z) W_in land on the clean embedding.
 
-x-flow feeds the model mixtures of embeddings, X_pred = softmax(Z) W_in; a model trained only on
-one-hot inputs maps them poorly (the paper: LLaDA-8B with x-flow at 1/4 budget scores 17.07 on
-HumanEval unaligned, 45.12 aligned). The fine-tune trains on the model's own full-budget answers,
-so what the loss removes is misalignment, not wrong answers:
+x-flow feeds the model mixtures of embeddings, X_pred = softmax(Z) W_in; a model trained only on one-hot inputs
+maps them poorly. The fine-tune trains on the model's own full-budget answers, so what the loss removes is
+misalignment, not wrong answers:
 
     per example r ~ U(0, 1); each answer position masked with probability r (at least one)
     inputs: m at masked positions, the clean embedding W_in[x0] elsewhere (prompt included)
     X_pred = softmax(Z) W_in at every answer position, X0 = W_in[x0] from a frozen copy of W_in
     loss = mean over all answer positions (masked and unmasked) of ||X_pred - X0||^2 / E
 
-``xpred_alignment_loss`` is that loss; ``XPredAlignmentTrainer`` a ``transformers.Trainer`` whose
-``compute_loss`` it is (full fine-tune, or LoRA through peft: ``pip install mdfast[train]``);
-``generated_answers`` / ``infilled_answers`` build the data with mdfast's own decoding.
+- ``xpred_alignment_loss``: that loss; ``sample_alignment_mask``: the masking.
+- ``XPredAlignmentTrainer``: a ``transformers.Trainer`` whose ``compute_loss`` it is (full fine-tune, or LoRA
+  through peft); ``alignment_training_arguments``: SPEC 6.1's defaults.
+- ``generated_answers`` / ``infilled_answers`` / ``alignment_records``: the data, by mdfast's own decoding.
 
-Also a command: ``mdfast train align ...`` / ``python -m mdfast.train.align ...`` (``--help``).
+The command is ``mdfast train align``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
+import importlib.util
 import math
-import os
-import sys
 from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import Trainer, TrainingArguments
 
+from ..decode import DecodeOptions, generate_with_options, infill_with_options
 from ..errors import describe
+from ..models.llada import LLaDAConfig
 
 __all__ = [
     "AlignmentCollator",
     "XPredAlignmentTrainer",
-    "add_arguments",
     "alignment_logits",
+    "alignment_records",
     "alignment_training_arguments",
     "generated_answers",
     "infilled_answers",
-    "main",
     "masked_cross_entropy",
-    "run",
     "sample_alignment_mask",
     "xpred_alignment_loss",
 ]
 
+TRAIN_EXTRA = 'pip install "mdfast[train]"'
+
 
 def sample_alignment_mask(answer_mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """SPEC 6.1: per example r ~ U(0, 1); each answer position masked with probability r (at
-    least one). ``answer_mask`` (B, L) marks the answer positions; returns the masked positions
-    (B, L) bool, never outside the answer. Each position draws u ~ U(0, 1) and is masked when
-    u < r; a row left with none masks its answer position of smallest u (uniform over the answer).
+    """SPEC 6.1's masking: per example r ~ U(0, 1), each answer position masked with probability r (at least one).
+
+    ``answer_mask`` (B, L) marks the answer positions; returns the masked positions (B, L) bool, never outside
+    the answer. Each position draws u ~ U(0, 1) and is masked when u < r; a row left with none masks its answer
+    position of smallest u (uniform over the answer).
     """
     if not isinstance(answer_mask, Tensor) or answer_mask.dim() != 2:
         raise ValueError(f"answer_mask: expected a (B, L) tensor, got {describe(answer_mask)}")
@@ -71,10 +73,12 @@ def sample_alignment_mask(answer_mask: Tensor, generator: torch.Generator | None
 def alignment_logits(
     model: nn.Module, input_ids: Tensor, masked: Tensor, mask_token_id: int, attention_mask: Tensor | None = None
 ) -> Tensor:
-    """The model's logits (B, L, V) on SPEC 6.1's input: the mask embedding m at the ``masked``
-    positions and the clean embedding W_in[x0] everywhere else, prompt included, fed as
-    ``inputs_embeds`` through the model's own input embedding module (which any HF masked LM,
-    a peft-wrapped model and mdfast's LLaDAModel take)."""
+    """The model's logits (B, L, V) on SPEC 6.1's input.
+
+    The mask embedding m at the ``masked`` positions and the clean embedding W_in[x0] everywhere else, prompt
+    included, fed as ``inputs_embeds`` through the model's own input embedding module (which any HF masked LM,
+    a peft-wrapped model and mdfast's LLaDAModel take).
+    """
     ids = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
     out = model(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=attention_mask)
     return out.logits if hasattr(out, "logits") else out[0]
@@ -89,18 +93,18 @@ def xpred_alignment_loss(
     masked: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """SPEC 6.1, the x-pred alignment loss on ``batch``: "input_ids" (B, L) = prompt and answer
-    x0, "answer_mask" (B, L) (1 at answer positions), optional "attention_mask" (B, L).
+    """SPEC 6.1's x-pred alignment loss on ``batch``; returns (loss, logs).
 
-    ``masked`` (B, L) bool: the masked answer positions (default: ``sample_alignment_mask`` with
-    ``generator``). Z = the logits at every answer position, X_pred = softmax(Z) W_in with W_in
-    the model's live input embedding table (softmax in float32, the product in W_in's dtype),
-    X0 = ``frozen_embedding``[x0] (a frozen copy of W_in, (V, E)). Loss = mean over all answer
-    positions of the batch, masked and unmasked, of ||X_pred - X0||^2 / E.
-
-    Logs (detached; NaN where a set is empty): ``mse_masked`` and ``mse_unmasked`` (the same
-    per-position error over masked / unmasked answer positions), ``ce_masked`` (cross-entropy of
-    x0 at masked positions), ``identity_acc`` (argmax == x0 at unmasked answer positions).
+    - batch: "input_ids" (B, L) = prompt and answer x0, "answer_mask" (B, L) (1 at answer positions), optional
+      "attention_mask" (B, L).
+    - frozen_embedding (V, E): a frozen copy of W_in; X0 = frozen_embedding[x0].
+    - masked (B, L) bool: the masked answer positions (default: ``sample_alignment_mask`` with ``generator``).
+    - Z = the logits at every answer position, X_pred = softmax(Z) W_in with W_in the model's live input
+      embedding table (softmax in float32, the product in W_in's dtype). Loss = mean over all answer positions
+      of the batch, masked and unmasked, of ||X_pred - X0||^2 / E.
+    - logs (detached; NaN where a set is empty): ``mse_masked`` and ``mse_unmasked`` (the per-position error over
+      masked / unmasked answer positions), ``ce_masked`` (cross-entropy of x0 at masked positions),
+      ``identity_acc`` (argmax == x0 at unmasked answer positions).
     """
     input_ids, answer = batch["input_ids"], batch["answer_mask"].bool()
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or answer.shape != input_ids.shape:
@@ -141,8 +145,10 @@ def xpred_alignment_loss(
 
 
 def masked_cross_entropy(model: nn.Module, batch: dict[str, Tensor], masked: Tensor, mask_token_id: int) -> Tensor:
-    """ce_masked of ``model`` on the batch and masking ``xpred_alignment_loss`` used (no grad):
-    the frozen base model's value beside the trained one's (SPEC 6.1's logs)."""
+    """ce_masked of ``model`` on the batch and masking ``xpred_alignment_loss`` used, without grad.
+
+    The frozen base model's value, logged beside the trained one's (SPEC 6.1's logs).
+    """
     with torch.no_grad():
         logits = alignment_logits(model, batch["input_ids"], masked, mask_token_id, batch.get("attention_mask"))
         return F.cross_entropy(logits[masked].float(), batch["input_ids"][masked])
@@ -158,8 +164,7 @@ def _mean_or_nan(values: Tensor) -> Tensor:
 
 
 class AlignmentCollator:
-    """Pads records {"input_ids", "answer_mask"} on the right into a batch of tensors with an
-    "attention_mask"."""
+    """Pads records {"input_ids", "answer_mask"} on the right into a batch of tensors with an "attention_mask"."""
 
     def __init__(self, pad_token_id: int = 0) -> None:
         self.pad_token_id = pad_token_id
@@ -189,30 +194,28 @@ def generated_answers(
     pad_token_id: int = 0,
     backend: str = "auto",
 ) -> list[dict]:
-    """SPEC 6.1's data for prompts (lists of ids): each prompt's answer of ``answer_length``
-    tokens as the model itself decodes it at full budget with its standard decoder
-    (``mdfast.generate``, low_confidence, one token per step), batched with left padding.
-    Returns records {"input_ids": prompt + answer, "answer_mask": 0 on the prompt, 1 on the answer}."""
-    import mdfast
+    """SPEC 6.1's data for prompts (lists of ids): each prompt answered by the model itself at full budget.
 
+    The answer of ``answer_length`` tokens is decoded with the model's standard decoder (low_confidence, one token
+    per step), batched with left padding. Returns records {"input_ids": prompt + answer, "answer_mask": 0 on the
+    prompt, 1 on the answer}.
+    """
     device = model.get_input_embeddings().weight.device
+    options = DecodeOptions(
+        steps=answer_length,
+        decoder="low_confidence",
+        block_length=block_length,
+        eos_token_id=eos_token_id,
+        backend=backend,
+    )
     records = []
     for start in range(0, len(prompts), batch_size):
         part = [list(p) for p in prompts[start : start + batch_size]]
         width = max(len(p) for p in part)
         ids = torch.tensor([[pad_token_id] * (width - len(p)) + p for p in part], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in part], device=device)
-        out = mdfast.generate(
-            model,
-            ids,
-            mask,
-            max_new_tokens=answer_length,
-            steps=answer_length,
-            decoder="low_confidence",
-            block_length=block_length,
-            eos_token_id=eos_token_id,
-            mask_token_id=mask_token_id,
-            backend=backend,
+        out = generate_with_options(
+            model, ids, options, mask, max_new_tokens=answer_length, mask_token_id=mask_token_id
         )
         for prompt, answer in zip(part, out.sequences[:, width:].tolist()):
             records.append({"input_ids": prompt + answer, "answer_mask": [0] * len(prompt) + [1] * len(answer)})
@@ -229,12 +232,12 @@ def infilled_answers(
     pad_token_id: int = 0,
     backend: str = "auto",
 ) -> list[dict]:
-    """SPEC 6.1's data for infilling: each template (ids with ``mask_token_id`` at the positions
-    to fill, SPEC 7) filled by the model at full budget (``mdfast.infill``, low_confidence, one
-    token per step), batched (left-padded) among templates with the same number of masks. Returns
-    records {"input_ids": the filled template, "answer_mask": 1 where the masks were}."""
-    import mdfast
+    """SPEC 6.1's data for infilling: each template filled by the model itself at full budget.
 
+    A template holds ``mask_token_id`` at the positions to fill (SPEC 7); it is filled with low_confidence, one
+    token per step, batched (left-padded) among templates with the same number of masks. Returns records
+    {"input_ids": the filled template, "answer_mask": 1 where the masks were}.
+    """
     device = model.get_input_embeddings().weight.device
     by_count: dict[int, list[int]] = defaultdict(list)
     for index, template in enumerate(templates):
@@ -243,22 +246,14 @@ def infilled_answers(
         raise ValueError(f"templates: template {by_count[0][0]} holds no mask token {mask_token_id}")
     records: list[dict | None] = [None] * len(templates)
     for count, indices in by_count.items():
+        options = DecodeOptions(steps=count, decoder="low_confidence", block_length=block_length, backend=backend)
         for start in range(0, len(indices), batch_size):
             part = indices[start : start + batch_size]
             width = max(len(templates[i]) for i in part)
             rows = [[pad_token_id] * (width - len(templates[i])) + list(templates[i]) for i in part]
             ids = torch.tensor(rows, device=device)
             mask = torch.tensor([[0] * (width - len(templates[i])) + [1] * len(templates[i]) for i in part])
-            out = mdfast.infill(
-                model,
-                ids,
-                mask.to(device),
-                steps=count,
-                decoder="low_confidence",
-                block_length=block_length,
-                mask_token_id=mask_token_id,
-                backend=backend,
-            )
+            out = infill_with_options(model, ids, options, mask.to(device), mask_token_id=mask_token_id)
             for i, row in zip(part, out.sequences.tolist()):
                 pad = width - len(templates[i])
                 records[i] = {
@@ -268,18 +263,77 @@ def infilled_answers(
     return records
 
 
+def alignment_records(
+    data: list[dict],
+    model,
+    tokenizer,
+    *,
+    mask_token_id: int,
+    answer_length: int,
+    chat: bool = False,
+    batch_size: int = 8,
+    block_length: int | None = None,
+    backend: str = "auto",
+) -> list[dict]:
+    """The training records of JSONL ``data``: finished records kept, templates infilled, prompts answered.
+
+    - A record with "answer_mask" is kept as it is; one with "input_ids" (mask ids where to fill) is a template
+      (``infilled_answers``); one with "prompt_ids" or a "prompt" text (``chat``: in the tokenizer's chat
+      template) is answered with ``answer_length`` tokens (``generated_answers``).
+    - Returns the kept records, then the answered prompts, then the filled templates.
+    """
+    done = [r for r in data if "answer_mask" in r]
+    templates = [r["input_ids"] for r in data if "answer_mask" not in r and "input_ids" in r]
+    prompts = [_prompt_ids(r, tokenizer, chat) for r in data if "answer_mask" not in r and "input_ids" not in r]
+    pad_token_id = getattr(tokenizer, "pad_token_id", None) or 0
+    common = {"batch_size": batch_size, "block_length": block_length, "pad_token_id": pad_token_id, "backend": backend}
+    if prompts:
+        eos_token_id = getattr(tokenizer, "eos_token_id", None)
+        done += generated_answers(
+            model,
+            prompts,
+            answer_length=answer_length,
+            mask_token_id=mask_token_id,
+            eos_token_id=eos_token_id,
+            **common,
+        )
+    if templates:
+        done += infilled_answers(model, templates, mask_token_id=mask_token_id, **common)
+    return done
+
+
+def _prompt_ids(record: dict, tokenizer, chat: bool) -> list[int]:
+    if "prompt_ids" in record:
+        return list(record["prompt_ids"])
+    if "prompt" not in record or tokenizer is None:
+        raise ValueError(f"data: a record needs 'prompt_ids', 'prompt' (with a tokenizer) or 'input_ids': {record}")
+    if not chat:
+        return tokenizer(record["prompt"])["input_ids"]
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": record["prompt"]}], add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------------
 
 
-def alignment_training_arguments(output_dir: str, *, lora: bool = False, **overrides):
-    """``transformers.TrainingArguments`` with SPEC 6.1's defaults: AdamW, lr 1e-5 full / 1e-4
-    LoRA, 10 warm-up steps, cosine decay; max_steps 100 full (the paper's LLaDA-8B run) / 400
-    LoRA (its LLaDA2.0 run); a log every step; no reporting integration unless asked;
-    ``remove_unused_columns=False`` (the batch carries answer_mask). ``overrides`` win."""
-    from transformers import TrainingArguments
+def require_accelerate(what: str) -> None:
+    """Raise an ImportError naming the ``train`` extra where accelerate (transformers.Trainer's) is missing."""
+    if importlib.util.find_spec("accelerate") is None:
+        raise ImportError(f"{what} needs accelerate (transformers.Trainer's): {TRAIN_EXTRA}")
 
+
+def alignment_training_arguments(output_dir: str, *, lora: bool = False, **overrides) -> TrainingArguments:
+    """``transformers.TrainingArguments`` with SPEC 6.1's defaults; ``overrides`` win.
+
+    AdamW, lr 1e-5 full / 1e-4 LoRA, 10 warm-up steps, cosine decay; max_steps 100 full (the paper's LLaDA-8B
+    run) / 400 LoRA (its LLaDA2.0 run); a log every step; no reporting integration unless asked;
+    ``remove_unused_columns=False`` (the batch carries answer_mask).
+    """
+    require_accelerate("alignment_training_arguments")
     values = {
         "learning_rate": 1e-4 if lora else 1e-5,
         "warmup_steps": 10,
@@ -295,21 +349,13 @@ def alignment_training_arguments(output_dir: str, *, lora: bool = False, **overr
     return TrainingArguments(output_dir=output_dir, **values)
 
 
-def _trainer_base():
-    try:
-        from transformers import Trainer
-    except ImportError as error:  # transformers is in the `train` (and `test`) extra
-        raise ImportError("XPredAlignmentTrainer needs transformers: pip install 'mdfast[train]'") from error
-    return Trainer
-
-
 @contextlib.contextmanager
 def _frozen_config_hidden(model: nn.Module):
-    """transformers' Trainer writes ``model.config.use_cache`` while it is built. mdfast's ``LLaDAConfig`` is
-    frozen (its fields size the fused weights) and the native body keeps no KV cache, so its config is hidden
-    from the Trainer for that moment; any other model is left as it is."""
-    from ..models.llada import LLaDAConfig
+    """Hide a native LLaDA's frozen config from transformers' Trainer while it is built; other models stay as they are.
 
+    The Trainer writes ``model.config.use_cache`` while it is built; mdfast's ``LLaDAConfig`` is frozen (its fields
+    size the fused weights) and the native body keeps no KV cache.
+    """
     config = getattr(model, "config", None)
     if not isinstance(config, LLaDAConfig):
         yield
@@ -321,21 +367,20 @@ def _frozen_config_hidden(model: nn.Module):
         model.config = config
 
 
-class XPredAlignmentTrainer(_trainer_base()):
+class XPredAlignmentTrainer(Trainer):
     """A ``transformers.Trainer`` whose ``compute_loss`` is ``xpred_alignment_loss`` (SPEC 6.1).
 
-    ``model``: any masked LM that takes ``inputs_embeds`` (HF masked LMs, mdfast's LLaDAModel).
-    ``lora_config`` (a ``peft.LoraConfig``): LoRA through peft (``pip install mdfast[train]``)
-    instead of a full fine-tune. ``args`` default: ``alignment_training_arguments``.
-    ``train_dataset``: records {"input_ids", "answer_mask"} (``generated_answers`` /
-    ``infilled_answers``), batched by ``AlignmentCollator`` unless a data_collator is given.
-    ``frozen_embedding``: X0's table, a copy of W_in taken here before any step.
-    ``base_model``: the frozen base model whose ce_masked is logged beside the trained one's
-    ("base_ce_masked", same batch and masking): True takes the LoRA model with its adapters
-    disabled, or for a full fine-tune a frozen deep copy (one more copy of the weights); a
-    module is used as it is; False logs none. Logged besides: mse_masked, mse_unmasked,
-    ce_masked, identity_acc, and the Trainer's loss, learning_rate, grad_norm. The masking draws
-    come from a generator seeded with args.seed + the process index.
+    - model: any masked LM that takes ``inputs_embeds`` (HF masked LMs, mdfast's LLaDAModel).
+    - lora_config (a ``peft.LoraConfig``): LoRA through peft instead of a full fine-tune.
+    - args: default ``alignment_training_arguments``.
+    - train_dataset: records {"input_ids", "answer_mask"} (``alignment_records``), batched by
+      ``AlignmentCollator`` unless a data_collator is given.
+    - base_model: the frozen base model whose ce_masked is logged beside the trained one's ("base_ce_masked",
+      same batch and masking). True takes the LoRA model with its adapters disabled, or for a full fine-tune a
+      frozen deep copy (one more copy of the weights); a module is used as it is; False logs none.
+    - frozen_embedding (attribute): X0's table, a copy of W_in taken before any step.
+    - Logs mse_masked, mse_unmasked, ce_masked, identity_acc beside the Trainer's loss, learning_rate and
+      grad_norm. The masking draws come from a generator seeded with args.seed + the process index.
     """
 
     def __init__(
@@ -350,6 +395,7 @@ class XPredAlignmentTrainer(_trainer_base()):
         data_collator=None,
         **kwargs,
     ) -> None:
+        require_accelerate("XPredAlignmentTrainer")
         config = getattr(model, "config", None)
         mask_token_id = mask_token_id if mask_token_id is not None else getattr(config, "mask_token_id", None)
         if mask_token_id is None:
@@ -359,9 +405,9 @@ class XPredAlignmentTrainer(_trainer_base()):
         self.lora = lora_config is not None
         if self.lora:
             try:
-                from peft import get_peft_model
+                from peft import get_peft_model  # optional extra: train
             except ImportError as error:
-                raise ImportError("LoRA alignment needs peft: pip install 'mdfast[train]'") from error
+                raise ImportError(f"LoRA alignment needs peft: {TRAIN_EXTRA}") from error
             model = get_peft_model(model, lora_config)
         if args is None:
             args = alignment_training_arguments("xpred-alignment", lora=self.lora)
@@ -415,8 +461,10 @@ class XPredAlignmentTrainer(_trainer_base()):
         return loss.detach(), None, None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """The SPEC 6.1 logs, averaged over the steps since the last log (NaN-skipping), join the
-        Trainer's own (loss, learning_rate, grad_norm)."""
+        """Add the SPEC 6.1 logs, averaged over the steps since the last log (NaN-skipping), to the Trainer's own.
+
+        The Trainer's own: loss, learning_rate, grad_norm.
+        """
         mode = "eval" if any(name.startswith("eval_") for name in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
         for name, values in self._metrics[mode].items():
@@ -427,166 +475,3 @@ class XPredAlignmentTrainer(_trainer_base()):
             super().log(logs)
         else:
             super().log(logs, start_time)
-
-
-# ---------------------------------------------------------------------------------------------
-# The command: mdfast train align / python -m mdfast.train.align
-# ---------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser) -> None:
-    """The flags of ``mdfast train align``."""
-    from .loading import add_model_arguments
-
-    add_model_arguments(parser)
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="JSONL: prompts ('prompt' text or 'prompt_ids') answered here with --answer-length tokens, templates "
-        "('input_ids' with mask ids) infilled here, or finished records ('input_ids' + 'answer_mask') used as they are",
-    )
-    parser.add_argument("--answer-length", type=int, default=256, help="answer tokens per prompt (default 256)")
-    parser.add_argument("--block-length", type=int, default=None, help="semi-autoregressive blocks while answering")
-    parser.add_argument("--generation-batch-size", type=int, default=8)
-    parser.add_argument("--chat", action="store_true", help="wrap text prompts in the tokenizer's chat template")
-    parser.add_argument("--save-data", default=None, help="also write the answered records to this JSONL file")
-    parser.add_argument("--output-dir", default="xpred-aligned", help="checkpoints, logs and the final model")
-    parser.add_argument("--lora", action="store_true", help="LoRA through peft instead of a full fine-tune")
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--lora-alpha", type=int, default=32)
-    parser.add_argument("--lora-target-modules", nargs="+", default=["all-linear"])
-    parser.add_argument("--max-steps", type=int, default=None, help="default 100 full / 400 LoRA (the paper's)")
-    parser.add_argument("--learning-rate", type=float, default=None, help="default 1e-5 full / 1e-4 LoRA")
-    parser.add_argument("--warmup-steps", type=int, default=10)
-    parser.add_argument("--per-device-train-batch-size", type=int, default=4)
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    parser.add_argument("--logging-steps", type=int, default=1)
-    parser.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: none)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--no-base-ce", action="store_true", help="do not log the frozen base model's ce_masked")
-    parser.add_argument("--report-to", default="none", help="a transformers reporting integration, e.g. tensorboard")
-
-
-def run(args) -> int:
-    """Answer the prompts with the model itself (full budget), fine-tune with the SPEC 6.1 loss,
-    write the model (LoRA merged into it) and its tokenizer to --output-dir."""
-    from ..loading import load_model, load_tokenizer, save_model
-    from .distributed import init_from_env
-
-    world = init_from_env(args.device)
-    model = load_model(args.model, device=world.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
-    mask_token_id = args.mask_token_id
-    for source in (getattr(model, "config", None), tokenizer):
-        if mask_token_id is None:
-            mask_token_id = getattr(source, "mask_token_id", None)
-    if mask_token_id is None:
-        raise SystemExit(
-            "mdfast train align: no mask token id in the model's config or tokenizer; pass --mask-token-id"
-        )
-    records = _answered_records(args, model, tokenizer, mask_token_id)
-    if args.save_data and world.is_main:
-        with open(args.save_data, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-
-    lora_config = None
-    if args.lora:
-        from peft import LoraConfig
-
-        targets = args.lora_target_modules
-        lora_config = LoraConfig(
-            r=args.lora_r,
-            lora_alpha=args.lora_alpha,
-            target_modules=targets[0] if targets == ["all-linear"] else targets,
-        )
-    overrides = {
-        "warmup_steps": args.warmup_steps,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "logging_steps": args.logging_steps,
-        "seed": args.seed,
-        "report_to": args.report_to,
-        "use_cpu": world.device.type == "cpu",
-    }
-    if args.max_steps is not None:
-        overrides["max_steps"] = args.max_steps
-    if args.learning_rate is not None:
-        overrides["learning_rate"] = args.learning_rate
-    if args.save_steps is not None:
-        overrides.update(save_strategy="steps", save_steps=args.save_steps)
-    training_args = alignment_training_arguments(args.output_dir, lora=args.lora, **overrides)
-    model.train()
-    trainer = XPredAlignmentTrainer(
-        model,
-        training_args,
-        records,
-        mask_token_id=mask_token_id,
-        lora_config=lora_config,
-        base_model=not args.no_base_ce,
-        data_collator=AlignmentCollator(getattr(tokenizer, "pad_token_id", None) or 0),
-    )
-    trainer.train()
-    trained = trainer.model.merge_and_unload() if args.lora else trainer.model
-    if world.is_main:
-        save_model(trained, args.output_dir, tokenizer)
-        with open(os.path.join(args.output_dir, "alignment_log.jsonl"), "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
-        print(f"[mdfast align] model written to {args.output_dir}", file=sys.stderr)
-    return 0
-
-
-def _answered_records(args, model, tokenizer, mask_token_id: int) -> list[dict]:
-    """The training records from --data: finished records kept, templates infilled, prompts answered."""
-    from .loading import read_jsonl
-
-    data = read_jsonl(args.data)
-    done = [r for r in data if "answer_mask" in r]
-    templates = [r["input_ids"] for r in data if "answer_mask" not in r and "input_ids" in r]
-    prompts = []
-    for r in data:
-        if "answer_mask" in r or "input_ids" in r:
-            continue
-        if "prompt_ids" in r:
-            prompts.append(list(r["prompt_ids"]))
-        elif "prompt" in r and tokenizer is not None:
-            if args.chat:
-                text = tokenizer.apply_chat_template(
-                    [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True, tokenize=False
-                )
-                prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-            else:
-                prompts.append(tokenizer(r["prompt"])["input_ids"])
-        else:
-            raise ValueError(f"--data: a record needs 'prompt_ids', 'prompt' (with a tokenizer) or 'input_ids': {r}")
-    common = {
-        "batch_size": args.generation_batch_size,
-        "block_length": args.block_length,
-        "pad_token_id": getattr(tokenizer, "pad_token_id", None) or 0,
-        "backend": args.backend,
-    }
-    if prompts:
-        done += generated_answers(
-            model,
-            prompts,
-            answer_length=args.answer_length,
-            mask_token_id=mask_token_id,
-            eos_token_id=getattr(tokenizer, "eos_token_id", None),
-            **common,
-        )
-    if templates:
-        done += infilled_answers(model, templates, mask_token_id=mask_token_id, **common)
-    return done
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="mdfast train align", description="x-pred alignment fine-tune (SPEC 6.1) on the model's own answers."
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

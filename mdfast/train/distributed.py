@@ -42,10 +42,12 @@ def world(device: torch.device | str | None = None) -> World:
 
 
 def init_from_env(device: str | None = None) -> World:
-    """Join the process group ``torchrun`` describes (WORLD_SIZE, RANK, LOCAL_RANK,
-    MASTER_ADDR/PORT) when WORLD_SIZE > 1 and no group exists yet: NCCL with one GPU per rank
-    (cuda:LOCAL_RANK) where CUDA is available, else gloo on the CPU. ``device`` forces "cpu" or
-    "cuda"; by default CUDA when available."""
+    """Join the process group ``torchrun`` describes, when WORLD_SIZE > 1 and no group exists yet.
+
+    - The environment: WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT; NCCL with one GPU per rank
+      (cuda:LOCAL_RANK) where CUDA is used, else gloo on the CPU.
+    - device: "cpu" or "cuda" forces one; by default CUDA when available.
+    """
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
@@ -75,5 +77,6 @@ def all_reduce_sum(x: Tensor) -> Tensor:
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing on one process)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -27,6 +27,7 @@ from torch import Tensor
 from .. import reference
 from ..errors import describe
 from ..policy import StepPolicy
+from .grpo_config import PolicyGRPOConfig
 from .rollouts import collect_rollouts
 
 __all__ = ["DefaultFit", "default_policy_start", "fit_default_policy"]
@@ -34,8 +35,12 @@ __all__ = ["DefaultFit", "default_policy_start", "fit_default_policy"]
 
 @dataclass
 class DefaultFit:
-    """What a fit reached: the root-mean-square error of log2 a over the states, before and after, in
-    units of log2 (L = log2(a_max / a_min) is the whole range: 8 for the defaults), and the states used."""
+    """What a fit reached.
+
+    - rms_log2_before, rms_log2_after: the root-mean-square error of log2 a over the states, in units of log2
+      (L = log2(a_max / a_min) is the whole range: 8 for the defaults).
+    - states: how many states the fit used.
+    """
 
     rms_log2_before: float
     rms_log2_after: float
@@ -50,9 +55,12 @@ def _log2_error(policy: StepPolicy, states: Tensor) -> Tensor:
 
 
 def fit_default_policy(policy: StepPolicy, states: Tensor, *, steps: int = 500, lr: float = 3e-3) -> DefaultFit:
-    """Fit ``policy`` in place so that its mean action matches the default policy's on ``states``
-    (M, k+4) (module docstring; moved to the policy's device): ``steps`` full-batch AdamW steps at
-    ``lr``. Only the policy's weights change. Returns the fit's error before and after."""
+    """Fit ``policy`` in place so that its mean action matches the default policy's on ``states``.
+
+    - states: (M, k+4), moved to the policy's device (the loss: the module docstring).
+    - steps, lr: full-batch AdamW steps and their learning rate.
+    Only the policy's weights change. Returns the fit's error before and after.
+    """
     if not isinstance(policy, StepPolicy):
         raise TypeError(f"policy: expected a mdfast.StepPolicy, got {type(policy).__name__}")
     if not isinstance(states, Tensor) or states.dim() != 2 or states.shape[1] != policy.state_dim:
@@ -78,7 +86,7 @@ def fit_default_policy(policy: StepPolicy, states: Tensor, *, steps: int = 500, 
 def default_policy_start(
     model,
     prompts: Sequence[Tensor],
-    config,
+    config: PolicyGRPOConfig,
     *,
     hidden: int = 64,
     rounds: int = 2,
@@ -86,12 +94,15 @@ def default_policy_start(
     mask_token_id: int,
     max_states: int = 65536,
 ) -> tuple[StepPolicy, list[DefaultFit]]:
-    """A fresh StepPolicy(``hidden``) (seeded by ``config.seed``; ``config``: the run's ``PolicyGRPOConfig``,
-    not imported here because grpo.py builds on this module) fitted to the default policy on the states of its
-    own rollouts: ``rounds`` times, decode every prompt (a 1-D int64 tensor holding
-    ``mask_token_id`` at the positions to fill) ``config.num_generations`` times at the trainer's step
-    count (``config.steps_for``) with sampled actions, then ``fit_default_policy`` on the active states
-    (at most ``max_states``, evenly spaced)."""
+    """A fresh StepPolicy(``hidden``), seeded by ``config.seed``, fitted to the default policy on its own rollouts.
+
+    - prompts: 1-D int64 tensors holding ``mask_token_id`` at the positions to fill.
+    - config: the run's PolicyGRPOConfig: G, the step count (``steps_for``), block_length, backend,
+      suppress_tokens.
+    - rounds: each decodes every prompt G times with sampled actions, then ``fit_default_policy`` (``fit_steps``)
+      on the active states (at most ``max_states``, evenly spaced).
+    Returns the policy and each round's fit.
+    """
     if not (isinstance(rounds, int) and rounds >= 1):
         raise ValueError(f"rounds: expected a positive int, got {rounds!r}")
     for index, ids in enumerate(prompts):

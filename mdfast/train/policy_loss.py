@@ -1,8 +1,8 @@
 """SPEC 6.2, the GRPO objective of the step policy: token rewards, group advantages, the clipped loss.
 
-Everything here reads stored rollout tensors (the policy states s, the draws y, who was active);
-nothing runs the model. The log-probabilities are those of y ~ Beta(alpha, beta): the action
-a = a_min 2^(y L) is a fixed, invertible map of y, so its Jacobian cancels in every ratio.
+Everything here reads stored rollout tensors (the policy states s, the draws y, who was active); nothing runs the
+model. The log-probabilities are those of y ~ Beta(alpha, beta): the action a = a_min 2^(y L) is a fixed,
+invertible map of y, so its Jacobian cancels in every ratio.
 """
 
 from __future__ import annotations
@@ -13,15 +13,27 @@ from torch import Tensor
 from ..errors import describe
 from ..policy import StepPolicy
 
-__all__ = ["beta_kl", "group_advantages", "policy_grpo_loss", "policy_log_prob", "token_rewards"]
+__all__ = [
+    "beta_kl",
+    "clipped_objective",
+    "group_advantages",
+    "policy_grpo_loss",
+    "policy_log_prob",
+    "probability_ratio",
+    "ratio_metrics",
+    "token_rewards",
+]
 
 ADVANTAGE_EPS = 1e-4  # SPEC 6.2: A = (R - mean) / (std + 1e-4)
 SCALE_REWARDS = ("group", "none")
 
 
 def token_rewards(task_rewards: Tensor, t_final: Tensor, lam: float) -> Tensor:
-    """SPEC 6.2 (paper eq. 18): R_{g,i} = R_task_g + lambda * t_final_{g,i}, for task rewards (B,)
-    and final progresses t_final (B, N); returns (B, N) in float32."""
+    """SPEC 6.2 (paper eq. 18): R_{g,i} = R_task_g + lambda * t_final_{g,i}, in float32 (B, N).
+
+    - task_rewards: (B,), one per trajectory.
+    - t_final: (B, N), each decoded token's final progress.
+    """
     if not isinstance(task_rewards, Tensor) or task_rewards.dim() != 1:
         raise ValueError(f"task_rewards: expected a (B,) tensor, got {describe(task_rewards)}")
     if not isinstance(t_final, Tensor) or t_final.dim() != 2 or t_final.shape[0] != task_rewards.shape[0]:
@@ -30,13 +42,12 @@ def token_rewards(task_rewards: Tensor, t_final: Tensor, lam: float) -> Tensor:
 
 
 def group_advantages(rewards: Tensor, group_size: int, *, scale_rewards: str = "group") -> Tensor:
-    """SPEC 6.2: A_{g,i} = (R_{g,i} - mean_g R_{.,i}) / (std_g R_{.,i} + 1e-4), over the G =
-    ``group_size`` trajectories of one prompt at the same token position i.
+    """SPEC 6.2: A_{g,i} = (R_{g,i} - mean_g R_{.,i}) / (std_g R_{.,i} + 1e-4), per prompt and token position i.
 
-    ``rewards`` (B, ...) holds B = (number of prompts) x G rows, a prompt's G trajectories
-    consecutive (row b belongs to group b // G); every other dimension is a position i. std is
-    torch's (unbiased, as TRL). ``scale_rewards="none"`` (TRL's name) keeps R - mean unscaled. A
-    group whose rewards are all equal gets advantages exactly 0.
+    - rewards: (B, ...), B = prompts x G rows, a prompt's G = ``group_size`` trajectories consecutive (row b is in
+      group b // G); every other dimension is a position i.
+    - scale_rewards: "group" divides by torch's (unbiased, as TRL) std + 1e-4; "none" (TRL's name) keeps R - mean.
+    A group whose rewards are all equal gets advantages exactly 0.
     """
     if not isinstance(rewards, Tensor) or not rewards.is_floating_point() or rewards.dim() == 0:
         raise TypeError(f"rewards: expected a floating-point tensor (B, ...), got {describe(rewards)}")
@@ -57,8 +68,10 @@ def group_advantages(rewards: Tensor, group_size: int, *, scale_rewards: str = "
 
 
 def policy_log_prob(policy: StepPolicy, states: Tensor, draws: Tensor) -> Tensor:
-    """log pi(y | s) = log Beta(y; alpha(s), beta(s)) (SPEC 6.2), differentiable in the policy's
-    weights; the same density ``reference.sample_action`` reports for its draws."""
+    """log pi(y | s) = log Beta(y; alpha(s), beta(s)) (SPEC 6.2), differentiable in the policy's weights.
+
+    The same density ``reference.sample_action`` reports for its draws.
+    """
     alpha, beta = policy(states)
     return torch.distributions.Beta(alpha, beta, validate_args=False).log_prob(draws.to(alpha.dtype))
 
@@ -95,25 +108,84 @@ def policy_grpo_loss(
     ref_policy: StepPolicy | None = None,
     normalizer: int | float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """SPEC 6.2, the PPO-clip loss over the active (l, i):
+    """SPEC 6.2, the PPO-clip loss over the active (l, i), and its metrics.
 
         r = exp(log pi_theta(y|s) - log pi_old(y|s))
         L = -mean over active (l, i) of min(r A, clip(r, 1 - eps, 1 + eps) A)  [+ beta KL(pi_theta || pi_initial)]
 
-    states (..., k+4) (e.g. (B, T, N, k+4)); draws, old_log_probs and active (bool) of shape
-    states.shape[:-1]; advantages broadcastable to it (e.g. (B, 1, N): one A per trajectory and
-    token). Only the active entries are evaluated. The KL term (``beta`` > 0, against
-    ``ref_policy``, the initial policy) is the closed-form Beta KL per active entry, averaged the
-    same way. ``normalizer`` replaces the count of active entries in both means (the global count
-    when the entries are split over several calls or processes, so that the parts sum to the whole
-    loss); by default the local count (at least 1).
+    - states: (..., k+4), e.g. (B, T, N, k+4); draws, old_log_probs and active (bool): states.shape[:-1].
+    - advantages: broadcastable to states.shape[:-1], e.g. (B, 1, N): one A per trajectory and token.
+    - epsilon: the clip; beta (> 0 needs ``ref_policy``, the initial policy): the weight of the closed-form Beta
+      KL per active entry, averaged the same way.
+    - normalizer: replaces the count of active entries in both means (the global count when the entries are split
+      over several calls or processes, so that the parts sum to the whole loss); default the local count (>= 1).
 
-    Returns (loss, metrics): detached float tensors, means over the active entries, named as TRL
-    names them where it has the quantity: ``clip_ratio/low_mean`` (r < 1 - eps with A < 0),
-    ``clip_ratio/high_mean`` (r > 1 + eps with A > 0), ``clip_ratio/region_mean`` (either),
-    ``approx_kl`` (k3 = (r - 1) - log r), ``kl`` (when a ref_policy is given), and ``entropy``
-    (of the Beta law), ``mu_mean``, ``kappa_mean``, ``ratio_mean``, ``num_active``.
+    Only the active entries are evaluated. Returns (loss, metrics): detached float tensors, means over the active
+    entries (``ratio_metrics``), ``kl`` when a ref_policy is given, and ``num_active``.
     """
+    advantages = _check_loss_inputs(
+        policy, states, draws, old_log_probs, advantages, active, epsilon=epsilon, beta=beta, ref_policy=ref_policy
+    )
+    s, y, old = states[active], draws[active], old_log_probs[active]
+    count = s.shape[0]
+    denominator = float(max(count, 1) if normalizer is None else normalizer)
+    alpha, beta_ = policy(s)
+    law = torch.distributions.Beta(alpha, beta_, validate_args=False)
+    ratio = probability_ratio(law.log_prob(y.to(alpha.dtype)), old)
+    A = advantages[active].to(states.dtype).to(ratio.dtype)
+    loss = -clipped_objective(ratio, A, epsilon).sum() / denominator
+    metrics: dict[str, Tensor] = {}
+    if ref_policy is not None:
+        with torch.no_grad():
+            alpha_ref, beta_ref = ref_policy(s)
+        kl = beta_kl(alpha, beta_, alpha_ref, beta_ref)
+        if beta > 0:
+            loss = loss + beta * kl.sum() / denominator
+        metrics["kl"] = _mean(kl.detach())
+    metrics.update(ratio_metrics(law, ratio, A, epsilon))
+    metrics["num_active"] = torch.tensor(float(count), device=states.device)
+    return loss, metrics
+
+
+def probability_ratio(log_prob: Tensor, old_log_probs: Tensor) -> Tensor:
+    """SPEC 6.2: r = exp(log pi_theta(y|s) - log pi_old(y|s))."""
+    return torch.exp(log_prob - old_log_probs.to(log_prob.dtype))
+
+
+def clipped_objective(ratio: Tensor, advantages: Tensor, epsilon: float) -> Tensor:
+    """SPEC 6.2, PPO's clipped surrogate per entry: min(r A, clip(r, 1 - eps, 1 + eps) A)."""
+    return torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * advantages)
+
+
+def ratio_metrics(law: torch.distributions.Beta, ratio: Tensor, advantages: Tensor, epsilon: float) -> dict:
+    """The loss's metrics, means over the entries, detached, as TRL names them where it has the quantity.
+
+    - clip_ratio/low_mean: r < 1 - eps with A < 0; clip_ratio/high_mean: r > 1 + eps with A > 0;
+      clip_ratio/region_mean: either.
+    - approx_kl: k3 = (r - 1) - log r.
+    - entropy (of the Beta law), mu_mean (alpha / kappa), kappa_mean (kappa = alpha + beta), ratio_mean.
+    """
+    with torch.no_grad():
+        low = (ratio < 1 - epsilon) & (advantages < 0)
+        high = (ratio > 1 + epsilon) & (advantages > 0)
+        kappa = law.concentration1 + law.concentration0
+        values = {
+            "clip_ratio/low_mean": low.to(ratio.dtype),
+            "clip_ratio/high_mean": high.to(ratio.dtype),
+            "clip_ratio/region_mean": (low | high).to(ratio.dtype),
+            "approx_kl": (ratio - 1) - torch.log(ratio),
+            "entropy": law.entropy(),
+            "mu_mean": law.concentration1 / kappa,
+            "kappa_mean": kappa,
+            "ratio_mean": ratio,
+        }
+        return {name: _mean(value.detach()) for name, value in values.items()}
+
+
+def _check_loss_inputs(
+    policy, states, draws, old_log_probs, advantages, active, *, epsilon, beta, ref_policy
+) -> Tensor:
+    """policy_grpo_loss's arguments checked; returns ``advantages`` expanded to states.shape[:-1]."""
     if not isinstance(policy, StepPolicy):
         raise TypeError(f"policy: expected a mdfast.StepPolicy, got {type(policy).__name__}")
     if not isinstance(states, Tensor) or states.dim() < 2 or states.shape[-1] != policy.state_dim:
@@ -136,45 +208,7 @@ def policy_grpo_loss(
         raise ValueError(f"epsilon: expected >= 0, got {epsilon}")
     if beta < 0 or (beta > 0 and ref_policy is None):
         raise ValueError(f"beta: expected 0, or > 0 with a ref_policy; got beta={beta}, ref_policy={ref_policy!r}")
-
-    s, y, old, A = states[active], draws[active], old_log_probs[active], advantages[active].to(states.dtype)
-    count = s.shape[0]
-    denominator = float(max(count, 1) if normalizer is None else normalizer)
-    alpha, beta_ = policy(s)
-    law = torch.distributions.Beta(alpha, beta_, validate_args=False)
-    log_prob = law.log_prob(y.to(alpha.dtype))
-    ratio = torch.exp(log_prob - old.to(log_prob.dtype))
-    A = A.to(ratio.dtype)
-    objective = torch.minimum(ratio * A, torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * A)
-    loss = -objective.sum() / denominator
-    metrics: dict[str, Tensor] = {}
-    if ref_policy is not None:
-        with torch.no_grad():
-            alpha_ref, beta_ref = ref_policy(s)
-        kl = beta_kl(alpha, beta_, alpha_ref, beta_ref)
-        if beta > 0:
-            loss = loss + beta * kl.sum() / denominator
-        metrics["kl"] = kl.detach()
-
-    with torch.no_grad():
-        low = (ratio < 1 - epsilon) & (A < 0)
-        high = (ratio > 1 + epsilon) & (A > 0)
-        kappa = alpha + beta_
-        metrics.update(
-            {
-                "clip_ratio/low_mean": low.to(ratio.dtype),
-                "clip_ratio/high_mean": high.to(ratio.dtype),
-                "clip_ratio/region_mean": (low | high).to(ratio.dtype),
-                "approx_kl": (ratio - 1) - torch.log(ratio),
-                "entropy": law.entropy(),
-                "mu_mean": alpha / kappa,
-                "kappa_mean": kappa,
-                "ratio_mean": ratio,
-            }
-        )
-        metrics = {name: _mean(value.detach()) for name, value in metrics.items()}
-        metrics["num_active"] = torch.tensor(float(count), device=states.device)
-    return loss, metrics
+    return advantages
 
 
 def _mean(values: Tensor) -> Tensor:

@@ -4,9 +4,9 @@ Per prompt G trajectories of x-flow at a fixed budget T, actions sampled (SPEC 2
 l and decoded token i the record keeps the policy state s_{l,i} (SPEC 2.3), the draw y_{l,i} (log pi
 is a function of y, not of the action a = a_min 2^(y L)), log pi_old(y_{l,i} | s_{l,i}), and
 active_{l,i} = the token took the flow update this step (not re-edited, not already at t >= 0.99).
-``collect_rollouts`` is one call of mdfast's decoding loop (``mdfast.infill`` with the x-flow
-decoder, ``sample=True, record_rollout=True``: the fused step, one statistics pass per step),
-which records exactly these (``GenerateOutput.rollout``).
+``collect_rollouts`` is one call of mdfast's decoding loop (``mdfast.infill_with_options`` with the
+x-flow decoder, ``sample=True, record_rollout=True``: the fused step, one statistics pass per
+step), which records exactly these (``GenerateOutput.rollout``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..config import FlowConfig
+from ..decode import DecodeOptions, infill_with_options
 from ..errors import describe
 from ..policy import StepPolicy
 
@@ -25,16 +26,16 @@ __all__ = ["Rollouts", "collect_rollouts"]
 
 @dataclass
 class Rollouts:
-    """Recorded x-flow trajectories (SPEC 6.2), B rows (a prompt's G trajectories consecutive),
-    N decoded tokens per row, T steps, S = k + 4.
+    """Recorded x-flow trajectories (SPEC 6.2): B rows, N decoded tokens per row, T steps, S = k + 4.
 
-    input_ids (B, L): what was decoded (the mask id at the positions to fill); attention_mask
-    (B, L) or None; positions (B, N): the decoded positions, ascending; sequences (B, L): input_ids
-    with those positions filled; states (B, T, N, S) float32: s_{l,i}; draws (B, T, N) float32:
-    y_{l,i}; log_probs (B, T, N): log pi_old(y | s) at sampling time; active (B, T, N) bool;
-    reedited (B, T, N) bool; committed (B, T) int64: the token hard-committed at step l (its
-    index in 0..N-1), -1 if none; t_final (B, N): t after the last step of the token's block;
-    nfe: model forwards per row (= T).
+    A prompt's G trajectories are consecutive rows.
+
+    - input_ids (B, L): what was decoded (the mask id at the positions to fill); attention_mask (B, L) or None.
+    - positions (B, N): the decoded positions, ascending; sequences (B, L): input_ids with them filled.
+    - states (B, T, N, S) float32: s_{l,i}; draws (B, T, N) float32: y_{l,i}.
+    - log_probs (B, T, N): log pi_old(y | s) at sampling time; active, reedited (B, T, N) bool.
+    - committed (B, T) int64: the token hard-committed at step l (its index in 0..N-1), -1 if none.
+    - t_final (B, N): t after the last step of the token's block; nfe: model forwards per row (= T).
     """
 
     input_ids: Tensor
@@ -80,25 +81,52 @@ def collect_rollouts(
     backend: str = "auto",
     suppress_tokens: list[int] | None = None,
 ) -> Rollouts:
-    """Decode each row of ``input_ids`` (B0, L) ``num_generations`` times with x-flow, actions
-    sampled from ``policy``, and record the trajectories (SPEC 6.2); rows b * G .. b * G + G - 1
-    of the result are row b's trajectories.
+    """Decode each row of ``input_ids`` (B0, L) ``num_generations`` times with sampled x-flow, and record it.
 
-    The positions holding the mask id (and, with ``attention_mask``, not padding) are decoded,
-    every other position is fed as its token's embedding (SPEC 7): a prompt followed by N masks is
-    generation. Every row must hold the same number N >= 1 of masks. ``steps`` = T forwards in all,
-    split over the blocks of ``block_length`` decoded tokens as ``mdfast.infill`` splits them
-    (default: one block). ``suppress_tokens``: ids never predicted (their logits -inf, as
-    ``mdfast.infill``). ``generator`` (on the model's device) drives the draws: the same
-    generator state, model, policy and inputs give the same record bitwise. The model runs under
-    ``torch.no_grad``; nothing in the record carries an autograd graph.
+    Rows b * G .. b * G + G - 1 of the result are row b's trajectories (SPEC 6.2). The positions
+    holding the mask id (and, with ``attention_mask``, not padding) are decoded, every other
+    position is fed as its token's embedding (SPEC 7); every row must hold the same number N >= 1
+    of masks. The options are one ``DecodeOptions`` (xflow, ``sample=True, record_rollout=True``),
+    checked by its ``validate``:
+
+    - steps: T forwards in all, split over the blocks of ``block_length`` tokens as ``mdfast.infill`` does.
+    - suppress_tokens: ids never predicted (their logits -inf).
+    - generator (on the model's device): drives the draws; the same state, model, policy and inputs
+      give the same record bitwise (None: a freshly seeded one).
+
+    The model runs under ``torch.no_grad``; nothing in the record carries an autograd graph.
     """
-    from ..decode import infill
-
     if not isinstance(policy, StepPolicy):
         raise TypeError(f"policy: expected a mdfast.StepPolicy, got {type(policy).__name__}")
     if not (isinstance(num_generations, int) and num_generations >= 1):
         raise ValueError(f"num_generations: expected a positive int, got {num_generations!r}")
+    ids, mask = _repeat_rows(input_ids, attention_mask, num_generations)
+    if generator is None:
+        generator = torch.Generator(device=ids.device)
+        generator.seed()
+    config = FlowConfig(k=policy.k, a_min=policy.a_min, a_max=policy.a_max) if config is None else config
+    options = DecodeOptions(
+        steps=steps,
+        decoder="xflow",
+        block_length=block_length,
+        policy=policy,
+        config=config,
+        sample=True,
+        record_rollout=True,
+        generator=generator,
+        backend=backend,
+        suppress_tokens=suppress_tokens,
+    ).validate()
+    _check_same_mask_count(ids, mask, mask_token_id if mask_token_id is not None else _mask_id(model))
+    with torch.no_grad():
+        out = infill_with_options(model, ids, options, mask, mask_token_id=mask_token_id)
+    record = dict(out.rollout)
+    record.pop("valid")
+    return Rollouts(input_ids=ids, attention_mask=mask, sequences=out.sequences, nfe=out.nfe, **record)
+
+
+def _repeat_rows(input_ids, attention_mask, G: int) -> tuple[Tensor, Tensor | None]:
+    """Each row of ``input_ids`` (B0, L) and ``attention_mask`` G times in a row: (B0 * G, L)."""
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         raise TypeError(f"input_ids: expected an int64 tensor (B, L), got {describe(input_ids)}")
     if attention_mask is not None and (
@@ -107,41 +135,21 @@ def collect_rollouts(
         raise ValueError(
             f"attention_mask: expected shape {tuple(input_ids.shape)} like input_ids, got {describe(attention_mask)}"
         )
-    ids = input_ids.repeat_interleave(num_generations, 0)
-    mask = None if attention_mask is None else attention_mask.repeat_interleave(num_generations, 0)
-    mask_id = mask_token_id if mask_token_id is not None else _mask_id(model)
-    decoded = ids == mask_id if mask_id is not None else None
-    if decoded is not None:
-        counts = (decoded if mask is None else decoded & mask.bool()).sum(1)
-        if ids.shape[0] == 0 or int(counts.min()) == 0 or bool((counts != counts[0]).any()):
-            raise ValueError(
-                f"input_ids: every row must hold the same number (>= 1) of mask tokens (id {mask_id}) to decode, "
-                f"got {counts.tolist()}"
-            )
-    if generator is None:
-        generator = torch.Generator(device=ids.device)
-        generator.seed()
-    config = FlowConfig(k=policy.k, a_min=policy.a_min, a_max=policy.a_max) if config is None else config
-    with torch.no_grad():
-        out = infill(
-            model,
-            ids,
-            mask,
-            steps=steps,
-            decoder="xflow",
-            block_length=block_length,
-            policy=policy,
-            config=config,
-            sample=True,
-            record_rollout=True,
-            generator=generator,
-            backend=backend,
-            mask_token_id=mask_token_id,
-            suppress_tokens=suppress_tokens,
+    mask = None if attention_mask is None else attention_mask.repeat_interleave(G, 0)
+    return input_ids.repeat_interleave(G, 0), mask
+
+
+def _check_same_mask_count(ids: Tensor, mask: Tensor | None, mask_id: int | None) -> None:
+    """Every row must hold the same number N >= 1 of mask tokens (an unknown mask id: infill raises)."""
+    if mask_id is None:
+        return
+    decoded = ids == mask_id
+    counts = (decoded if mask is None else decoded & mask.bool()).sum(1)
+    if ids.shape[0] == 0 or int(counts.min()) == 0 or bool((counts != counts[0]).any()):
+        raise ValueError(
+            f"input_ids: every row must hold the same number (>= 1) of mask tokens (id {mask_id}) to decode, "
+            f"got {counts.tolist()}"
         )
-    record = dict(out.rollout)
-    record.pop("valid")
-    return Rollouts(input_ids=ids, attention_mask=mask, sequences=out.sequences, nfe=out.nfe, **record)
 
 
 def _mask_id(model) -> int | None:

@@ -1,0 +1,103 @@
+"""``mdfast bench``: token_stats, xflow_step (and the body kernels) timed per backend, beside the eager reference."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import torch
+
+from .model_args import DTYPE_CHOICES
+
+DESCRIPTION = """Time token_stats and xflow_step (and with --body the LLaDA body kernels) per backend,
+next to the eager reference (the torch backend) and a device-to-device copy, all in the same run.
+
+On a GPU every row has two times: "replayed" is the kernels alone, calls captured in a CUDA
+graph and replayed, the L2 cache flushed (a 256 MB write) before every call and the flushes
+subtracted; "eager" is the latency of one call from an idle GPU, host work and launches included.
+Calls pass check_finite=False. GB/s is the bytes an operation must move over its replayed time
+(eager time on the CPU); "of copy" compares it with a copy of as many bytes timed the same way.
+Inputs are random, never zeros. Every figure quoted goes to bench/RESULTS.md.
+
+examples:
+  mdfast bench                                  defaults for this machine (CPU or GPU)
+  mdfast bench --shape 1,256,32000,1024 --dtype float32 --policy random
+  mdfast bench --body --compile                 add the body kernels and torch.compile baselines
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """The ``bench`` verb's parser."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="time token_stats and xflow_step per backend against the eager reference",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda where there is one)")
+    parser.add_argument("--shape", type=shape, action="append", help="B,N,V,E (repeatable); default: per device")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="logits and embedding (default: bfloat16 on a GPU)")
+    parser.add_argument("--policy", choices=["heuristic", "random", "both"], default="both")
+    parser.add_argument("--backends", help="comma-separated (default: torch and the device's kernel backends)")
+    parser.add_argument("--body", action="store_true", help="also the LLaDA body kernels at LLaDA-8B widths")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile of the reference (slow)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=None, help="timed calls (default: 20 on a GPU, 10 on the CPU)")
+    parser.add_argument("--calls", type=int, default=10, help="calls per captured graph (GPU)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def shape(text: str) -> tuple[int, int, int, int]:
+    """``--shape B,N,V,E``."""
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 4 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected B,N,V,E (four positive ints), got {text!r}")
+    return parts
+
+
+def run(args: argparse.Namespace) -> int:
+    """Probe the backends, then time every case and print its row as it comes."""
+    from mdfast import benchmark  # the tree imports every verb: implementations load when their verb runs
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.type == "cuda"
+    dtype = benchmark.DTYPES[args.dtype or ("bfloat16" if on_gpu else "float32")]
+    names = args.backends.split(",") if args.backends else benchmark.default_backends(device)
+    backends = []
+    for name in names:
+        reason = benchmark.probe_backend(name, device)
+        if reason is None:
+            backends.append(name)
+        else:
+            print(f"# backend {name}: unavailable ({reason})", file=sys.stderr)
+    timer = benchmark.Timer(device, warmup=args.warmup, repeat=args.repeat or (20 if on_gpu else 10), calls=args.calls)
+    policies = ("heuristic", "random") if args.policy == "both" else (args.policy,)
+    compile_backend = "inductor" if args.compile else None
+
+    print("\n".join(benchmark.header_lines(device, getattr(args, "command_line", "mdfast bench"), timer)))
+    print(benchmark.HEADER + "\n|" + "---|" * 12, flush=True)
+    rows = []
+    for B, N, V, E in args.shape or (benchmark.GPU_SHAPES if on_gpu else benchmark.CPU_SHAPES):
+        cases = benchmark.step_cases(B, N, V, E, dtype, device, backends, policies)
+        rows += benchmark.measure(cases, timer, compile_backend=compile_backend, log=print_now)
+        del cases
+    if args.body:
+        for B in (1, 8):
+            cases = benchmark.body_cases(B, 640, 4096, 32, 12288, dtype, device, backends)
+            rows += benchmark.measure(cases, timer, log=print_now)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
+    return 0
+
+
+def print_now(line: str) -> None:
+    """Print one row at once (a long run shows its progress row by row)."""
+    print(line, flush=True)

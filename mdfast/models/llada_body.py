@@ -1,0 +1,300 @@
+"""The native LLaDA body (SPEC 5): ``LLaDAModel``, its blocks and the forward pass.
+
+SPEC 5 states the architecture; each formula is quoted in the docstring of the one function that
+computes it (``padding_bias``, ``LLaDABlock.attention`` and ``forward``, ``LLaDAModel.forward``).
+RMSNorm (fused with the residual add), RoPE and SiLU(gate) * up go through ``mdfast.ops`` (Triton
+kernels on CUDA tensors, their references in ``mdfast/reference.py`` elsewhere).
+
+Fused projections: each block computes q, k, v with one matrix product (``qkv_proj``, weight
+(d + 2 n_kv_heads hd, d) = cat(Wq, Wk, Wv) by rows) and gate, up with one (``gate_up_proj``,
+weight (2F, d) = cat(W_ff_proj, W_up_proj)); q, k, v and gate, up are views of the fused outputs
+(no copies: ``ops.rope_`` rotates the q and k views in place, ``ops.swiglu`` reads the two halves
+in place). The state dict still has exactly the checkpoint's keys: a state-dict post-hook
+(``_split_fused``) lists each fused weight as its checkpoint parts ``q_proj.weight``,
+``k_proj.weight``, ``v_proj.weight`` (``ff_proj.weight``, ``up_proj.weight``), row views of the
+fused weight (no copy), in SPEC 5's order; a load-state-dict pre-hook (``_fuse_parts``)
+concatenates those parts into the fused weight (one copy), so ``load_state_dict`` (strict, and
+with ``assign=True`` onto a meta-device model) takes checkpoint state dicts, and a missing or
+misshapen part is reported under its checkpoint key.
+
+Choices where SPEC 5 is silent (made to match LLaDA's remote code, ``modeling_llada.py``):
+- grouped query: kv head g serves query heads g*r .. g*r + r - 1, r = n_heads / n_kv_heads
+  (``repeat_interleave``);
+- the padding mask is built in float32 and cast to the model dtype, where float32.min becomes
+  -inf in bfloat16/float16; -inf is then replaced by that dtype's most negative finite value;
+- inv_freq is computed in float32 as 1 / theta^(2j/hd);
+- the logits have ``embedding_size`` columns (the head's rows), not cut to ``vocab_size``;
+- no KV cache (``use_cache`` must be false) and no ``position_ids``: positions are 0..L-1.
+"In float32" means float32 for bfloat16, float16 and float32 models; a float64 model computes in
+float64 throughout (``reference.compute_dtype``), so tests can evaluate this code itself exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from .llada_config import LLaDAConfig
+
+__all__ = ["LLaDABlock", "LLaDAModel", "LLaDAOutput", "RMSNorm", "padding_bias"]
+
+
+def padding_bias(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """The additive attention mask over keys, (B, 1, 1, L), in ``dtype``: (1 - mask) * float32.min.
+
+    SPEC 5: "if attention_mask has a 0, an additive mask (1 - mask) * float32.min over keys, shape
+    (B, 1, 1, L); otherwise no mask at all". Cast to the model dtype, float32.min overflows to -inf
+    in bfloat16/float16 and is replaced by that dtype's most negative finite value (as the remote
+    code does).
+
+    Built from any given mask without reading its values, so the forward never waits for the device
+    (a CUDA graph can capture it): a mask without zeros gives an all-zero bias, the same attention
+    as no mask up to rounding. Callers pass ``attention_mask=None`` when there is no padding (as
+    mdfast's decoding loop does); only then does attention run without a mask.
+    """
+    if attention_mask is None:
+        return None
+    mask = attention_mask.to(torch.float32)[:, None, None, :]
+    bias = (1.0 - mask) * torch.finfo(torch.float32).min
+    return bias.to(dtype).clamp_min(torch.finfo(dtype).min)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a weight of size d and no bias (``mdfast.ops.rms_norm``).
+
+    SPEC 5: "RMSNorm(x; w): y = x in float32 times rsqrt(mean(y^2 over d) + eps), cast back to x's dtype, then
+    multiplied by w".
+    """
+
+    def __init__(
+        self, size: int, eps: float, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)
+
+
+class LLaDABlock(nn.Module):
+    """One LLaDA transformer block (SPEC 5 "block") with fused projections.
+
+    ``qkv_proj`` holds cat(Wq, Wk, Wv), ``gate_up_proj`` cat(W_ff_proj, W_up_proj) (rows); the other
+    submodules are named as the checkpoint keys, and the state-dict hooks below translate the fused ones.
+    """
+
+    # fused module -> the checkpoint modules whose weights it stacks, in order
+    FUSED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+        "gate_up_proj": ("ff_proj", "up_proj"),
+    }
+
+    def __init__(
+        self, config: LLaDAConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        d, F_, kv = config.d_model, config.mlp_hidden_size, config.n_kv_heads * config.head_dim
+        factory = {"device": device, "dtype": dtype, "bias": False}
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.rope_theta = config.rope_theta
+        # rows of each fused weight (and columns of its output) per checkpoint part
+        self.split_sizes = {"qkv_proj": (d, kv, kv), "gate_up_proj": (F_, F_)}
+        self.attn_norm = RMSNorm(d, config.rms_norm_eps, device=device, dtype=dtype)
+        self.qkv_proj = nn.Linear(d, d + 2 * kv, **factory)
+        self.attn_out = nn.Linear(d, d, **factory)
+        self.ff_norm = RMSNorm(d, config.rms_norm_eps, device=device, dtype=dtype)
+        self.gate_up_proj = nn.Linear(d, 2 * F_, **factory)
+        self.ff_out = nn.Linear(F_, d, **factory)
+        self.register_state_dict_post_hook(_split_fused)
+        self.register_load_state_dict_pre_hook(_fuse_parts)
+
+    def _heads(self, y: Tensor, heads: int, rope: bool) -> Tensor:
+        """(B, L, heads*hd) -> (B, heads, L, hd): "split into heads of size hd" (views of the fused output).
+
+        With ``rope``, RoPE is applied in place first (``mdfast.ops.rope_``: float32 math, positions 0..L-1).
+        """
+        y = y.unflatten(-1, (heads, self.head_dim))
+        if rope:
+            ops.rope_(y, self.rope_theta)
+        return y.transpose(1, 2)
+
+    def attention(self, h: Tensor, bias: Tensor | None) -> Tensor:
+        """The attention of a block: the merged heads (B, L, d), before attn_out.
+
+        SPEC 5: "q, k, v = h Wq^T, h Wk^T, h Wv^T split into heads of size hd;
+        RoPE on q and k in float32 ...; k, v heads repeated to n_heads (grouped query); attention is
+        bidirectional (no causal mask), scale 1/sqrt(hd), plus the padding mask". q, k, v are column
+        slices of one product h cat(Wq, Wk, Wv)^T (slices, not ``split``: autograd lets RoPE rotate
+        those in place). kv head g serves query heads g*r .. g*r + r - 1 (``repeat_interleave``).
+        """
+        B, L, d = h.shape
+        qkv, kv = self.qkv_proj(h), self.n_kv_heads * self.head_dim
+        q = self._heads(qkv[..., :d], self.n_heads, rope=True)
+        k = self._heads(qkv[..., d : d + kv], self.n_kv_heads, rope=True)
+        v = self._heads(qkv[..., d + kv :], self.n_kv_heads, rope=False)
+        repeats = self.n_heads // self.n_kv_heads
+        if repeats > 1:
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, is_causal=False, scale=1.0 / math.sqrt(self.head_dim)
+        )
+        return out.transpose(1, 2).reshape(B, L, d)
+
+    def forward(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        """The block: x + attention, then x + the feed-forward (SPEC 5 "block").
+
+        SPEC 5: "h = RMSNorm(x; attn_norm); ...
+        x = x + attn_out(merged heads); h = RMSNorm(x; ff_norm); x = x + ff_out(SiLU(ff_proj h) * up_proj h)",
+        the residual add and the second RMSNorm fused (``ops.rms_norm(..., update=)``), SiLU(.) * . as
+        ``ops.swiglu`` on the two halves of one product h cat(W_ff_proj, W_up_proj)^T.
+        """
+        x, h = ops.rms_norm(
+            x, self.ff_norm.weight, self.ff_norm.eps, update=self.attn_out(self.attention(self.attn_norm(x), bias))
+        )
+        gate, up = self.gate_up_proj(h).split(self.split_sizes["gate_up_proj"], dim=-1)
+        return x + self.ff_out(ops.swiglu(gate, up))
+
+
+def _split_fused(block: LLaDABlock, state_dict: dict[str, Tensor], prefix: str, local_metadata: dict) -> None:
+    """State-dict post-hook of LLaDABlock: each fused weight replaced by its checkpoint parts.
+
+    The parts are row views of it (no copy); the block's keys are re-inserted in order, so they follow
+    SPEC 5's order.
+    """
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        value = state_dict.pop(key)
+        name = key[len(prefix) :].removesuffix(".weight")
+        if name in block.FUSED:
+            parts = value.split(block.split_sizes[name])
+            state_dict.update({f"{prefix}{part}.weight": view for part, view in zip(block.FUSED[name], parts)})
+        else:
+            state_dict[key] = value
+
+
+def _fuse_parts(
+    block: LLaDABlock,
+    state_dict: dict[str, Tensor],
+    prefix: str,
+    local_metadata: dict,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """Load-state-dict pre-hook of LLaDABlock: the checkpoint parts of each fused weight concatenated into it.
+
+    The parts are popped from the block's state dict. A fused weight loads from all of its parts
+    or keeps its value: absent parts are reported as missing keys and misshapen ones as size
+    mismatches, under their checkpoint keys.
+    """
+    for name, part_names in block.FUSED.items():
+        linear = getattr(block, name)
+        parts = []
+        for part, rows in zip(part_names, block.split_sizes[name]):
+            key, shape = f"{prefix}{part}.weight", torch.Size((rows, linear.in_features))
+            tensor = state_dict.pop(key, None)
+            if tensor is None:
+                missing_keys.append(key)
+            elif tensor.shape != shape:
+                error_msgs.append(
+                    f"size mismatch for {key}: copying a param with shape {tensor.shape} from checkpoint, "
+                    f"the shape in current model is {shape}."
+                )
+            else:
+                parts.append(tensor)
+        state_dict[f"{prefix}{name}.weight"] = torch.cat(parts) if len(parts) == len(part_names) else linear.weight
+
+
+@dataclass
+class LLaDAOutput:
+    """logits (B, L, V) (only the rows mdfast's RowSelectingHead selects, while it is set)."""
+
+    logits: Tensor
+
+
+class LLaDAModel(nn.Module):
+    """The LLaDA masked diffusion LM of SPEC 5, natively.
+
+    ``state_dict()`` keys are exactly the checkpoint's (``checkpoint_shapes``), ``forward`` takes what
+    the remote code's takes, and ``mdfast.patch`` / ``mdfast.generate`` drive it
+    (``config.model_type == "llada"``).
+
+    Modules: ``model.transformer`` is a ModuleDict with ``wte`` (nn.Embedding), ``blocks``
+    (LLaDABlock list), ``ln_f`` (RMSNorm) and, without weight tying, ``ff_out`` (the head, an
+    nn.Linear applied last, which mdfast swaps for its row-selecting head). Weights are randomly
+    initialised (by torch's module defaults); ``load_llada`` builds one on the meta device and
+    assigns the checkpoint's tensors.
+    """
+
+    def __init__(
+        self, config: LLaDAConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        d, V = config.d_model, config.embedding_size
+        transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(V, d, device=device, dtype=dtype),
+                "blocks": nn.ModuleList(LLaDABlock(config, device=device, dtype=dtype) for _ in range(config.n_layers)),
+                "ln_f": RMSNorm(d, config.rms_norm_eps, device=device, dtype=dtype),
+            }
+        )
+        if not config.weight_tying:
+            transformer["ff_out"] = nn.Linear(d, V, bias=False, device=device, dtype=dtype)
+        self.model = nn.Module()
+        self.model.transformer = transformer
+
+    @property
+    def transformer(self) -> nn.ModuleDict:
+        return self.model.transformer
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer["wte"]
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        """The head ``ff_out`` (nn.Linear, or mdfast's RowSelectingHead while patched).
+
+        None with weight tying, where the logits use wte's weight directly.
+        """
+        return self.transformer["ff_out"] if "ff_out" in self.transformer else None  # noqa: SIM401 - a ModuleDict has no get
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        use_cache: bool = False,
+        **ignored: Any,
+    ) -> LLaDAOutput:
+        """Logits (B, L, V) for ``input_ids`` (B, L) or ``inputs_embeds`` (B, L, d) (exactly one).
+
+        SPEC 5: "x = wte[input_ids], or the given inputs_embeds unchanged; no positional
+        embedding"; the blocks; "logits = RMSNorm(x; ln_f) ff_out^T (times 1/sqrt(d) if
+        scale_logits)", wte in place of ff_out with weight tying. ``attention_mask`` (B, L), 1 for
+        tokens and 0 for padding (see ``padding_bias``). Other keyword arguments (e.g.
+        ``output_hidden_states``, ``return_dict``) are accepted and ignored, except ``position_ids``
+        (refused: positions are always 0..L-1) and ``use_cache=True`` (there is no KV cache).
+        """
+        if use_cache:
+            raise ValueError("use_cache: the native LLaDA body has no KV cache; pass use_cache=False")
+        if ignored.get("position_ids") is not None:
+            raise ValueError("position_ids: LLaDA takes none (positions are 0..L-1; left padding is masked)")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (B, L) and inputs_embeds (B, L, d)")
+        x = self.transformer["wte"](input_ids) if inputs_embeds is None else inputs_embeds
+        bias = padding_bias(attention_mask, x.dtype)
+        for block in self.transformer["blocks"]:
+            x = block(x, bias)
+        x = self.transformer["ln_f"](x)
+        head = self.get_output_embeddings()
+        logits = F.linear(x, self.transformer["wte"].weight) if head is None else head(x)
+        if self.config.scale_logits:
+            logits = logits * (1.0 / math.sqrt(self.config.d_model))
+        return LLaDAOutput(logits)
