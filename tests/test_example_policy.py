@@ -1,8 +1,8 @@
 """The example policies shipped with mdfast (mdfast/policy.py: StepPolicy.examples / example / example_card).
 
 The loader is checked on a folder written here (``EXAMPLE_POLICIES`` pointed at it); the policies the package
-really ships (``mdfast/data/policies/``, written by ``bench/antibody_policy.py --stages ship``) are loaded and run
-through one x-flow step against the float64 reference.
+really ships (``mdfast/data/policies/``, written by ``mdfast train recipe antibody-policy --stages ship``) are
+loaded and run through one x-flow step against the float64 reference.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_a_policy_without_its_card_is_reported(examples_folder):
 def shipped():
     names = StepPolicy.examples()
     if not names:
-        pytest.skip("no example policy shipped yet (bench/antibody_policy.py --stages ship writes one)")
+        pytest.skip("no example policy shipped yet (mdfast train recipe antibody-policy --stages ship writes one)")
     return names
 
 

@@ -7,12 +7,10 @@ moved modules keep their old paths for one release, and the verbs' parsers build
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import subprocess
 import sys
-import warnings
 
 import pytest
 
@@ -82,22 +80,6 @@ def test_a_missing_extra_is_named_when_its_name_is_used():
     )
     message = run_python(code)
     assert message is not None and 'pip install "mdfast[train]"' in message and "accelerate" in message
-
-
-def test_the_old_paths_are_the_new_modules():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for old, new in [
-            ("mdfast.train.code_data", "mdfast.code_model.data"),
-            ("mdfast.train.code_cases", "mdfast.code_model.cases"),
-            ("mdfast.train.mdlm", "mdfast.code_model.pretrain"),
-            ("mdfast.train.mdlm_loss", "mdfast.code_model.mdlm_loss"),
-        ]:
-            assert importlib.import_module(old) is importlib.import_module(new)
-        from mdfast.train.loading import import_function, read_jsonl
-    from mdfast.train import records
-
-    assert (read_jsonl, import_function) == (records.read_jsonl, records.import_function)
 
 
 def test_the_verbs_parsers_build_without_the_training_code():

@@ -38,6 +38,7 @@ PRESET_HELP = {
     "humaneval": "quick: the first 16 problems, 32 steps, 64 tokens (15 s on a 2-core CPU with the shipped code "
     "model mdfast/data/code_model; an 8B model needs a GPU); full (default): 164 problems, 256 steps, 256 tokens",
 }
+OUTPUTS = {"antibody": "antibody.json, antibody.png", "code": "code.json, code.png", "humaneval": "humaneval.json"}
 GRID_SETTINGS = ("model", "decoders", "budgets", "batch_size", "policy", "device", "backend")
 # benchmark -> the flags that identify a run (a resumed run must repeat them), in the order its command spells them
 SETTINGS = {
@@ -173,8 +174,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, benchmark: str) -> None:
     parser.add_argument(
         "--out",
         default=f"eval-{benchmark}",
-        help=f"folder for {benchmark}.json (and .png) and the run's log {benchmark}.jsonl (default: %(default)s); "
-        "a run with the same settings there is resumed",
+        help=f"folder for {OUTPUTS[benchmark]} and the run's log {benchmark}.jsonl (default: %(default)s); a run "
+        "with the same settings there is resumed",
     )
     parser.add_argument("--restart", action="store_true", help="discard the run logged in --out and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
