@@ -36,7 +36,6 @@ the eager port row). A forward table
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import importlib.util
 import math
@@ -370,10 +369,6 @@ def format_run(r: Run) -> str:
         f"| {_number(r.vs_port, '.2f', 'x')} | {100 * r.outside_model:.1f}% | {_number(r.graphed_blocks, 'd')} "
         f"| {_number(None if r.equal_tokens is None else 100 * r.equal_tokens, '.1f', '%')} |"
     )
-
-
-def as_dicts(items) -> list[dict]:
-    return [dataclasses.asdict(item) for item in items]
 
 
 def main(argv=None) -> int:

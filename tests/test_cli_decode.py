@@ -280,9 +280,12 @@ def test_infill_fills_a_llada_checkpoint(llada_dir, capsys):
 INFILL_BAD_COMMAND_LINES = [
     (["--text", "w1 w2"], r"--text: no position to fill; write <mask:N> or the mask token '\[MASK\]' there"),
     (["--text", "w1 <mask:0>"], r"--text: <mask:0> fills no position"),
-    (["--steps", "4"], r"--steps 4: more steps than the 2 masked positions of --text"),
+    (["--steps", "4"], r"--steps: expected at most 2 steps \(the most masked positions of any sequence\), got 4"),
     (["--steps", "0"], r"--steps: expected a positive int, got 0"),
-    (["--block-length", "1", "--steps", "1"], r"--steps 1: fewer steps than the 2 blocks of --block-length 1"),
+    (
+        ["--block-length", "1", "--steps", "1"],
+        r"--steps: sequence 0 has 2 masked positions in 2 blocks of 1, more blocks than the 1 steps",
+    ),
     (["--decoder", "threshold", "--temperature", "-2"], r"--temperature: expected a number >= 0"),
 ]
 
@@ -299,3 +302,22 @@ def test_infill_names_a_bad_command_line_before_loading(options, message, model_
 def test_infill_reads_escapes_and_the_shorthand():
     assert infill_verb.expand_text(r"a\nb <mask:2>\tc\\n", "[M]") == ("a\nb [M][M]\tc\\n", 2)
     assert infill_verb.expand_text("[M] x <mask:1>", "[M]") == ("[M] x [M]", 2)
+
+
+@pytest.mark.parametrize("verb", ["generate", "infill"])
+def test_suppress_mask_blocks_the_mask_id(verb, model_dir, capsys, monkeypatch):
+    """--suppress-mask decodes with the folder's mask id in ``DecodeOptions.suppress_tokens``."""
+    name = f"{verb}_with_options"
+    calls = []
+
+    def spy(model, input_ids, options, *args, **kwargs):
+        calls.append(options)
+        return original(model, input_ids, options, *args, **kwargs)
+
+    original = getattr(mdfast.decode, name)
+    monkeypatch.setattr(mdfast.decode, name, spy)
+    argv = generate(model_dir) if verb == "generate" else infill(model_dir, "w1 <mask:2> w2")
+    status, _, err = run(capsys, *argv, "--suppress-mask")
+    assert status == 0, err
+    mask_id = load_tokenizer(model_dir).mask_token_id
+    assert [options.suppress_tokens for options in calls] == [[mask_id]]

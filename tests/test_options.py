@@ -30,6 +30,8 @@ MASK = 4
         ),
         (dict(steps=3, block_length=4), dict(max_new_tokens=8), ValueError, r"^steps: 3 steps do not split evenly"),
         (dict(steps=4), dict(max_new_tokens=0), ValueError, r"^max_new_tokens: expected a positive int"),
+        (dict(steps=5), dict(masked=[4, 2]), ValueError, r"^steps: expected at most 4 steps"),
+        (dict(steps=2, block_length=2), dict(masked=[2, 5]), ValueError, r"^steps: sequence 1 has 5 masked"),
         (dict(steps=4, decoder="greedy"), {}, ValueError, r"^decoder: expected one of"),
         (dict(steps=4, decoder="rcr", temperature=-1.0), {}, ValueError, r"^temperature: expected a number >= 0"),
         (dict(steps=4, temperature=0.5), {}, ValueError, r"^temperature: the x-flow decoder has no temperature"),

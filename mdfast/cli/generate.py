@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=not args.chat)["input_ids"]
     checks.check_prompt(tokenizer, ids[0].tolist(), opened.folder)
     model = checks.load_patched_model(args, opened, device, dtype)
-    options = dataclasses.replace(options, eos_token_id=tokenizer.eos_token_id)
+    suppress = [opened.mask_token_id] if args.suppress_mask else None
+    options = dataclasses.replace(options, eos_token_id=tokenizer.eos_token_id, suppress_tokens=suppress)
     out = decode.generate_with_options(
         model, ids.to(device), options, max_new_tokens=args.max_new_tokens, mask_token_id=opened.mask_token_id
     )

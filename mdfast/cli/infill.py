@@ -9,7 +9,7 @@ import sys
 
 from mdfast import decode
 
-from .errors import CommandError, UsageError
+from .errors import CommandError, UsageError, usage_error
 from .model_args import add_decode_arguments, add_model_arguments
 
 DESCRIPTION = r"""Fill the masked positions of --text with the model in --model (a local folder: mdfast never
@@ -79,8 +79,12 @@ def run(args: argparse.Namespace) -> int:
         model = checks.load_patched_model(args, opened, device, dtype)
     ids, masked = encode_text(opened.tokenizer, args.text, opened.mask_token_id)
     checks.check_prompt(opened.tokenizer, ids[0].tolist(), opened.folder, flag="--text")
-    options = dataclasses.replace(options, steps=masked if args.steps is None else args.steps)
-    check_budget(options.steps, options.block_length, masked)
+    suppress = [opened.mask_token_id] if args.suppress_mask else None
+    options = dataclasses.replace(options, steps=masked if args.steps is None else args.steps, suppress_tokens=suppress)
+    try:
+        options.validate(masked=[masked])
+    except (ValueError, TypeError) as error:
+        raise usage_error(error) from None
     if model is None:
         model = checks.load_patched_model(args, opened, device, dtype)
     out = decode.infill_with_options(model, ids.to(device), options, mask_token_id=opened.mask_token_id)
@@ -103,15 +107,3 @@ def encode_text(tokenizer, text: str, mask_token_id: int):
             f"{mask_token_id}: it does not keep the mask token whole; check --mask-token-id"
         )
     return ids, count
-
-
-def check_budget(steps: int, block_length: int | None, masked: int) -> None:
-    """--steps against the masked positions: at most one step per position, at least one per block."""
-    if steps > masked:
-        raise UsageError(f"--steps {steps}: more steps than the {masked} masked positions of --text")
-    blocks = -(-masked // block_length) if block_length else 1
-    if steps < blocks:
-        raise UsageError(
-            f"--steps {steps}: fewer steps than the {blocks} blocks of --block-length {block_length} "
-            f"over {masked} masked positions"
-        )

@@ -30,9 +30,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser, *, steps_help: str) -> None:
-    """--decoder, --steps, --block-length, --temperature and --policy (the fields of ``mdfast.DecodeOptions``)."""
+    """--decoder, --steps, --block-length, --temperature, --policy, --suppress-mask (``mdfast.DecodeOptions``)."""
     parser.add_argument("--decoder", choices=DECODER_CHOICES, default="xflow", help="default: xflow")
     parser.add_argument("--steps", type=int, default=64, help=steps_help)
     parser.add_argument("--block-length", type=int, default=None, help="decoded positions per block (default: all)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (the xflow decoder takes none)")
     parser.add_argument("--policy", default=None, help="a StepPolicy file (xflow; default: the heuristic step)")
+    parser.add_argument(
+        "--suppress-mask",
+        action="store_true",
+        help="block the mask token's logit in every decoded row (a model that predicts its own [MASK])",
+    )

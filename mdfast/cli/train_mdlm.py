@@ -9,6 +9,8 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import torch
+
 from mdfast.cli.errors import UsageError
 from mdfast.code_model.options import TrainOptions
 
@@ -120,17 +122,11 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     options = check_arguments(args)
     command = shown_command(args)
-    # the tree imports every verb: implementations load when their verb runs
-    import torch  # loads when the verb runs
+    from mdfast.cli import model_loading  # measured import cost: transformers, 1 s; loads when the verb runs
+    from mdfast.code_model import data as code_data  # measured import cost: tokenizers, transformers
+    from mdfast.code_model import pretrain  # measured import cost: tokenizers, transformers
 
-    from mdfast.code_model import data as code_data  # loads when the verb runs
-    from mdfast.code_model import pretrain  # loads when the verb runs
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.partition(":")[0] not in ("cpu", "cuda"):
-        raise UsageError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu")
+    device = str(model_loading.check_device(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

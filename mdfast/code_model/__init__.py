@@ -11,7 +11,7 @@ Public names load lazily from their module: ``from mdfast.code_model import load
 
 from __future__ import annotations
 
-import importlib
+from mdfast._lazy import lazy_exports
 
 # public name -> the submodule that defines it
 _EXPORTS = {
@@ -46,15 +46,4 @@ _SUBMODULES = ("cases", "data", "mdlm_loss", "options", "pretrain", "shipped", "
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module_name = _EXPORTS.get(name, name if name in _SUBMODULES else None)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    value = module if name == module_name else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, *_SUBMODULES})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)

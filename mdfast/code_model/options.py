@@ -1,4 +1,4 @@
-"""What a code-model training run computes: ``TrainOptions`` (no torch here, so the command's parser is cheap)."""
+"""What a code-model training run computes: ``TrainOptions`` (plain Python: the parser loads no tokenizers)."""
 
 from __future__ import annotations
 

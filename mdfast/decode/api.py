@@ -37,11 +37,11 @@ def infill_with_options(
     Non-finite logits raise ValueError after the loop. An unpatched model is adapted for this call only.
     """
     with _adapted(model, mask_token_id) as adapter:
-        options.validate(vocab_size=adapter.vocab_size)
         input_ids, attention_mask = _check_inputs(adapter, input_ids, attention_mask)
         decode = input_ids == adapter.mask_token_id
         if attention_mask is not None:
             decode &= attention_mask.bool()
+        options.validate(vocab_size=adapter.vocab_size, masked=decode.sum(-1).tolist())
         return decode_loop(adapter, DecodeInputs(input_ids, attention_mask, decode), options)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -92,15 +93,20 @@ class DecodeOptions:
             raise TypeError(f"{unknown[0]}: not a decoding option; expected one of {names}")
         return cls(**kwargs)
 
-    def validate(self, *, max_new_tokens: int | None = None, vocab_size: int | None = None) -> DecodeOptions:
+    def validate(
+        self, *, max_new_tokens: int | None = None, vocab_size: int | None = None, masked: list[int] | None = None
+    ) -> DecodeOptions:
         """Check every option (ValueError / TypeError starting with the field's name) and return self.
 
         - max_new_tokens: ``generate``'s response length; then block_length must divide it, steps
           must split evenly over its blocks and be at most max_new_tokens.
         - vocab_size: the model's; then eos and suppressed ids must lie in [0, vocab_size) and not
           every id may be suppressed. Without it every other check still runs.
+        - masked: how many positions each row decodes (``infill``); then steps must be at most the
+          largest count and at least every row's number of blocks (a block needs one step).
         """
         self._check_budget(max_new_tokens)
+        self._check_masked(masked)
         self._check_decoder()
         _check_eos(self.eos_token_id, vocab_size)
         _check_suppress(self.suppress_tokens, vocab_size)
@@ -136,13 +142,32 @@ class DecodeOptions:
                 f"steps: {steps} steps do not split evenly over {n_blocks} blocks of {block_length} tokens"
             )
 
+    def _check_masked(self, masked: list[int] | None) -> None:
+        """steps against the positions each row decodes (no row decoding anything is the inputs' error)."""
+        longest = max(masked or [], default=0)
+        if longest == 0:
+            return
+        steps = self.steps
+        if steps > longest:
+            raise ValueError(
+                f"steps: expected at most {longest} steps (the most masked positions of any sequence), got {steps}"
+            )
+        n = longest if self.block_length is None else min(self.block_length, longest)
+        for b, m in enumerate(masked):
+            blocks = -(-m // n)
+            if steps < blocks:
+                raise ValueError(
+                    f"steps: sequence {b} has {m} masked positions in {blocks} blocks of {n}, more blocks "
+                    f"than the {steps} steps (each block needs at least one step)"
+                )
+
     def _check_decoder(self) -> None:
         """The decoder's name, temperature, policy and the per-decoder fields."""
         name = self.decoder
         if not isinstance(name, str) or name not in DECODERS:
             raise ValueError(f"decoder: expected one of {sorted(DECODERS)}, got {name!r}")
         temperature = self.temperature
-        if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature >= 0):
+        if not (_is_number(temperature) and temperature >= 0):
             raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
         if self.policy is not None:
             if name != "xflow":
@@ -202,7 +227,7 @@ def _is_int(x) -> bool:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _check_eos(eos_token_id, V: int | None) -> None:

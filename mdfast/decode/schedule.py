@@ -96,8 +96,8 @@ class Schedule:
     counts) and ``opens_block`` (the step is the first of block j > 0), read at the device counter
     ``step_index`` by ``now``.
 
-    Raises ValueError when no row holds a masked position, when ``steps`` exceeds the largest
-    row's |M_b|, or when a row has more blocks than ``steps`` (a block needs at least one step).
+    Raises ValueError when no row holds a masked position; ``steps`` against the rows' |M_b| is
+    ``DecodeOptions.validate(masked=...)``'s check.
     """
 
     def __init__(self, decode: Tensor, steps: int, block_length: int | None) -> None:
@@ -109,19 +109,9 @@ class Schedule:
         self.longest = longest = max(self.masked, default=0)
         if longest == 0:
             raise ValueError("input_ids: no position holds the mask id in any sequence: nothing to decode")
-        if steps > longest:
-            raise ValueError(
-                f"steps: expected at most {longest} steps (the most masked positions of any sequence), got {steps}"
-            )
         n = longest if block_length is None else min(block_length, longest)
         self.block_length = n
         self.blocks = [math.ceil(m / n) for m in self.masked]
-        for b, K in enumerate(self.blocks):
-            if steps < K:
-                raise ValueError(
-                    f"steps: sequence {b} has {self.masked[b]} masked positions in {K} blocks of {n}, more blocks "
-                    f"than the {steps} steps (each block needs at least one step)"
-                )
         self.width = W = max(self.blocks) * n
         self.has_padding = any(m != W for m in self.masked)
 

@@ -12,8 +12,7 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+from mdfast._lazy import lazy_exports
 
 # public name -> the submodule that defines it
 _EXPORTS = {
@@ -48,18 +47,4 @@ _SUBMODULES += ("records", "rollouts")
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module_name = _EXPORTS.get(name, name if name in _SUBMODULES else None)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    missing = [extra for extra in _EXTRAS.get(name, ()) if importlib.util.find_spec(extra) is None]
-    if missing:
-        raise ImportError(f'mdfast.train.{name} needs {", ".join(missing)}: pip install "mdfast[train]"')
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    value = module if name == module_name else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, *_SUBMODULES})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES, needs=_EXTRAS, extra="train")

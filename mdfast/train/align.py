@@ -23,6 +23,7 @@ import contextlib
 import copy
 import importlib.util
 import math
+import sys
 from collections import defaultdict
 
 import torch
@@ -475,3 +476,7 @@ class XPredAlignmentTrainer(Trainer):
             super().log(logs)
         else:
             super().log(logs, start_time)
+
+
+if __name__ == "__main__":  # the command this module used to be
+    sys.exit("python -m mdfast.train.align: no longer a command; run `mdfast train align` (the same flags)")

@@ -16,6 +16,7 @@ import copy
 import hashlib
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -355,3 +356,7 @@ def rollout_seed(seed: int, index: int) -> int:
     """A 63-bit seed for the draws of the rollout batch that starts at global group ``index``."""
     digest = hashlib.sha256(f"mdfast-grpo:{seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+if __name__ == "__main__":  # the command this module used to be
+    sys.exit("python -m mdfast.train.grpo: no longer a command; run `mdfast train grpo` (the same flags)")
