@@ -9,6 +9,7 @@ says it was reached: the ``no_weights`` fixture).
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import tokenizers
@@ -68,6 +69,10 @@ BAD_COMMAND_LINES = [
     (["--decoder", "nonsense"], r"argument --decoder: invalid choice: 'nonsense'"),
     (["--mask-token-id", "64"], r"--mask-token-id: 64 is outside the model's 64 embeddings"),
     (["--mask-token-id", "-1"], r"--mask-token-id: expected a token id >= 0, got -1"),
+    (["--decoder", "factor", "--factor", "0"], r"--factor: expected a number > 0, got 0.0$"),
+    (["--decoder", "factor", "--factor", "-1"], r"--factor: expected a number > 0, got -1.0$"),
+    (["--factor", "0.5"], r"--factor: only the factor decoder reads factor, not decoder 'low_confidence'$"),
+    (["--factor", "big"], r"argument --factor: invalid float value: 'big'"),
 ]
 
 
@@ -287,6 +292,10 @@ INFILL_BAD_COMMAND_LINES = [
         r"--steps: sequence 0 has 2 masked positions in 2 blocks of 1, more blocks than the 1 steps",
     ),
     (["--decoder", "threshold", "--temperature", "-2"], r"--temperature: expected a number >= 0"),
+    (
+        ["--decoder", "threshold", "--factor", "2"],
+        r"--factor: only the factor decoder reads factor, not decoder 'threshold'$",
+    ),
 ]
 
 
@@ -321,3 +330,25 @@ def test_suppress_mask_blocks_the_mask_id(verb, model_dir, capsys, monkeypatch):
     assert status == 0, err
     mask_id = load_tokenizer(model_dir).mask_token_id
     assert [options.suppress_tokens for options in calls] == [[mask_id]]
+
+
+@pytest.mark.parametrize("verb", ["generate", "infill"])
+@pytest.mark.parametrize("factor", [None, "0.5"])
+def test_the_factor_decoder_decodes_with_its_factor(verb, factor, model_dir, capsys, monkeypatch):
+    """``--decoder factor --factor F`` decodes with ``DecodeOptions(decoder="factor", factor=F)``; without
+    --factor the field stays None (the decoder's default 1.0)."""
+    name = f"{verb}_with_options"
+    calls = []
+
+    def spy(model, input_ids, options, *args, **kwargs):
+        calls.append(options)
+        return original(model, input_ids, options, *args, **kwargs)
+
+    original = getattr(mdfast.decode, name)
+    monkeypatch.setattr(mdfast.decode, name, spy)
+    argv = generate(model_dir) if verb == "generate" else infill(model_dir, "w1 <mask:3> w2")
+    status, out, err = run(capsys, *argv, "--decoder", "factor", *(["--factor", factor] if factor else []))
+    assert status == 0, err
+    assert [(options.decoder, options.factor) for options in calls] == [("factor", factor and float(factor))]
+    assert all(word in VOCAB for word in out.split())
+    assert re.search(r"\b[1-4] forwards", err), err

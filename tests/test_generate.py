@@ -21,7 +21,8 @@ from mdfast.decode.schedule import top_positions
 transformers = pytest.importorskip("transformers", reason="the tests build tiny models from transformers classes")
 
 MASK = 4
-DISCRETE = ["low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr", "soft_mask", "threshold"]
+DISCRETE = ["low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr", "soft_mask", "threshold", "factor"]
+PARALLEL = ("threshold", "factor")  # a block runs until it is filled: data-dependent step counts
 
 
 def tiny_dream(seed=0):
@@ -90,6 +91,7 @@ def eager_discrete(
     temperature=0.0,
     generator=None,
     tau=0.9,
+    factor=1.0,
     soft=(3, 0.25, 5.0, -1.0),
 ):
     B, P = ids.shape
@@ -129,6 +131,7 @@ def eager_discrete(
                         "low_confidence": pi[x0[b, i]].item(),
                         "maskgit_plus": pi[x0[b, i]].item(),
                         "threshold": pi[x0[b, i]].item(),
+                        "factor": pi[x0[b, i]].item(),
                         "soft_mask": pi[x0[b, i]].item(),
                         "rcr": pi[x0[b, i]].item(),
                         "topk_margin": (top[0] - top[1]).item(),
@@ -147,6 +150,11 @@ def eager_discrete(
                 if decoder == "threshold":
                     order = ranked([conf[i] for i in masked])
                     chosen = {masked[order[0]]} | {i for i in masked if conf[i] > tau}
+                elif decoder == "factor":  # SPEC 8: the largest n with c(n) >= 1 - f / (n + 1), at least one
+                    order = [masked[j] for j in ranked([conf[i] for i in masked])]  # c(1) >= c(2) >= ...
+                    c = [conf[i] for i in order]
+                    n = max([n for n in range(1, len(c) + 1) if c[n - 1] >= 1 - factor / (n + 1)], default=1)
+                    chosen = set(order[:n])
                 else:
                     order = ranked([conf[i] for i in masked])
                     chosen = {masked[j] for j in order[: counts[step]]}
@@ -166,7 +174,7 @@ def eager_discrete(
                         soft_inputs[(b, lo + i)] = (
                             (1 - lam) * W_e[MASK].double() + lam * (q[:, None] * W_e[order_v].double()).sum(0)
                         ).float()
-            done = bool(decoded[:, lo:hi].all()) if decoder == "threshold" else step + 1 >= steps // n_blocks
+            done = bool(decoded[:, lo:hi].all()) if decoder in PARALLEL else step + 1 >= steps // n_blocks
             if done:
                 break
             step += 1
@@ -216,8 +224,42 @@ def test_discrete_decoders_match_eager_loops(decoder, batch):
     assert torch.equal(out.sequences, want), (
         f"{decoder}: fast {out.sequences[:, 7:].tolist()} != eager {want[:, 7:].tolist()}"
     )
-    if decoder != "threshold":
+    if decoder not in PARALLEL:
         assert out.nfe == 6 and len(out.step_times) == 6
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0, 4.0])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_factor_matches_its_eager_loop(factor, batch):
+    """SPEC 8's factor rule at factors that commit one token a step up to a whole block at once."""
+    model = mdfast.patch(tiny_bert(4), mask_token_id=MASK)
+    ids, mask = prompts(batch, 64)
+    out = model.mdfast_generate(ids, mask, max_new_tokens=12, steps=6, decoder="factor", factor=factor, block_length=4)
+    want = eager_discrete(model, ids, mask, 12, 6, "factor", 4, factor=factor)
+    assert torch.equal(out.sequences, want), f"fast {out.sequences[:, 7:].tolist()} != eager {want[:, 7:].tolist()}"
+    assert 3 <= out.nfe <= 12 and len(out.step_times) == out.nfe
+
+
+@pytest.mark.parametrize("decoder, options", [("factor", dict(factor=2.0)), ("threshold", dict(tau=0.3))])
+def test_parallel_rows_finish_at_their_own_steps(decoder, options):
+    """At B > 1 each row fills its blocks at its own pace: a batch takes as many forwards as its
+    slowest row, and every row's tokens are complete after exactly the forwards its solo run takes
+    (the rows here take different numbers of steps), with the same tokens as alone."""
+    model = mdfast.patch(tiny_bert(6), mask_token_id=MASK)
+    ids, mask = prompts(3, 64)
+    args = dict(max_new_tokens=12, steps=6, decoder=decoder, block_length=4, suppress_tokens=[MASK]) | options
+    batch = model.mdfast_generate(ids, mask, return_history=True, **args)
+    solo = []
+    for b in range(3):
+        real = mask[b].bool()
+        alone = model.mdfast_generate(ids[b : b + 1, real], **args)
+        assert torch.equal(batch.sequences[b, 7:], alone.sequences[0, int(real.sum()) :]), f"sequence {b}"
+        solo.append(alone.nfe)
+    assert len(set(solo)) > 1, f"the rows should take different numbers of steps here, took {solo}"
+    assert batch.nfe == max(solo) == len(batch.history)
+    for b in range(3):
+        filled = [bool((record["tokens"][b] != MASK).all()) for record in batch.history]
+        assert filled.index(True) == solo[b] - 1 and all(filled[solo[b] - 1 :]), f"sequence {b}: {filled}"
 
 
 @pytest.mark.parametrize("decoder", ["low_confidence", "rcr"])
@@ -270,7 +312,7 @@ def test_dream_shifted_logits_match_eager_loop(decoder):
     assert torch.equal(out.sequences, want)
 
 
-@pytest.mark.parametrize("decoder", ["xflow", "low_confidence", "rcr", "soft_mask", "threshold"])
+@pytest.mark.parametrize("decoder", ["xflow", "low_confidence", "rcr", "soft_mask", "threshold", "factor"])
 def test_padded_batch_equals_solo_runs(decoder):
     model = mdfast.patch(tiny_bert(4), mask_token_id=MASK)
     ids, mask = prompts(3, 64)

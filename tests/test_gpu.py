@@ -42,7 +42,17 @@ pytestmark = [
 GPU_BACKENDS = ["triton", "cuda"]
 PRODUCTION = [(512, 126464), (2048, 152064), (64, 157184)]
 # every decoder that draws no random numbers at temperature 0 (x-flow without sample=True)
-GRAPHABLE = ["xflow", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr", "soft_mask", "threshold"]
+GRAPHABLE = [
+    "xflow",
+    "low_confidence",
+    "maskgit_plus",
+    "topk_margin",
+    "entropy",
+    "rcr",
+    "soft_mask",
+    "threshold",
+    "factor",
+]
 
 
 def require_device_memory(nbytes: int) -> None:

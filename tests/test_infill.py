@@ -23,9 +23,9 @@ from mdfast import reference
 
 transformers = pytest.importorskip("transformers", reason="the tests build tiny models from transformers classes")
 
-from test_generate import MASK, eager_logits, ranked, schedule, tiny_dream  # noqa: E402
+from test_generate import DISCRETE, MASK, PARALLEL, eager_logits, ranked, schedule, tiny_dream  # noqa: E402
 
-DECODERS = ["xflow", "low_confidence", "maskgit_plus", "topk_margin", "entropy", "rcr", "soft_mask", "threshold"]
+DECODERS = ["xflow", *DISCRETE]
 
 
 def masked_rows(B: int, L: int, spans: list[list[tuple[int, int]]], vocab: int = 64, seed: int = 0):
@@ -68,6 +68,7 @@ def eager_infill(
     shifted=False,
     policy=None,
     tau=0.9,
+    factor=1.0,
     soft=(3, 0.25, 5.0, -1.0),
 ):
     """Returns (sequences, [(X, t) per row after each step]) (x-flow) or (sequences, None)."""
@@ -89,11 +90,11 @@ def eager_infill(
     X = [m64.expand(len(M[b]), -1).clone() for b in range(B)]
     t = [torch.zeros(len(M[b]), dtype=torch.float64) for b in range(B)]
     tokens = [[MASK] * len(M[b]) for b in range(B)]
-    current = [0] * B  # threshold: each row's block
+    current = [0] * B  # threshold, factor: each row's block
     states = []
     s = 0
     while True:
-        if decoder == "threshold":
+        if decoder in PARALLEL:
             active = [(b, current[b], None, None) for b in range(B) if current[b] < len(blocks[b])]
             if not active:
                 break
@@ -152,6 +153,10 @@ def eager_infill(
             order = ranked([conf[i] for i in masked])
             if decoder == "threshold":
                 chosen = ({masked[order[0]]} | {i for i in masked if conf[i] > tau}) if masked else set()
+            elif decoder == "factor":  # SPEC 8: the largest n with c(n) >= 1 - f / (n + 1), at least one
+                c = [conf[masked[k]] for k in order]
+                n_commit = max([n for n in range(1, len(c) + 1) if c[n - 1] >= 1 - factor / (n + 1)], default=1)
+                chosen = {masked[k] for k in order[:n_commit]}
             else:
                 chosen = {masked[k] for k in order[: schedule(len(slots), T)[l]]}
             for i in chosen:
@@ -168,7 +173,7 @@ def eager_infill(
                     h_full = -(pi[pi > 0] * pi[pi > 0].log()).sum()
                     lam = w_s * torch.sigmoid(w_a * (-h_full - w_b))
                     soft_inputs[(b, M[b][i])] = ((1 - lam) * m64 + lam * (q[:, None] * W64[top_v]).sum(0)).float()
-            if decoder == "threshold" and all(i in decoded[b] for i in slots):
+            if decoder in PARALLEL and all(i in decoded[b] for i in slots):
                 current[b] += 1
         if decoder == "xflow":
             states.append([(X[b].clone(), t[b].clone()) for b in range(B)])
@@ -198,7 +203,7 @@ def test_infill_matches_eager_loop(decoder, block_length):
     want, states = eager_infill(model, ids, None, 5, decoder, block_length)
     assert torch.equal(out.sequences, want), f"{decoder}: fast {out.sequences.tolist()} != eager {want.tolist()}"
     assert torch.equal(out.sequences[ids != MASK], ids[ids != MASK]), "given tokens are kept"
-    if decoder != "threshold":
+    if decoder not in PARALLEL:
         assert out.nfe == 5 and len(out.history) == 5
     if decoder == "xflow":
         W_e = model.get_input_embeddings().weight.detach()
@@ -261,7 +266,7 @@ def test_padded_batch_equals_solo_runs(decoder, block_length):
         assert torch.equal(batch.sequences[b, ~real], ids[b, ~real]), "padding is returned as it was"
 
 
-@pytest.mark.parametrize("decoder", ["xflow", "low_confidence", "rcr", "soft_mask", "threshold"])
+@pytest.mark.parametrize("decoder", ["xflow", "low_confidence", "rcr", "soft_mask", "threshold", "factor"])
 def test_generate_is_infill_of_an_appended_suffix(decoder):
     model = mdfast.patch(tiny_bert(5), mask_token_id=MASK)
     ids = torch.randint(5, 64, (3, 7))
@@ -279,7 +284,7 @@ def test_generate_is_infill_of_an_appended_suffix(decoder):
 def test_rows_without_masks_are_returned_as_they_are():
     model = mdfast.patch(tiny_bert(6), mask_token_id=MASK)
     ids = masked_rows(3, 12, [[], [(3, 8)], []], seed=3)
-    for decoder in ["xflow", "low_confidence", "threshold"]:
+    for decoder in ["xflow", "low_confidence", "threshold", "factor"]:
         out = model.mdfast_infill(ids, steps=5, decoder=decoder, block_length=2)
         alone = model.mdfast_infill(ids[1:2], steps=5, decoder=decoder, block_length=2)
         assert torch.equal(out.sequences[[0, 2]], ids[[0, 2]])

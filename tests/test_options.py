@@ -73,6 +73,23 @@ MASK = 4
             ValueError,
             r"^tau: expected a confidence threshold in \[0, 1\]",
         ),
+        (dict(steps=4, decoder="factor", factor=0), {}, ValueError, r"^factor: expected a number > 0, got 0$"),
+        (dict(steps=4, decoder="factor", factor=-0.5), {}, ValueError, r"^factor: expected a number > 0, got -0.5$"),
+        (dict(steps=4, decoder="factor", factor="2"), {}, ValueError, r"^factor: expected a number > 0, got '2'$"),
+        (dict(steps=4, decoder="factor", factor=True), {}, ValueError, r"^factor: expected a number > 0, got True$"),
+        (
+            dict(steps=4, decoder="threshold", factor=1.0),
+            {},
+            TypeError,
+            r"^factor: only the factor decoder reads factor, not decoder 'threshold'$",
+        ),
+        (
+            dict(steps=4, factor=2.0),
+            {},
+            TypeError,
+            r"^factor: only the factor decoder reads factor, not decoder 'xflow'$",
+        ),
+        (dict(steps=4, decoder="factor", tau=0.5), {}, TypeError, r"^tau: only the threshold decoder reads tau"),
         (dict(steps=4, decoder="soft_mask", k=9), {}, ValueError, r"^k: expected an int in \[2, 8\]"),
         (dict(steps=4, decoder="soft_mask", w_s="big"), {}, TypeError, r"^w_s: expected a number"),
         (dict(steps=4, config={"k": 4}), {}, TypeError, r"^config: expected a mdfast.FlowConfig"),
@@ -94,6 +111,8 @@ def test_good_options_validate_to_themselves_with_or_without_the_model():
         DecodeOptions(steps=4, block_length=2, eos_token_id=[1, 2], suppress_tokens=[MASK]),
         DecodeOptions(steps=4, policy=StepPolicy(), sample=True, record_rollout=True, config=FlowConfig()),
         DecodeOptions(steps=4, decoder="threshold", tau=0.7, temperature=0.5),
+        DecodeOptions(steps=4, decoder="factor", factor=0.5),
+        DecodeOptions(steps=4, decoder="factor", factor=3, temperature=0.5),
         DecodeOptions(steps=4, decoder="soft_mask", k=4, w_s=0.5, w_a=2, w_b=0.0),
     ]:
         assert options.validate() is options
@@ -104,7 +123,7 @@ def test_every_per_decoder_field_belongs_to_a_decoder():
     names = {f.name for f in dataclasses.fields(DecodeOptions)}
     for decoder in DECODERS:
         DecodeOptions(steps=1, decoder=decoder).validate(max_new_tokens=1)
-    assert {"config", "sample", "record_rollout", "tau", "k", "w_s", "w_a", "w_b"} <= names
+    assert {"config", "sample", "record_rollout", "tau", "factor", "k", "w_s", "w_a", "w_b"} <= names
 
 
 def test_from_kwargs_names_an_unknown_option():
@@ -131,6 +150,7 @@ def test_options_are_frozen():
         dict(steps=4, decoder="low_confidence", block_length=4, eos_token_id=9),
         dict(steps=4, decoder="soft_mask", k=4, suppress_tokens=[5, 6]),
         dict(steps=2, decoder="threshold", tau=0.5),
+        dict(steps=2, decoder="factor", factor=2.0, block_length=4),
         dict(steps=4),
     ],
 )

@@ -30,11 +30,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser, *, steps_help: str) -> None:
-    """--decoder, --steps, --block-length, --temperature, --policy, --suppress-mask (``mdfast.DecodeOptions``)."""
+    """--decoder, --steps, --block-length, --temperature, --factor, --policy, --suppress-mask (``DecodeOptions``)."""
     parser.add_argument("--decoder", choices=DECODER_CHOICES, default="xflow", help="default: xflow")
     parser.add_argument("--steps", type=int, default=64, help=steps_help)
     parser.add_argument("--block-length", type=int, default=None, help="decoded positions per block (default: all)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (the xflow decoder takes none)")
+    parser.add_argument(
+        "--factor",
+        type=float,
+        default=None,
+        metavar="F",
+        help="--decoder factor: each step commits the n most confident masked tokens, n the largest with "
+        "c(n) >= 1 - F / (n + 1) (default 1.0)",
+    )
     parser.add_argument("--policy", default=None, help="a StepPolicy file (xflow; default: the heuristic step)")
     parser.add_argument(
         "--suppress-mask",

@@ -47,7 +47,12 @@ def decode_options(
     - max_new_tokens: ``generate``'s response length, which the budget must split.
     - steps: in place of ``--steps`` (None: ``args.steps``).
     - fields: further DecodeOptions fields (eos_token_id, suppress_tokens, ...).
+
+    A per-decoder flag (``--factor``) becomes its field only when given, so that its absence never
+    reads as a value for a decoder that takes none.
     """
+    if args.factor is not None:
+        fields = {"factor": args.factor, **fields}
     try:
         options = DecodeOptions(
             steps=args.steps if steps is None else steps,

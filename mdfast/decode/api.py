@@ -99,7 +99,7 @@ def infill(
 
     Every keyword but ``mask_token_id`` is the ``DecodeOptions`` field of its name;
     ``decoder_options`` are its per-decoder fields (xflow: ``config``, ``sample``,
-    ``record_rollout``; threshold: ``tau``; soft_mask: ``k``, ``w_s``, ``w_a``, ``w_b``).
+    ``record_rollout``; threshold: ``tau``; factor: ``factor``; soft_mask: ``k``, ``w_s``, ``w_a``, ``w_b``).
     """
     options = DecodeOptions.from_kwargs(
         steps=steps,

@@ -12,7 +12,15 @@ from ..backends import NAMES as BACKEND_NAMES
 from ..config import FlowConfig
 from ..policy import StepPolicy
 from .base import Decoder
-from .remasking import Entropy, LowConfidence, MaskGitPlus, RunningConfidenceRemasking, Threshold, TopKMargin
+from .remasking import (
+    Entropy,
+    Factor,
+    LowConfidence,
+    MaskGitPlus,
+    RunningConfidenceRemasking,
+    Threshold,
+    TopKMargin,
+)
 from .soft_mask import SoftMask
 from .xflow import XFlow
 
@@ -27,6 +35,7 @@ DECODERS: dict[str, type[Decoder]] = {
     "rcr": RunningConfidenceRemasking,
     "soft_mask": SoftMask,
     "threshold": Threshold,
+    "factor": Factor,
 }
 
 # The per-decoder fields of DecodeOptions: the one decoder that reads each.
@@ -35,6 +44,7 @@ DECODER_FIELDS: dict[str, str] = {
     "sample": "xflow",
     "record_rollout": "xflow",
     "tau": "threshold",
+    "factor": "factor",
     "k": "soft_mask",
     "w_s": "soft_mask",
     "w_a": "soft_mask",
@@ -60,6 +70,7 @@ class DecodeOptions:
     - config, sample, record_rollout (xflow): the flow constants (None: from the policy, else the
       defaults); draw the policy's actions; record the sampled trajectory (SPEC 6.2).
     - tau (threshold): the confidence to commit above (None: 0.9).
+    - factor (factor): f of SPEC 8's rule, commit the largest n with c(n) >= 1 - f / (n + 1) (None: 1.0).
     - k, w_s, w_a, w_b (soft_mask): tokens mixed and the mixing weights (None: 3, 0.25, 5, -1).
     """
 
@@ -79,6 +90,7 @@ class DecodeOptions:
     sample: bool = False
     record_rollout: bool = False
     tau: float | None = None
+    factor: float | None = None
     k: int | None = None
     w_s: float | None = None
     w_a: float | None = None
@@ -181,6 +193,8 @@ class DecodeOptions:
             self._check_xflow()
         if self.tau is not None and not (_is_number(self.tau) and 0.0 <= self.tau <= 1.0):
             raise ValueError(f"tau: expected a confidence threshold in [0, 1], got {self.tau!r}")
+        if self.factor is not None and not (_is_number(self.factor) and self.factor > 0):
+            raise ValueError(f"factor: expected a number > 0, got {self.factor!r}")
         if self.k is not None and not (_is_int(self.k) and 2 <= self.k <= 8):
             raise ValueError(f"k: expected an int in [2, 8] tokens to mix, got {self.k!r}")
         for field in ("w_s", "w_a", "w_b"):

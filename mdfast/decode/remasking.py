@@ -8,10 +8,13 @@
   lowest running-maximum confidences re-masked.
 - ``threshold`` (Fast-dLLM confidence-threshold parallel decoding): commit every masked token of
   the block whose confidence p(x0) > tau (default 0.9), at least the single most confident one.
+- ``factor`` (Fast-dLLM's dynamic rule, SPEC 8): commit the n most confident masked tokens of the
+  block, n the largest with c(n) >= 1 - f / (n + 1) (default f = 1), at least one.
 
 The first four commit, per step, the counts[step] most confident masked tokens of each row's current
 block (LLaDA's linear schedule over the block's length, ``schedule.transfer_counts``, one table per
-row: ``schedule.Schedule``); committed tokens never change.
+row: ``schedule.Schedule``); committed tokens never change. The last two (``ParallelCommit``) run
+a block until it is filled, so their step count is data-dependent.
 """
 
 from __future__ import annotations
@@ -79,19 +82,19 @@ class RunningConfidenceRemasking(MaskedTokens):
         self.decoded.scatter_(1, block.slots, keep)
 
 
-class Threshold(MaskedTokens):
-    """Fast-dLLM threshold decoding: commit every masked token with confidence > tau, at least the top one.
+class ParallelCommit(MaskedTokens):
+    """Fast-dLLM parallel decoding (SPEC 8): each step commits what ``select`` picks; a block runs until it is filled.
 
-    Until the block is filled: ``steps`` then bounds nothing (a block takes as many forwards as it
-    needs, at most its length).
+    So ``steps`` bounds nothing (a block takes as many forwards as it needs, at most its length), and
+    each row has its own number of steps. Each row moves to its next block on its own, on the device,
+    in the step that fills its current block; a row past its last block idles (its entries are all
+    decoded: nothing is selected). Whether every row is done is one host read per step, between
+    steps (``finished``). A subclass says which still-masked entries a step commits (``select``: at
+    least the most confident one of a row with any left).
+    """
 
-    Each row moves to its next block on its own, on the device, in the step that fills its current
-    block; a row past its last block idles (its entries are all decoded: nothing is selected).
-    Whether every row is done is one host read per step, between steps (``finished``)."""
-
-    def __init__(self, adapter, schedule, *, tau: float = 0.9, **kwargs) -> None:
+    def __init__(self, adapter, schedule, **kwargs) -> None:
         super().__init__(adapter, schedule, **kwargs)
-        self.tau = float(tau)
         self.current = torch.zeros(self.B, dtype=torch.long, device=self.device)  # K_b once row b is done
         self.last_block = (schedule.block_counts - 1).clamp_min(0)
         self.running = [0 if K else -1 for K in schedule.blocks]  # host: each row's block at the next step
@@ -102,9 +105,6 @@ class Threshold(MaskedTokens):
 
     def block_index(self):
         return torch.minimum(self.current, self.last_block)
-
-    def select(self, score, masked):
-        return ((score > self.tau) | top_positions(score, 1)) & masked
 
     def after_step(self, block, stats, still_masked):
         full = ~still_masked.any(-1)
@@ -117,3 +117,39 @@ class Threshold(MaskedTokens):
 
     def blocks_at(self, step):
         return self.running
+
+
+class Threshold(ParallelCommit):
+    """Fast-dLLM threshold decoding: commit every masked token with confidence > tau, at least the top one."""
+
+    def __init__(self, adapter, schedule, *, tau: float = 0.9, **kwargs) -> None:
+        super().__init__(adapter, schedule, **kwargs)
+        self.tau = float(tau)
+
+    def select(self, score, masked):
+        return ((score > self.tau) | top_positions(score, 1)) & masked
+
+
+class Factor(ParallelCommit):
+    """Fast-dLLM's dynamic (factor) rule: commit the largest n with c(n) >= 1 - f / (n + 1), at least one.
+
+    SPEC 8: per row and block, over the still-masked positions' confidences p(x0) sorted
+    c(1) >= c(2) >= ..., commit the n most confident (ties: the smaller index first), n the largest
+    count with c(n) >= 1 - f / (n + 1), and at least one (default f = 1). The bounds 1 - f / (n + 1)
+    are computed once in float64 and kept in float32 beside the confidences. At B > 1 each row counts
+    its own n from its own confidences, so rows fill their blocks, and finish, at different steps.
+    """
+
+    def __init__(self, adapter, schedule, *, factor: float = 1.0, **kwargs) -> None:
+        super().__init__(adapter, schedule, **kwargs)
+        self.factor = float(factor)
+        n = schedule.block_length
+        self.sizes = torch.arange(1, n + 1, device=self.device)  # n = 1 .. the block length
+        bounds = [1.0 - self.factor / (count + 1) for count in range(1, n + 1)]
+        self.bounds = torch.tensor(bounds, dtype=torch.float32, device=self.device)
+
+    def select(self, score, masked):
+        ranked = torch.sort(score, dim=-1, descending=True, stable=True).values  # decoded, padding (-inf) last
+        passes = ranked >= self.bounds
+        count = torch.where(passes, self.sizes, 0).amax(-1, keepdim=True).clamp_min(1)
+        return top_positions(score, count) & masked

@@ -24,7 +24,12 @@ Choices where SPEC 5 is silent (made to match LLaDA's remote code, ``modeling_ll
   -inf in bfloat16/float16; -inf is then replaced by that dtype's most negative finite value;
 - inv_freq is computed in float32 as 1 / theta^(2j/hd);
 - the logits have ``embedding_size`` columns (the head's rows), not cut to ``vocab_size``;
-- no KV cache (``use_cache`` must be false) and no ``position_ids``: positions are 0..L-1.
+- no ``position_ids``: positions are 0..L-1; ``use_cache`` (the remote code's) must be false.
+
+The approximate KV cache of SPEC 8 (``mdfast/models/llada_cache.py``), opt-in: ``allocate_cache``
+gives a ``KVCache`` (per layer K, V after RoPE, (B, L, n_kv_heads, hd)); ``forward(..., cache=)``
+is the refresh (today's forward, which also writes every layer's K, V); ``forward_cached`` runs
+only the positions S, each layer writing S's K, V into the cache and attending over all L of them.
 "In float32" means float32 for bfloat16, float16 and float32 models; a float64 model computes in
 float64 throughout (``reference.compute_dtype``), so tests can evaluate this code itself exactly.
 """
@@ -40,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from .llada_cache import KVCache, allocate_cache, check_positions, rope_at_
 from .llada_config import LLaDAConfig
 
 __all__ = ["LLaDABlock", "LLaDAModel", "LLaDAOutput", "RMSNorm", "padding_bias"]
@@ -115,17 +121,26 @@ class LLaDABlock(nn.Module):
         self.register_state_dict_post_hook(_split_fused)
         self.register_load_state_dict_pre_hook(_fuse_parts)
 
-    def _heads(self, y: Tensor, heads: int, rope: bool) -> Tensor:
+    def _heads(self, y: Tensor, heads: int, rope: bool, positions: Tensor | None = None) -> Tensor:
         """(B, L, heads*hd) -> (B, heads, L, hd): "split into heads of size hd" (views of the fused output).
 
-        With ``rope``, RoPE is applied in place first (``mdfast.ops.rope_``: float32 math, positions 0..L-1).
+        With ``rope``, RoPE is applied in place first (``mdfast.ops.rope_``: float32 math, positions
+        0..L-1; at ``positions`` (B, L) instead where given, ``llada_cache.rope_at_``).
         """
         y = y.unflatten(-1, (heads, self.head_dim))
-        if rope:
+        if rope and positions is None:
             ops.rope_(y, self.rope_theta)
+        elif rope:
+            rope_at_(y, positions, self.rope_theta)
         return y.transpose(1, 2)
 
-    def attention(self, h: Tensor, bias: Tensor | None) -> Tensor:
+    def attention(
+        self,
+        h: Tensor,
+        bias: Tensor | None,
+        kv: tuple[Tensor, Tensor] | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
         """The attention of a block: the merged heads (B, L, d), before attn_out.
 
         SPEC 5: "q, k, v = h Wq^T, h Wk^T, h Wv^T split into heads of size hd;
@@ -133,12 +148,20 @@ class LLaDABlock(nn.Module):
         bidirectional (no causal mask), scale 1/sqrt(hd), plus the padding mask". q, k, v are column
         slices of one product h cat(Wq, Wk, Wv)^T (slices, not ``split``: autograd lets RoPE rotate
         those in place). kv head g serves query heads g*r .. g*r + r - 1 (``repeat_interleave``).
+
+        With the layer's cache ``kv`` (K, V views (B, L_all, n_kv_heads, hd), SPEC 8): without
+        ``positions`` (the refresh) K, V are also copied into it and the attention is the same as
+        without; with ``positions`` (B, L) (a cached step, h holding those positions' rows only) q, k
+        are rotated at those positions, k, v replace the cache's rows there, and q attends over all
+        L_all cached keys (``bias`` is then the padding mask over those).
         """
         B, L, d = h.shape
-        qkv, kv = self.qkv_proj(h), self.n_kv_heads * self.head_dim
-        q = self._heads(qkv[..., :d], self.n_heads, rope=True)
-        k = self._heads(qkv[..., d : d + kv], self.n_kv_heads, rope=True)
-        v = self._heads(qkv[..., d + kv :], self.n_kv_heads, rope=False)
+        qkv, width = self.qkv_proj(h), self.n_kv_heads * self.head_dim
+        q = self._heads(qkv[..., :d], self.n_heads, True, positions)
+        k = self._heads(qkv[..., d : d + width], self.n_kv_heads, True, positions)
+        v = self._heads(qkv[..., d + width :], self.n_kv_heads, False)
+        if kv is not None:
+            k, v = _write_cache(kv, k, v, positions)
         repeats = self.n_heads // self.n_kv_heads
         if repeats > 1:
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
@@ -147,19 +170,39 @@ class LLaDABlock(nn.Module):
         )
         return out.transpose(1, 2).reshape(B, L, d)
 
-    def forward(self, x: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, bias: Tensor | None, kv: tuple[Tensor, Tensor] | None = None, positions: Tensor | None = None
+    ) -> Tensor:
         """The block: x + attention, then x + the feed-forward (SPEC 5 "block").
 
         SPEC 5: "h = RMSNorm(x; attn_norm); ...
         x = x + attn_out(merged heads); h = RMSNorm(x; ff_norm); x = x + ff_out(SiLU(ff_proj h) * up_proj h)",
         the residual add and the second RMSNorm fused (``ops.rms_norm(..., update=)``), SiLU(.) * . as
-        ``ops.swiglu`` on the two halves of one product h cat(W_ff_proj, W_up_proj)^T.
+        ``ops.swiglu`` on the two halves of one product h cat(W_ff_proj, W_up_proj)^T. ``kv``,
+        ``positions``: the layer's KV cache and the rows' positions (see ``attention``).
         """
-        x, h = ops.rms_norm(
-            x, self.ff_norm.weight, self.ff_norm.eps, update=self.attn_out(self.attention(self.attn_norm(x), bias))
-        )
+        attended = self.attention(self.attn_norm(x), bias, kv, positions)
+        x, h = ops.rms_norm(x, self.ff_norm.weight, self.ff_norm.eps, update=self.attn_out(attended))
         gate, up = self.gate_up_proj(h).split(self.split_sizes["gate_up_proj"], dim=-1)
         return x + self.ff_out(ops.swiglu(gate, up))
+
+
+def _write_cache(kv: tuple[Tensor, Tensor], k: Tensor, v: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+    """K, V (B, n_kv_heads, n, hd) written into a layer's cache ``kv``; returns the keys and values to attend over.
+
+    Without ``positions`` (the refresh, n = L) a copy of every row, and k, v themselves are
+    returned (the attention is then the plain forward's, bit for bit); with ``positions`` (B, n) a
+    scatter into those rows (replacing them), and the whole cache is returned (B, n_kv_heads, L, hd).
+    """
+    keys, values = kv
+    if positions is None:
+        keys.copy_(k.transpose(1, 2))
+        values.copy_(v.transpose(1, 2))
+        return k, v
+    index = positions[:, :, None, None].expand(-1, -1, *keys.shape[2:])
+    keys.scatter_(1, index, k.transpose(1, 2))
+    values.scatter_(1, index, v.transpose(1, 2))
+    return keys.transpose(1, 2), values.transpose(1, 2)
 
 
 def _split_fused(block: LLaDABlock, state_dict: dict[str, Tensor], prefix: str, local_metadata: dict) -> None:
@@ -265,12 +308,20 @@ class LLaDAModel(nn.Module):
         """
         return self.transformer["ff_out"] if "ff_out" in self.transformer else None  # noqa: SIM401 - a ModuleDict has no get
 
+    def allocate_cache(self, batch: int, length: int) -> KVCache:
+        """A KV cache for ``batch`` rows of ``length`` positions (SPEC 8), in this model's dtype and device.
+
+        2 * n_layers * batch * length * n_kv_heads * hd elements, allocated once (``llada_cache.allocate_cache``).
+        """
+        return allocate_cache(self, batch, length)
+
     def forward(
         self,
         input_ids: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         attention_mask: Tensor | None = None,
         use_cache: bool = False,
+        cache: KVCache | None = None,
         **ignored: Any,
     ) -> LLaDAOutput:
         """Logits (B, L, V) for ``input_ids`` (B, L) or ``inputs_embeds`` (B, L, d) (exactly one).
@@ -280,21 +331,82 @@ class LLaDAModel(nn.Module):
         scale_logits)", wte in place of ff_out with weight tying. ``attention_mask`` (B, L), 1 for
         tokens and 0 for padding (see ``padding_bias``). Other keyword arguments (e.g.
         ``output_hidden_states``, ``return_dict``) are accepted and ignored, except ``position_ids``
-        (refused: positions are always 0..L-1) and ``use_cache=True`` (there is no KV cache).
+        (refused: positions are always 0..L-1) and ``use_cache=True`` (the remote code's cache).
+
+        ``cache`` (SPEC 8 "Refresh"): a ``KVCache`` of this batch and length (``allocate_cache(B,
+        L)``), into which every layer's K and V of all L positions are written (after RoPE); the
+        logits are the same as without it, bit for bit. None (the default): no cache.
         """
         if use_cache:
-            raise ValueError("use_cache: the native LLaDA body has no KV cache; pass use_cache=False")
+            raise ValueError("use_cache: the remote code's KV cache is not supported; pass use_cache=False")
         if ignored.get("position_ids") is not None:
             raise ValueError("position_ids: LLaDA takes none (positions are 0..L-1; left padding is masked)")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (B, L) and inputs_embeds (B, L, d)")
         x = self.transformer["wte"](input_ids) if inputs_embeds is None else inputs_embeds
         bias = padding_bias(attention_mask, x.dtype)
-        for block in self.transformer["blocks"]:
-            x = block(x, bias)
+        if cache is None:
+            for block in self.transformer["blocks"]:
+                x = block(x, bias)
+            return LLaDAOutput(self._logits(x))
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache: expected a KVCache (model.allocate_cache(B, L)), got {type(cache).__name__}")
+        cache.check(self.config, x.shape[0], x.shape[1], x.dtype, x.device)
+        for i, block in enumerate(self.transformer["blocks"]):
+            x = block(x, bias, cache.layer(i))
+        cache.filled = True
+        return LLaDAOutput(self._logits(x))
+
+    def forward_cached(
+        self,
+        cache: KVCache,
+        positions: Tensor,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        check_range: bool = True,
+    ) -> LLaDAOutput:
+        """Logits (B, n, V) of the positions S = ``positions`` only, over a filled KV cache (SPEC 8 dual/prefix step).
+
+        input_ids (B, n) or inputs_embeds (B, n, d) (exactly one): the inputs at S, row j of
+        sequence b at position ``positions[b, j]`` (int64 (B, n), distinct per row, any order: S
+        need not be contiguous). attention_mask (B, L): the padding mask of the refresh that filled
+        ``cache`` (the cache does not keep it). Each layer computes q, k, v for S only, rotates q, k
+        at S's positions, writes k, v into the cache at S (replacing) and lets S attend over all L
+        cached keys with the padding mask; every position outside S keeps the K, V of the last
+        refresh (or of the last step that wrote it), so with more than one layer the logits are
+        those of a full forward only up to those stale K, V. The head projects S's rows (the rows
+        of mdfast's RowSelectingHead, when set, index S's rows). ``check_range``: refuse indices
+        outside [0, L) or repeated in a row (one device synchronisation; off, nothing here reads a
+        value, for CUDA graphs). Nothing is allocated in the cache; it is written in place.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (B, n) and inputs_embeds (B, n, d)")
+        x = self.transformer["wte"](input_ids) if inputs_embeds is None else inputs_embeds
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache: expected a KVCache (model.allocate_cache(B, L)), got {type(cache).__name__}")
+        if x.dim() != 3 or x.shape[-1] != self.config.d_model:
+            raise ValueError(f"inputs_embeds: expected (B, n, d = {self.config.d_model}), got {tuple(x.shape)}")
+        cache.check(self.config, x.shape[0], cache.length, x.dtype, x.device)
+        if not cache.filled:
+            raise ValueError("cache: no refresh has filled it yet; run forward(..., cache=cache) over all L positions")
+        check_positions(positions, cache, x.shape[1], check_range)
+        if attention_mask is not None and tuple(attention_mask.shape) != (cache.batch, cache.length):
+            raise ValueError(
+                f"attention_mask: expected shape (B, L) = {(cache.batch, cache.length)} (every cached position), "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        bias = padding_bias(attention_mask, x.dtype)
+        for i, block in enumerate(self.transformer["blocks"]):
+            x = block(x, bias, cache.layer(i), positions)
+        return LLaDAOutput(self._logits(x))
+
+    def _logits(self, x: Tensor) -> Tensor:
+        """SPEC 5's last line on the final hidden states x: RMSNorm(x; ln_f), the head, 1/sqrt(d) if scale_logits."""
         x = self.transformer["ln_f"](x)
         head = self.get_output_embeddings()
         logits = F.linear(x, self.transformer["wte"].weight) if head is None else head(x)
         if self.config.scale_logits:
             logits = logits * (1.0 / math.sqrt(self.config.d_model))
-        return LLaDAOutput(logits)
+        return logits
