@@ -352,3 +352,25 @@ def test_the_factor_decoder_decodes_with_its_factor(verb, factor, model_dir, cap
     assert [(options.decoder, options.factor) for options in calls] == [("factor", factor and float(factor))]
     assert all(word in VOCAB for word in out.split())
     assert re.search(r"\b[1-4] forwards", err), err
+
+
+@pytest.mark.parametrize("mode", ["dual", "prefix"])
+def test_generate_with_a_kv_cache(mode, llada_dir, capsys):
+    """--cache on a native LLaDA folder decodes; --cache-refresh 1 gives exactly the tokens of no cache."""
+    argv = [*generate(llada_dir), "--max-new-tokens", "8", "--steps", "8", "--block-length", "4"]
+    status, plain, err = run(capsys, *argv)
+    assert status == 0, err
+    status, cached, err = run(capsys, *argv, "--cache", mode, "--cache-refresh", "1")
+    assert status == 0 and cached == plain, err
+    status, _, err = run(capsys, *argv, "--cache", mode)
+    assert status == 0 and "8 forwards" in err, err
+
+
+def test_cache_on_a_model_without_a_native_body_is_named(model_dir, capsys):
+    status, _, err = run(capsys, *generate(model_dir), "--cache", "dual")
+    assert status != 0 and "cache: only the native LLaDA body" in err, err
+
+
+def test_cache_refresh_without_a_cache_is_a_usage_error(model_dir, no_weights, capsys):
+    status, _, err = run(capsys, *generate(model_dir), "--cache-refresh", "2")
+    assert status == 2 and "--cache-refresh: refreshes a KV cache, but cache is None" in err, err

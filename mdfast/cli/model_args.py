@@ -30,7 +30,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser, *, steps_help: str) -> None:
-    """--decoder, --steps, --block-length, --temperature, --factor, --policy, --suppress-mask (``DecodeOptions``)."""
+    """The decoding flags: --decoder, --steps, --block-length, --temperature, --factor, --policy, --cache, ... ."""
     parser.add_argument("--decoder", choices=DECODER_CHOICES, default="xflow", help="default: xflow")
     parser.add_argument("--steps", type=int, default=64, help=steps_help)
     parser.add_argument("--block-length", type=int, default=None, help="decoded positions per block (default: all)")
@@ -44,6 +44,21 @@ def add_decode_arguments(parser: argparse.ArgumentParser, *, steps_help: str) ->
         "c(n) >= 1 - F / (n + 1) (default 1.0)",
     )
     parser.add_argument("--policy", default=None, help="a StepPolicy file (xflow; default: the heuristic step)")
+    parser.add_argument(
+        "--cache",
+        choices=["dual", "prefix"],
+        default=None,
+        help="a KV cache (native LLaDA bodies only): each block's first step is a full forward that fills it, the "
+        "other steps recompute only the block (dual) or the block and everything after it (prefix); faster, "
+        "approximate (default: none, exact)",
+    )
+    parser.add_argument(
+        "--cache-refresh",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with --cache: also refresh every K-th step inside a block (1 is exact decoding)",
+    )
     parser.add_argument(
         "--suppress-mask",
         action="store_true",

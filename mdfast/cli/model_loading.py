@@ -60,6 +60,8 @@ def decode_options(
             block_length=args.block_length,
             temperature=args.temperature,
             backend=args.backend,
+            cache=args.cache,
+            cache_refresh=args.cache_refresh,
             **fields,
         )
         return options.validate(max_new_tokens=max_new_tokens)

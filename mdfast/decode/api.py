@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..errors import describe
 from ..models import ModelAdapter, adapt, release
+from ..models.llada import LLaDAModel
 from .loop import DecodeInputs, GenerateOutput, decode_loop
 from .options import DecodeOptions
 
@@ -32,8 +33,14 @@ def infill_with_options(
     - ``mask_token_id``: the [MASK] id (None: the patched one, else the model config's).
     - Dream (shifted logits): a masked position needs a real position right before it.
 
-    A padded batch decodes every row exactly as that row alone. On CUDA with ``options.cuda_graph``
-    and a decoder drawing no random numbers, one captured step is replayed for every later step.
+    - ``options.cache`` ("dual" | "prefix", SPEC 8; the native LLaDA body only) and
+      ``options.cache_refresh`` k: an approximate KV cache, refreshed at each block's first step
+      (and every k-th step in a block; k = 1 is exact); the steps between feed only the block
+      ("dual") or everything from its first position ("prefix"). Cached calls run eagerly.
+
+    A padded batch decodes every row exactly as that row alone (with a cache, where the rows share
+    one schedule). On CUDA with ``options.cuda_graph``, no cache, and a decoder drawing no random
+    numbers, one captured step is replayed for every later step.
     Non-finite logits raise ValueError after the loop. An unpatched model is adapted for this call only.
     """
     with _adapted(model, mask_token_id) as adapter:
@@ -42,6 +49,7 @@ def infill_with_options(
         if attention_mask is not None:
             decode &= attention_mask.bool()
         options.validate(vocab_size=adapter.vocab_size, masked=decode.sum(-1).tolist())
+        _check_cache_body(adapter, options)
         return decode_loop(adapter, DecodeInputs(input_ids, attention_mask, decode), options)
 
 
@@ -63,6 +71,7 @@ def generate_with_options(
     """
     with _adapted(model, mask_token_id) as adapter:
         options.validate(max_new_tokens=max_new_tokens, vocab_size=adapter.vocab_size)
+        _check_cache_body(adapter, options)
         input_ids, attention_mask = _check_inputs(adapter, input_ids, attention_mask, max_new_tokens)
         B, P = input_ids.shape
         if adapter.shifted and P < 1:
@@ -99,7 +108,8 @@ def infill(
 
     Every keyword but ``mask_token_id`` is the ``DecodeOptions`` field of its name;
     ``decoder_options`` are its per-decoder fields (xflow: ``config``, ``sample``,
-    ``record_rollout``; threshold: ``tau``; factor: ``factor``; soft_mask: ``k``, ``w_s``, ``w_a``, ``w_b``).
+    ``record_rollout``; threshold: ``tau``; factor: ``factor``; soft_mask: ``k``, ``w_s``, ``w_a``, ``w_b``)
+    and the KV cache's ``cache`` and ``cache_refresh`` (SPEC 8; any decoder, the native LLaDA body only).
     """
     options = DecodeOptions.from_kwargs(
         steps=steps,
@@ -161,6 +171,17 @@ def generate(
     )
     return generate_with_options(
         model, input_ids, options, attention_mask, max_new_tokens=max_new_tokens, mask_token_id=mask_token_id
+    )
+
+
+def _check_cache_body(adapter: ModelAdapter, options: DecodeOptions) -> None:
+    """ValueError, naming ``cache``, when a cache is asked of a model driven through a body that keeps none."""
+    if options.cache is None or isinstance(adapter.model, LLaDAModel):
+        return
+    raise ValueError(
+        "cache: only the native LLaDA body (mdfast.LLaDAModel, mdfast.load_llada, or LLaDA remote code that "
+        f"mdfast drives through it) keeps a KV cache; {type(adapter.model).__name__} (family {adapter.family!r}) "
+        "is driven through its own forward, which has none: pass cache=None"
     )
 
 

@@ -15,6 +15,10 @@ device step counter, selections are tensor ops, non-finite logits set a device f
 after the loop, progress output counts steps. Step times come from CUDA events read after the
 loop. Every shape a step sees is fixed for the call (B, L, the block length n, the slots W), so
 one captured step serves every step of every block.
+
+With ``options.cache`` (SPEC 8, the native LLaDA body only) the forward is a refresh (the full
+forward, also writing the KV cache) at each block's first step and every ``cache_refresh``-th step,
+else a forward of S only over the cache (``cache.py``); those steps run eagerly (no CUDA graph).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import Tensor
 
 from ..models import ModelAdapter
 from .base import Decoder
+from .cache import CachedForward
 from .graphs import StepGraph
 from .options import DECODERS, DecodeOptions
 from .schedule import Schedule, fill_padding_rows
@@ -102,10 +107,14 @@ def decode_loop(adapter: ModelAdapter, inputs: DecodeInputs, options: DecodeOpti
     device = input_ids.device
     on_gpu = device.type == "cuda"
     with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():  # streams and graphs on the model's GPU
-        step = _Step(adapter, decoder, input_ids, full_mask, options.suppressed_ids())
-        capture = options.cuda_graph and on_gpu and decoder.capturable
+        cached = None
+        if options.cache is not None:  # SPEC 8: refresh or S-only forwards, eager (no graph captured yet)
+            cached = CachedForward(adapter, schedule, options.cache, options.cache_refresh, full_mask)
+        step = _Step(adapter, decoder, input_ids, full_mask, options.suppressed_ids(), cached)
+        capture = options.cuda_graph and on_gpu and decoder.capturable and cached is None
         graph = StepGraph(step, adapter.model, capture, decoder.max_steps)
-        nfe, history, step_times, graphed_blocks = _run(decoder, graph, options.return_history, options.progress)
+        plan = None if cached is None else cached.plan
+        nfe, history, step_times, graphed_blocks = _run(decoder, graph, options.return_history, options.progress, plan)
     decoder.check_finite()
     tokens = decoder.tokens()
     if options.eos_token_id is not None:
@@ -137,6 +146,7 @@ class _Step:
     """One decoding step of a call (see the module docstring), run by ``StepGraph``.
 
     It writes only into tensors made here and in the decoder, so a CUDA graph of it replays any later step.
+    With a KV cache (``cached``, SPEC 8) its forward is ``CachedForward.logits`` (eager steps only).
     """
 
     def __init__(
@@ -146,8 +156,10 @@ class _Step:
         input_ids: Tensor,
         attention_mask,
         suppress: list[int] | None = None,
+        cached: CachedForward | None = None,
     ) -> None:
         self.adapter, self.decoder, self.attention_mask = adapter, decoder, attention_mask
+        self.cached = cached
         schedule = decoder.schedule
         # suppress_tokens: the index tensor made once, so a step's in-place fill syncs nothing and replays
         self.suppress = None if suppress is None else torch.tensor(suppress, dtype=torch.long, device=input_ids.device)
@@ -167,7 +179,10 @@ class _Step:
             decoder.write_inputs(self.slot_inputs)
             torch.where(self.decode, self.slot_inputs.gather(1, self.slot_of), self.given, out=self.inputs)
             with torch.no_grad():
-                logits = self.adapter.logits(self.inputs, self.attention_mask, block.positions)
+                if self.cached is None:
+                    logits = self.adapter.logits(self.inputs, self.attention_mask, block.positions)
+                else:
+                    logits = self.cached.logits(self.inputs, self.attention_mask, block)
                 if self.suppress is not None:  # before the padding rows are fixed: they keep p(mask id) = 1
                     logits.index_fill_(-1, self.suppress, -math.inf)
                 if schedule.has_padding:
@@ -175,14 +190,19 @@ class _Step:
             decoder.step(logits, block)
 
 
-def _run(decoder: Decoder, graph: StepGraph, return_history: bool, progress: bool):
-    """Run the steps until the decoder is finished: (nfe, history, step times, graphed blocks)."""
+def _run(decoder: Decoder, graph: StepGraph, return_history: bool, progress: bool, plan=None):
+    """Run the steps until the decoder is finished: (nfe, history, step times, graphed blocks).
+
+    ``plan``: called on the host before each step with each row's block (a KV cache's refresh plan).
+    """
     clock = _StepClock(decoder.device)
     history = [] if return_history else None
     replayed_blocks: list[set[int]] = [set() for _ in range(decoder.B)]
     step = 0
     while True:
         blocks = decoder.blocks_at(step)
+        if plan is not None:
+            plan(blocks)
         if graph():
             for b, block in enumerate(blocks):
                 if block >= 0:

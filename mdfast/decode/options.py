@@ -24,7 +24,10 @@ from .remasking import (
 from .soft_mask import SoftMask
 from .xflow import XFlow
 
-__all__ = ["DECODERS", "DECODER_FIELDS", "DecodeOptions"]
+__all__ = ["CACHE_MODES", "DECODERS", "DECODER_FIELDS", "DecodeOptions"]
+
+# SPEC 8's cache modes: S = the current block ("dual"), or everything from its first position ("prefix").
+CACHE_MODES = ("dual", "prefix")
 
 DECODERS: dict[str, type[Decoder]] = {
     "xflow": XFlow,
@@ -72,6 +75,10 @@ class DecodeOptions:
     - tau (threshold): the confidence to commit above (None: 0.9).
     - factor (factor): f of SPEC 8's rule, commit the largest n with c(n) >= 1 - f / (n + 1) (None: 1.0).
     - k, w_s, w_a, w_b (soft_mask): tokens mixed and the mixing weights (None: 3, 0.25, 5, -1).
+    - cache: SPEC 8's approximate KV cache, "dual" or "prefix" (None: none, every step a full
+      forward); only the native LLaDA body keeps one.
+    - cache_refresh: k >= 1, with a cache also refresh at every k-th step inside a block (None: at
+      each block's first step only; k = 1 is exact decoding).
     """
 
     steps: int
@@ -95,6 +102,8 @@ class DecodeOptions:
     w_s: float | None = None
     w_a: float | None = None
     w_b: float | None = None
+    cache: str | None = None
+    cache_refresh: int | None = None
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> DecodeOptions:
@@ -120,6 +129,7 @@ class DecodeOptions:
         self._check_budget(max_new_tokens)
         self._check_masked(masked)
         self._check_decoder()
+        _check_cache(self.cache, self.cache_refresh)
         _check_eos(self.eos_token_id, vocab_size)
         _check_suppress(self.suppress_tokens, vocab_size)
         if self.backend not in ("auto", *BACKEND_NAMES):
@@ -242,6 +252,20 @@ def _is_int(x) -> bool:
 
 def _is_number(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check_cache(cache, cache_refresh) -> None:
+    """SPEC 8's cache mode and refresh period: a known mode, k an int >= 1, k only with a cache."""
+    if cache is not None and cache not in CACHE_MODES:
+        raise ValueError(f"cache: expected one of {CACHE_MODES} or None, got {cache!r}")
+    if cache_refresh is None:
+        return
+    if not (_is_int(cache_refresh) and cache_refresh >= 1):
+        raise ValueError(
+            f"cache_refresh: expected an int >= 1 (every k-th step of a block refreshes), got {cache_refresh!r}"
+        )
+    if cache is None:
+        raise ValueError("cache_refresh: refreshes a KV cache, but cache is None; pass cache='dual' or 'prefix'")
 
 
 def _check_eos(eos_token_id, V: int | None) -> None:

@@ -113,12 +113,13 @@ class ModelAdapter:
         """The model's input embeddings of ``token_ids`` (the embedding module, scale included)."""
         return self.model.get_input_embeddings()(token_ids)
 
-    def logits(self, inputs_embeds: Tensor, attention_mask: Tensor | None, positions: Tensor) -> Tensor:
+    def logits(self, inputs_embeds: Tensor, attention_mask: Tensor | None, positions: Tensor, cache=None) -> Tensor:
         """Logits (B, n, V) predicting the token at each position of ``positions`` (B, n) int64.
 
         One forward on ``inputs_embeds`` (B, L, E), the projection applied to those rows only (for
         Dream the row before each position; a position 0 there reads row 0, which callers never ask
-        for a real token).
+        for a real token). ``cache``: the native LLaDA body's ``KVCache``, which this forward (a
+        refresh, SPEC 8) also fills; None: none.
         """
         rows = (positions - 1).clamp_min(0) if self.shifted else positions
         kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
@@ -126,6 +127,8 @@ class ModelAdapter:
             kwargs["position_ids"] = position_ids(attention_mask)
         if self.family == "llada":
             kwargs["use_cache"] = False
+        if cache is not None:
+            kwargs["cache"] = cache
         self.head.rows = rows
         try:
             out = self.model(**kwargs)
@@ -133,6 +136,24 @@ class ModelAdapter:
             self.head.rows = None
         logits = out.logits if hasattr(out, "logits") else out[0]
         return logits
+
+    def cached_logits(
+        self, cache, positions: Tensor, inputs_embeds: Tensor, attention_mask: Tensor | None, rows: Tensor
+    ) -> Tensor:
+        """Logits (B, m, V) of the rows ``rows`` (B, m) of S = ``positions`` (B, n), over a filled KV cache.
+
+        The native LLaDA body's ``forward_cached`` (SPEC 8) on ``inputs_embeds`` (B, n, E), S's inputs;
+        ``attention_mask`` (B, L): the refresh's. S's indices are not read back (no device synchronisation):
+        the caller makes them distinct and in range.
+        """
+        self.head.rows = rows
+        try:
+            out = self.model.forward_cached(
+                cache, positions, inputs_embeds=inputs_embeds, attention_mask=attention_mask, check_range=False
+            )
+        finally:
+            self.head.rows = None
+        return out.logits
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:
