@@ -337,3 +337,23 @@ def test_command_writes_table_json_and_plot(monkeypatch, tmp_path, capsys):
     accuracy, agreement, _ = expected([m for m in masked if len(m.positions) == 30], "xflow", Fraction(1, 4))
     assert suffix_xflow["accuracy"] == pytest.approx(accuracy) and suffix_xflow["agreement"] == pytest.approx(agreement)
     assert (tmp_path / "antibody.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_cache_is_refused_before_anything_loads(monkeypatch, tmp_path, capsys):
+    """AntiBERTy is a BERT, and only the native LLaDA body keeps SPEC 8's KV cache: --cache is a named usage error
+    before the model loads or the run log is written; the library call names ``cache`` too."""
+    from mdfast.eval import commands
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded a model")
+
+    monkeypatch.setattr(bench, "load_antiberty", no_loading)
+    out = tmp_path / "out"
+    for flags in (["--cache", "dual"], ["--cache", "prefix", "--cache-refresh", "2"]):
+        assert mdfast.cli.main(["eval", "antibody", *flags, "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mdfast eval antibody: error: --cache: ") and "AntiBERTy is a BERT" in err
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"^cache: 'dual' asks for SPEC 8's KV cache"):
+        commands.check_antibody_cache("dual")
+    commands.check_antibody_cache(None)

@@ -415,6 +415,39 @@ def test_other_settings_in_the_out_folder_are_refused_unless_restarted(checkpoin
     assert json.loads((tmp_path / "code.jsonl").read_text().splitlines()[0])["settings"]["seed"] == 1
 
 
+CACHE_FIELDS = ("cache", "cache_refresh")
+
+
+def test_a_cache_refreshed_every_step_gives_the_records_of_no_cache(checkpoint, tmp_path, capsys):
+    """``--cache dual --cache-refresh 1`` refreshes at every step (exact, SPEC 8): the records of a run without a
+    cache, timing and the cache fields aside. The settings line, the command and the records carry the cache; a
+    resumed run with other cache settings is refused, and --cache-refresh without --cache is named."""
+    pytest.importorskip("matplotlib", reason="the eval extra's matplotlib is not installed")
+    assert eval_code(checkpoint, tmp_path / "none") == 0
+    assert eval_code(checkpoint, tmp_path / "dual", "--cache", "dual", "--cache-refresh", "1") == 0
+    plain = json.loads((tmp_path / "none" / "code.json").read_text())
+    cached = json.loads((tmp_path / "dual" / "code.json").read_text())
+    assert "--cache dual --cache-refresh 1" in cached["command"] and "--cache" not in plain["command"]
+    assert all((r["cache"], r["cache_refresh"]) == ("dual", 1) for r in cached["records"])
+    assert all((r["cache"], r["cache_refresh"]) == (None, None) for r in plain["records"])
+
+    def scores(records):
+        return [{k: v for k, v in r.items() if k not in CACHE_FIELDS} for r in without_timing(records)]
+
+    assert scores(cached["records"]) == scores(plain["records"])
+    settings = json.loads((tmp_path / "dual" / "code.jsonl").read_text().splitlines()[0])["settings"]
+    assert (settings["cache"], settings["cache_refresh"]) == ("dual", 1)
+    capsys.readouterr()
+
+    assert eval_code(checkpoint, tmp_path / "dual", "--cache", "dual") == 2
+    err = capsys.readouterr().err
+    assert "holds a run with other settings" in err and "cache_refresh: 1 there, null here" in err
+    assert eval_code(checkpoint, tmp_path / "other", "--cache-refresh", "2") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mdfast eval code: error: --cache-refresh: ") and "cache is None" in err
+    assert not (tmp_path / "other").exists(), "named before the run log is written"
+
+
 def test_the_run_log_drops_a_line_cut_short_and_names_a_broken_one(tmp_path):
     from mdfast.eval.run_log import RunLog, SettingsMismatch
 

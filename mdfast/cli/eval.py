@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mdfast.cli.errors import CommandError, UsageError, usage_error
 from mdfast.cli.model_args import BACKEND_CHOICES, DECODER_CHOICES, DTYPE_CHOICES
+from mdfast.decode.options import CACHE_MODES
 
 __all__ = ["PRESETS", "SETTINGS", "add_parser", "run", "settings_of"]
 
@@ -40,7 +41,7 @@ PRESET_HELP = {
     "model mdfast/data/code_model; an 8B model needs a GPU); full (default): 164 problems, 256 steps, 256 tokens",
 }
 OUTPUTS = {"antibody": "antibody.json, antibody.png", "code": "code.json, code.png", "humaneval": "humaneval.json"}
-GRID_SETTINGS = ("model", "decoders", "budgets", "batch_size", "policy", "device", "backend")
+GRID_SETTINGS = ("model", "decoders", "budgets", "batch_size", "policy", "device", "backend", "cache", "cache_refresh")
 # benchmark -> the flags that identify a run (a resumed run must repeat them), in the order its command spells them
 SETTINGS = {
     "antibody": (*GRID_SETTINGS, "task", "genes", "seed"),
@@ -167,6 +168,22 @@ def add_grid_arguments(parser: argparse.ArgumentParser, *, model_help: str, batc
     parser.add_argument("--policy", default=None, help="a StepPolicy file for xflow (default: the heuristic)")
     parser.add_argument("--device", default="cpu", help="(default: %(default)s)")
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="(default: %(default)s)")
+    parser.add_argument(
+        "--cache",
+        choices=CACHE_MODES,
+        default=None,
+        help="SPEC 8's approximate KV cache for every decode, the reference decode's too: dual (the steps between "
+        "refreshes feed the block only) or prefix (everything from the block on); native LLaDA models only, so "
+        "not the antibody benchmark's AntiBERTy (default: none, exact)",
+    )
+    parser.add_argument(
+        "--cache-refresh",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="with --cache, also refresh the cache at every K-th step inside a block (1: exact; default: only at "
+        "each block's first step)",
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, benchmark: str) -> None:
@@ -186,6 +203,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, benchmark: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark ``args.benchmark`` with its settings (``settings_of``) into ``--out``."""
     settings = settings_of(args, args.benchmark)
+    if args.benchmark == "antibody" and settings["cache"] is not None:  # named before anything loads
+        raise UsageError(
+            "--cache: only the native LLaDA body keeps SPEC 8's KV cache, and the antibody benchmark's AntiBERTy "
+            "is a BERT: leave out --cache and --cache-refresh"
+        )
     _check_files(settings)
     _check_extras(args.benchmark)
     from mdfast.eval import commands  # the tree imports every verb: implementations load when their verb runs

@@ -193,6 +193,8 @@ def antibody(
     reference: bool = True,
     done: dict | None = None,
     on_cell=None,
+    cache: str | None = None,
+    cache_refresh: int | None = None,
 ) -> list[dict]:
     """Run the antibody benchmark; one plain record (JSON-ready dict) per (decoder, budget).
 
@@ -206,9 +208,11 @@ def antibody(
     full-budget low_confidence decode that agreement is measured against (agreement, agreement_se and each
     gene's agree are then None): a training loop's evaluation every N steps needs the accuracy only.
     done, on_cell: a resumed run's decoded cells, and a callback per new one (``budget_grid.decode_grid``).
+    cache, cache_refresh: SPEC 8's KV cache for every call (None: none); only a native LLaDA body keeps one, so
+    AntiBERTy (a BERT) refuses any cache (``mdfast.infill``'s ValueError naming ``cache``).
 
-    Record keys: task, decoder, budget ("1/4"), budget_value, model, seed, batch_size, genes, residues,
-    accuracy, accuracy_se, agreement, agreement_se, nfe (mean per gene), steps (mean per gene), seconds,
+    Record keys: task, decoder, budget ("1/4"), budget_value, model, seed, batch_size, cache, cache_refresh, genes,
+    residues, accuracy, accuracy_se, agreement, agreement_se, nfe (mean per gene), steps (mean per gene), seconds,
     tokens_per_s, and per_gene (name, species, chain, masked, correct, agree, nfe per gene).
     """
     decoders, budgets = check_grid(decoders, budgets, batch_size)
@@ -236,9 +240,12 @@ def antibody(
         reference=reference,
         done=done,
         on_cell=on_cell,
+        cache=cache,
+        cache_refresh=cache_refresh,
     )
     ref = results[REFERENCE_DECODER, Fraction(1)] if reference else None
     common = {"task": task, "model": model_name, "seed": seed, "batch_size": batch_size}
+    common |= {"cache": cache, "cache_refresh": cache_refresh}
     return [
         _record(masked, results[d, b], ref, {**common, "decoder": d, "budget": str(b), "budget_value": float(b)})
         for d in decoders

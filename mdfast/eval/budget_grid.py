@@ -11,7 +11,9 @@ masked positions, by ``mdfast.infill`` at every budget (SPEC 2: a budget is T / 
 - each decoder is warmed up by a one-step call on one item before its first timed call (extension builds and
   allocator warm-up stay out of the timing); ``seconds`` is the wall time of the timed calls, NFE per item the
   forwards of the call that decoded it;
-- a resumed run passes the cells it has (``done``) and decodes only the others; ``on_cell`` sees each new one.
+- a resumed run passes the cells it has (``done``) and decodes only the others; ``on_cell`` sees each new one;
+- ``cache`` and ``cache_refresh`` (SPEC 8's KV cache, the native LLaDA body only) go to every call, the
+  reference decode's included: its agreement is then with the one-token-per-step decode under the same cache.
 """
 
 from __future__ import annotations
@@ -161,6 +163,8 @@ def decode_grid(
     reference: bool = True,
     done: dict[tuple[str, Fraction], Decoded] | None = None,
     on_cell: Callable[[str, Fraction, Decoded], None] | None = None,
+    cache: str | None = None,
+    cache_refresh: int | None = None,
 ) -> dict[tuple[str, Fraction], Decoded]:
     """Decode every item with every decoder at every budget, and the reference decode; keyed by (decoder, budget).
 
@@ -169,7 +173,7 @@ def decode_grid(
     policy: to x-flow only. suppress_tokens: to every call.
     progress: a bar over the forwards still to run, with elapsed and remaining time.
     done: cells decoded before (a resumed run), kept as they are. on_cell: called as ``on_cell(decoder, budget,
-    decoded)`` after each cell decoded here.
+    decoded)`` after each cell decoded here. cache, cache_refresh: ``mdfast.infill``'s, to every call.
     """
     runs = grid_runs(decoders, budgets, reference)
     results = {key: value for key, value in (done or {}).items() if key in runs}
@@ -178,7 +182,8 @@ def decode_grid(
     batches = {b: step_batches(counts, b, batch_size) for b in {b for _, b in todo}}
     forwards = sum(steps for _, b in todo for steps, _ in batches[b])
     bar = progress_bar(forwards, description, "forward", progress)
-    runner = _Runner(model, items, pad_id, mask_id, backend, policy, suppress_tokens)
+    cache_options = {} if cache is None and cache_refresh is None else {"cache": cache, "cache_refresh": cache_refresh}
+    runner = _Runner(model, items, pad_id, mask_id, backend, policy, suppress_tokens, cache_options)
     try:
         for d, b in todo:
             results[d, b] = runner.decode(d, batches[b], bar)
@@ -193,9 +198,10 @@ def decode_grid(
 class _Runner:
     """Left-pads each batch, calls ``mdfast.infill`` and reads the masked positions back."""
 
-    def __init__(self, model, items, pad_id, mask_id, backend, policy, suppress_tokens) -> None:
+    def __init__(self, model, items, pad_id, mask_id, backend, policy, suppress_tokens, cache_options) -> None:
         self.model, self.items, self.pad_id, self.mask_id = model, items, pad_id, mask_id
         self.backend, self.policy, self.suppress_tokens = backend, policy, suppress_tokens
+        self.cache_options = cache_options  # cache and cache_refresh, or nothing
         self.device = next(model.parameters()).device
         self.warm: set[str] = set()
 
@@ -227,6 +233,7 @@ class _Runner:
             input_ids[row, offset:] = torch.as_tensor(ids)
             attention_mask[row, offset:] = 1
         options = {"policy": self.policy} if decoder == "xflow" and self.policy is not None else {}
+        options.update(self.cache_options)
         if self.suppress_tokens:
             options["suppress_tokens"] = self.suppress_tokens
         out = mdfast.infill(

@@ -54,6 +54,8 @@ def code(
     dtype: torch.dtype = torch.float32,
     done: dict | None = None,
     on_cell=None,
+    cache: str | None = None,
+    cache_refresh: int | None = None,
 ) -> list[dict]:
     """Run the code budget curve; one plain record (JSON-ready dict) per (decoder, budget).
 
@@ -65,10 +67,12 @@ def code(
       windows of the model's ``max_sequence_length``, placed with ``seed``.
     - policy: the x-flow ``StepPolicy`` (None: the default heuristic). progress: a bar on stderr with an ETA.
     - done, on_cell: a resumed run's decoded cells, and a callback per new one (``budget_grid.decode_grid``).
+    - cache, cache_refresh: SPEC 8's KV cache for every ``infill`` call, the reference decode's too ("dual" or
+      "prefix", and k; None: no cache); the model must be a native LLaDA (a checkpoint folder is loaded as one).
 
-    Record keys: decoder, budget ("1/4"), budget_value, model, seed, batch_size, cases, tokens (span tokens in
-    all), exact_match, exact_match_se, accuracy, accuracy_se, parses, parses_se, masked_spans, agreement,
-    agreement_se, nfe, steps, seconds, tokens_per_s, and per_case (path, function, span, correct, exact,
+    Record keys: decoder, budget ("1/4"), budget_value, model, seed, batch_size, cache, cache_refresh, cases, tokens
+    (span tokens in all), exact_match, exact_match_se, accuracy, accuracy_se, parses, parses_se, masked_spans,
+    agreement, agreement_se, nfe, steps, seconds, tokens_per_s, and per_case (path, function, span, correct, exact,
     parses, masked, agree, nfe per case).
     """
     decoders, budgets = check_grid(decoders, budgets, batch_size)
@@ -91,10 +95,13 @@ def code(
         description="mdfast eval code",
         done=done,
         on_cell=on_cell,
+        cache=cache,
+        cache_refresh=cache_refresh,
     )
     reference = results[REFERENCE_DECODER, Fraction(1)]
     parsed: dict[tuple[int, tuple[int, ...]], bool] = {}  # (case, fill) -> parses: decoders often agree
     common = {"model": model_name, "seed": seed, "batch_size": batch_size}
+    common |= {"cache": cache, "cache_refresh": cache_refresh}
     records = []
     for d in decoders:
         for b in budgets:

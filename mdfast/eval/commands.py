@@ -29,7 +29,7 @@ from .report import command_line, format_antibody_table, format_code_table, form
 from .run_log import RunLog, SettingsMismatch
 from .sandbox import Limits
 
-__all__ = ["SettingsMismatch", "resolve_settings", "run_antibody", "run_code", "run_humaneval"]
+__all__ = ["SettingsMismatch", "check_antibody_cache", "resolve_settings", "run_antibody", "run_code", "run_humaneval"]
 
 ALL = "all"
 
@@ -38,7 +38,9 @@ def resolve_settings(benchmark: str, settings: dict) -> dict:
     """The settings as the benchmarks take them, checked before anything loads (ValueError naming the field).
 
     "all" decoders become every one of ``DECODERS``, "all" genes or problems None; budgets are spelled as exact
-    fractions ("1/4"), sorted; humaneval's decoding budget is checked as ``DecodeOptions`` checks it.
+    fractions ("1/4"), sorted; humaneval's decoding budget is checked as ``DecodeOptions`` checks it. A grid's
+    ``cache`` and ``cache_refresh`` are checked as ``DecodeOptions`` checks them, and the antibody benchmark
+    refuses any cache (``check_antibody_cache``).
     """
     s = dict(settings)
     if s.get("decoders") == ALL:
@@ -48,12 +50,25 @@ def resolve_settings(benchmark: str, settings: dict) -> dict:
     for name in ("genes", "problems"):
         if s.get(name) == ALL:
             s[name] = None
+    if "cache" in s:
+        DecodeOptions(steps=1, cache=s["cache"], cache_refresh=s["cache_refresh"]).validate()
+    if benchmark == "antibody":
+        check_antibody_cache(s["cache"])
     if benchmark == "humaneval":
         options = DecodeOptions(steps=s["steps"], decoder=s["decoder"], block_length=s["block_length"])
         options.validate(max_new_tokens=s["gen_length"])
         if s["policy"] and s["decoder"] != "xflow":
             raise ValueError(f"policy: only the xflow decoder reads a step policy, not {s['decoder']}")
     return s
+
+
+def check_antibody_cache(cache: str | None) -> None:
+    """ValueError naming ``cache`` for any cache: AntiBERTy is a BERT, and only the native LLaDA body keeps one."""
+    if cache is not None:
+        raise ValueError(
+            f"cache: {cache!r} asks for SPEC 8's KV cache, which only the native LLaDA body keeps; the antibody "
+            "benchmark's AntiBERTy is a BERT, driven through its own forward: leave out --cache and --cache-refresh"
+        )
 
 
 def run_antibody(settings: dict, out: Path, *, restart: bool = False, progress: bool = False) -> list[dict]:
@@ -75,6 +90,8 @@ def run_antibody(settings: dict, out: Path, *, restart: bool = False, progress: 
             batch_size=s["batch_size"],
             progress=progress,
             device=s["device"],
+            cache=s.get("cache"),
+            cache_refresh=s.get("cache_refresh"),
             **_resumed_cells(log, task),
         )
     print(format_antibody_table(records))
@@ -101,6 +118,8 @@ def run_code(settings: dict, out: Path, *, restart: bool = False, progress: bool
         progress=progress,
         device=s["device"],
         dtype=getattr(torch, s["dtype"]),
+        cache=s.get("cache"),
+        cache_refresh=s.get("cache_refresh"),
         **_resumed_cells(log, None),
     )
     print(format_code_table(records))
