@@ -313,18 +313,23 @@ def test_infill_reads_escapes_and_the_shorthand():
     assert infill_verb.expand_text("[M] x <mask:1>", "[M]") == ("[M] x [M]", 2)
 
 
-@pytest.mark.parametrize("verb", ["generate", "infill"])
-def test_suppress_mask_blocks_the_mask_id(verb, model_dir, capsys, monkeypatch):
-    """--suppress-mask decodes with the folder's mask id in ``DecodeOptions.suppress_tokens``."""
-    name = f"{verb}_with_options"
-    calls = []
+def spy_on_options(monkeypatch, verb: str) -> list:
+    """The ``DecodeOptions`` each ``mdfast.decode.<verb>_with_options`` call gets, in a list filled as they run."""
+    name, calls = f"{verb}_with_options", []
+    original = getattr(mdfast.decode, name)
 
     def spy(model, input_ids, options, *args, **kwargs):
         calls.append(options)
         return original(model, input_ids, options, *args, **kwargs)
 
-    original = getattr(mdfast.decode, name)
     monkeypatch.setattr(mdfast.decode, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("verb", ["generate", "infill"])
+def test_suppress_mask_blocks_the_mask_id(verb, model_dir, capsys, monkeypatch):
+    """--suppress-mask decodes with the folder's mask id in ``DecodeOptions.suppress_tokens``."""
+    calls = spy_on_options(monkeypatch, verb)
     argv = generate(model_dir) if verb == "generate" else infill(model_dir, "w1 <mask:2> w2")
     status, _, err = run(capsys, *argv, "--suppress-mask")
     assert status == 0, err
@@ -337,15 +342,7 @@ def test_suppress_mask_blocks_the_mask_id(verb, model_dir, capsys, monkeypatch):
 def test_the_factor_decoder_decodes_with_its_factor(verb, factor, model_dir, capsys, monkeypatch):
     """``--decoder factor --factor F`` decodes with ``DecodeOptions(decoder="factor", factor=F)``; without
     --factor the field stays None (the decoder's default 1.0)."""
-    name = f"{verb}_with_options"
-    calls = []
-
-    def spy(model, input_ids, options, *args, **kwargs):
-        calls.append(options)
-        return original(model, input_ids, options, *args, **kwargs)
-
-    original = getattr(mdfast.decode, name)
-    monkeypatch.setattr(mdfast.decode, name, spy)
+    calls = spy_on_options(monkeypatch, verb)
     argv = generate(model_dir) if verb == "generate" else infill(model_dir, "w1 <mask:3> w2")
     status, out, err = run(capsys, *argv, "--decoder", "factor", *(["--factor", factor] if factor else []))
     assert status == 0, err
