@@ -8,6 +8,8 @@
   graphs      whole decoding steps replayed from CUDA graphs == eager   (gpu_stages_decoding.py)
   e2e         LLaDA-8B shape end to end: native body + graphs against the eager loops
   bench       the kernel benchmark: graph-replayed and eager times      (gpu_stages_bench.py)
+  cache       SPEC 8's KV cache: refresh-every-step == no cache; none / prefix / dual at LLaDA-8B widths
+                                                                        (gpu_stages_cache.py)
   compile     torch.compile of the reference next to the Triton step (only if time is left)
   targets     the table of the GPU targets from what the stages above measured (gpu_targets.py)
 
@@ -28,13 +30,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never the hub
 
 from gpu_stages_bench import key_figures, stage_bench, stage_compile
+from gpu_stages_cache import Lengths, plan_runs, split_steps, stage_cache
 from gpu_stages_decoding import choose_layers, stage_e2e, stage_graphs
 from gpu_stages_kernels import StatsCase, plant_ties, random_logits, stage_correct, stage_cuda_build
 from gpu_targets import Target, format_targets, stage_targets, targets
 
 # what tests/test_gpu_check.py reaches through this module
 __all__ = ["StatsCase", "Target", "choose_layers", "format_targets", "key_figures", "main", "plant_ties"]
-__all__ += ["random_logits", "targets"]
+__all__ += ["Lengths", "plan_runs", "random_logits", "split_steps", "targets"]
 
 STAGES = {
     "cuda_build": stage_cuda_build,
@@ -43,6 +46,7 @@ STAGES = {
     "cuda": lambda args: stage_correct(args, "cuda"),
     "bench": stage_bench,
     "e2e": stage_e2e,
+    "cache": stage_cache,
     "compile": stage_compile,
     "targets": stage_targets,
 }

@@ -12,7 +12,7 @@
 # build/gpu-check (build/gpu-check-tiny with --tiny) of the checkout when OUT is unset; the stages'
 # JSON results go to $GPU_CHECK_RESULTS, else build/gpu-check-results(-tiny), and stay there for a
 # rerun of some stages. Prints the summary last. The device tool returns at most 8 files, so the
-# background CUDA build writes its log into 00_setup.log, after setup's.
+# background CUDA build writes its log into 00_setup.log, after setup's, and 08 compile into 05_bench.log.
 #
 # stage          cap s  what (the Python of every stage: bench/gpu_check.py --stage NAME)
 # 00 setup         90   nvidia-smi, versions, pip install --no-deps --no-build-isolation -e .
@@ -23,7 +23,8 @@
 # 04 cuda          90   the CUDA kernels, the same cases as 02 (without the Triton-only body kernels)
 # 05 bench        120   kernel benchmark: graph-replayed and eager times, L2 flushed, vs copy
 # 06 e2e          200   LLaDA-8B shape end to end: native body + graphs vs eager loop and eager port
-# 07 compile      150   torch.compile baselines, only if time is left
+# 07 cache         70   KV cache: cache_refresh=1 == no cache; none / prefix / dual at LLaDA-8B widths
+# 08 compile      150   torch.compile baselines, only if time is left; its log goes into 05_bench.log
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
@@ -31,7 +32,7 @@ tiny=0
 for arg in "$@"; do
     case $arg in
         --tiny) tiny=1 ;;
-        -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $arg (--tiny, --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,7 +41,7 @@ PY=${PYTHON:-python3}
 out=${OUT:-build/gpu-check}
 limit=${GPU_CHECK_SECONDS:-465}
 reserve=10 # seconds kept for the targets table and the summary
-stages=${STAGES:-00 01 02 03 04 05 06 07}
+stages=${STAGES:-00 01 02 03 04 05 06 07 08}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export MDFAST_BUILD_DIR=${MDFAST_BUILD_DIR:-$PWD/build/ext}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
@@ -171,8 +172,9 @@ wait_build() { # wait while $1 seconds would remain for the waiting stage; statu
 }
 
 # ---- the Python stages ---------------------------------------------------------------------------
-run_stage() { # number name cap minimum [build]
-    local num=$1 name=$2 cap=$3 minimum=$4 log="$out/$1_$2.log"
+run_stage() { # number name cap minimum [build] [log file to append to, instead of NN_name.log]
+    local num=$1 name=$2 cap=$3 minimum=$4 log="$out/$1_$2.log" part="$work/stage.log"
+    [[ -n ${6:-} ]] && log="$out/$6"
     selected "$num" || return 0
     if [[ ${5:-} == build ]] && ! wait_build "$minimum"; then
         record "$num" "$name" SKIP 0 "the CUDA build still runs with $(left) s left"
@@ -187,11 +189,13 @@ run_stage() { # number name cap minimum [build]
     ((budget > cap)) && budget=$cap
     rm -f "$results/$name.json"
     local t0=$SECONDS rc
+    [[ -n ${6:-} ]] && echo "== $num $name (from $((SECONDS - start)) s)" >> "$log"
+    [[ -n ${6:-} ]] || : > "$log"
     timeout -k 10 "$budget" "$PY" bench/gpu_check.py --stage "$name" --budget "$budget" --results "$results" \
-        "${tiny_flag[@]}" > "$log" 2>&1
-    rc=$?
+        "${tiny_flag[@]}" 2>&1 | tee -a "$log" > "$part"
+    rc=${PIPESTATUS[0]}
     local key
-    key=$(key_of "$log")
+    key=$(key_of "$part") # this stage's own output, also where it shares a log
     [[ $rc == 124 || $rc == 137 ]] && key="stopped at its $budget s limit; $key"
     record "$num" "$name" "$(status_of $rc)" $((SECONDS - t0)) "$key"
 }
@@ -201,7 +205,8 @@ run_stage 03 graphs 90 30
 run_stage 04 cuda 90 30 build
 run_stage 05 bench 120 45 build
 run_stage 06 e2e 200 90
-run_stage 07 compile 150 90
+run_stage 07 cache 70 35
+run_stage 08 compile 150 90 "" 05_bench.log # the device tool returns at most 8 files: 00, 02-07, summary
 if selected 01 && ((!build_recorded)); then
     wait_build 0 || record 01 cuda_build TIMEOUT $((SECONDS - build_start)) "still building at the deadline"
 fi

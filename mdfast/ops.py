@@ -24,6 +24,7 @@ from torch import Tensor
 from . import backends, reference
 from .backends.contract import GivenStats, StepInputs, StepScalars
 from .config import FlowConfig
+from .errors import describe
 from .op_checks import (
     InputChecks,
     check_k,
@@ -271,10 +272,15 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, *, update: Tensor | None = N
     return (summed, normed) if update is not None else normed
 
 
-def rope_(x: Tensor, theta: float, *, backend: str = "auto") -> Tensor:
+def rope_(x: Tensor, theta: float, *, tables: tuple[Tensor, Tensor] | None = None, backend: str = "auto") -> Tensor:
     """RoPE applied in place to x (B, L, H, hd), positions 0..L-1, in float32 (SPEC 5); returns x.
 
     u' = u cos + rot(u) sin, angles cat(a, a), a = pos * theta^(-2j/hd).
+
+    - tables: (cos, sin_rot) = ``reference.rope_tables(arange(L), hd, theta, dtype)``, dtype float32
+      (float64 for float64 x), each (L, 1, hd) or (B, L, 1, hd): built once and shared by the calls of
+      one forward (default: built in every call). The reference reads them; the Triton kernel
+      computes its angles itself and ignores them.
     """
     check_tensor("x", x, dims=4, floating=True)
     if x.shape[-1] % 2 or x.stride(-1) != 1:
@@ -282,7 +288,27 @@ def rope_(x: Tensor, theta: float, *, backend: str = "auto") -> Tensor:
             f"x: expected (B, L, H, hd) with an even hd and a dense last dimension, got shape {tuple(x.shape)}, "
             f"strides {x.stride()}"
         )
-    return _resolve_body(backend, x).rope_(x, float(theta))
+    if tables is not None:
+        _check_rope_tables(tables, x)
+    return _resolve_body(backend, x).rope_(x, float(theta), tables)
+
+
+def _check_rope_tables(tables, x: Tensor) -> None:
+    """TypeError or ValueError, naming ``tables``, unless it is (cos, sin_rot) in x's compute dtype, fitting x."""
+    if not (isinstance(tables, (tuple, list)) and len(tables) == 2 and all(isinstance(t, Tensor) for t in tables)):
+        raise TypeError(f"tables: expected a pair (cos, sin_rot) of tensors, got {describe(tables)}")
+    B, L, _H, hd = x.shape
+    dtype = reference.compute_dtype(x)
+    for name, table in zip(("cos", "sin_rot"), tables):
+        if table.dtype != dtype:
+            raise TypeError(f"tables: {name} must be {dtype} (x's compute dtype), got {table.dtype}")
+        if table.device != x.device:
+            raise ValueError(f"tables: {name} must be on {x.device} (x's device), got {table.device}")
+        if tuple(table.shape) not in ((L, 1, hd), (B, L, 1, hd)):
+            raise ValueError(
+                f"tables: {name} must have shape (L, 1, hd) = {(L, 1, hd)} or (B, L, 1, hd) = {(B, L, 1, hd)}, "
+                f"got {tuple(table.shape)}"
+            )
 
 
 def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:

@@ -30,6 +30,7 @@ __all__ = [
     "rms_norm",
     "rope",
     "rope_inv_freq",
+    "rope_tables",
     "sample_action",
     "sample_draw",
     "step_policy",
@@ -329,7 +330,7 @@ def xflow_step(
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm(x; w): y = x in float32 times rsqrt(mean(y^2 over d) + eps), cast back to x's dtype, times w."""
     y = x.to(compute_dtype(x))
-    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)
+    y = y * y.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()  # in place on the (..., 1) mean: same bits
     return y.to(x.dtype) * weight
 
 
@@ -341,20 +342,47 @@ def rope_inv_freq(head_dim: int, theta: float, device=None, dtype=torch.float32)
     return 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=dtype) / head_dim)
 
 
-def rope(x: Tensor, theta: float) -> Tensor:
+def rope_tables(
+    positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """RoPE's tables (cos, sin_rot) at ``positions`` (any shape S): each (*S, 1, hd) in ``dtype``.
+
+    SPEC 5: angles a = pos * inv_freq repeated twice (cat(a, a)), inv_freq as ``rope_inv_freq``;
+    cos = cos(cat(a, a)), sin_rot = cat(-sin a, sin a) (the sign of rot(u) = cat(-u[hd/2:], u[:hd/2])
+    moved into the table, exact). The 1 broadcasts over the heads. ``rope`` (positions 0..L-1) and
+    ``llada_cache.rope_at_`` (given positions) both build them here, so the same position gets the same bits.
+    """
+    angles = positions.to(dtype).unsqueeze(-1) * rope_inv_freq(head_dim, theta, positions.device, dtype)
+    angles = torch.cat([angles, angles], dim=-1).unsqueeze(-2)
+    sin_rot = torch.sin(angles)
+    sin_rot[..., : head_dim // 2].neg_()
+    return torch.cos(angles), sin_rot
+
+
+def rope(x: Tensor, theta: float, tables: tuple[Tensor, Tensor] | None = None, *, out: Tensor | None = None) -> Tensor:
     """RoPE on x (B, L, H, hd), positions 0..L-1: u' = u cos + rot(u) sin, rot(u) = cat(-u[hd/2:], u[:hd/2]).
 
     In float32 (float64 for float64 x), cast back: inv_freq_j = theta^(-2j/hd) for j < hd/2, angles
-    a = pos * inv_freq repeated twice (cat(a, a)).
+    a = pos * inv_freq repeated twice (cat(a, a)). Evaluated as u cos + roll(u, hd/2) sin_rot with
+    sin_rot = cat(-sin a, sin a): the same products and sums, so the same bits.
+
+    - tables: (cos, sin_rot) from ``rope_tables`` in that dtype, (L, 1, hd) or (B, L, 1, hd), to share
+      across calls (default: built here from positions 0..L-1).
+    - out: a tensor of x's shape to write u' into, x itself for RoPE in place (x is read first), and
+      returned (default: a new tensor).
     """
-    _B, L, _H, hd = x.shape
+    hd = x.shape[-1]
     dtype = compute_dtype(x)
-    positions = torch.arange(L, device=x.device, dtype=dtype)
-    angles = positions.unsqueeze(-1) * rope_inv_freq(hd, theta, x.device, dtype)
-    angles = torch.cat([angles, angles], dim=-1).unsqueeze(-2)  # (L, 1, hd)
+    if tables is None:
+        tables = rope_tables(torch.arange(x.shape[1], device=x.device), hd, theta, dtype)
+    cos, sin_rot = tables
     u = x.to(dtype)
-    rotated = torch.cat([-u[..., hd // 2 :], u[..., : hd // 2]], dim=-1)
-    return (u * torch.cos(angles) + rotated * torch.sin(angles)).to(x.dtype)
+    product, rotated = u * cos, u.roll(hd // 2, dims=-1).mul_(sin_rot)
+    if out is None:
+        return product.add_(rotated).to(x.dtype)
+    if out.dtype == dtype and not (torch.is_grad_enabled() and (u.requires_grad or out.requires_grad)):
+        return torch.add(product, rotated, out=out)  # no temporary (out= has no autograd)
+    return out.copy_(product.add_(rotated))
 
 
 def swiglu(gate: Tensor, up: Tensor) -> Tensor:

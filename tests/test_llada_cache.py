@@ -274,3 +274,77 @@ def test_steps_write_the_cache_in_place_and_its_size():
         model(input_ids=ids, cache=cache)
     assert (cache.keys.data_ptr(), cache.values.data_ptr()) == pointers
     assert all(cache.layer(i)[0].data_ptr() == cache.keys[i].data_ptr() for i in range(cfg.n_layers))
+
+
+# ---------------------------------------------------------------------------------------------
+# a refresh of some rows (cache_rows) and entries that only query (write)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_refresh_of_some_rows_writes_those_rows_only():
+    model = model64()
+    ids, mask = left_padded(4, 9, V)
+    cache = model.allocate_cache(4, 9)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, cache=cache)
+        before = cache.keys.clone(), cache.values.clone()
+        other = torch.randint(0, V, (4, 9))
+        full = model.allocate_cache(4, 9)
+        want = model(input_ids=other, attention_mask=mask, cache=full).logits
+        R = torch.tensor([3, 1])
+        got = model(input_ids=other[R], attention_mask=mask[R], cache=cache, cache_rows=R).logits
+    assert_close("the rows' logits", got, want[R], 1e-12, scale=1.0)
+    for name, now, was, fresh in (("K", cache.keys, before[0], full.keys), ("V", cache.values, before[1], full.values)):
+        assert_close(f"{name} of the refreshed rows", now[:, R], fresh[:, R], 1e-12, scale=1.0)
+        assert_equal(f"{name} of the other rows", now[:, [0, 2]], was[:, [0, 2]])
+
+
+@pytest.mark.parametrize(
+    ("rows", "error", "message"),
+    [
+        (torch.tensor([0.0]), TypeError, "cache_rows: expected an int64 tensor"),
+        (torch.tensor([0, 1]), ValueError, r"cache_rows: expected shape \(1,\)"),
+        ("unfilled", ValueError, "cache: a refresh of some rows needs a filled cache"),
+    ],
+)
+def test_bad_cache_rows(rows, error, message):
+    model = model64()
+    ids = torch.randint(0, V, (1, 6))
+    cache = model.allocate_cache(3, 6)
+    if rows == "unfilled":
+        rows = torch.tensor([1])
+    else:
+        model(input_ids=ids.repeat(3, 1), cache=cache)
+    with pytest.raises(error, match=message):
+        model(input_ids=ids, cache=cache, cache_rows=rows)
+
+
+def test_entries_that_only_query_keep_the_cache():
+    """write=False at an entry: its K, V stay the cache's, and the written entries see them as before."""
+    model = model64()
+    ids = torch.randint(0, V, (2, 10))
+    positions = torch.tensor([[4, 5, 0, 1], [6, 7, 2, 8]])
+    write = torch.tensor([[True, True, False, False], [True, True, False, True]])
+    cache = model.allocate_cache(2, 10)
+    with torch.no_grad():
+        model(input_ids=ids, cache=cache)
+        before, before_values = cache.keys.clone(), cache.values.clone()
+        changed = torch.randint(0, V, (2, 10))
+        got = model.forward_cached(cache, positions, input_ids=changed.gather(1, positions), write=write).logits
+        after = cache.keys.clone()
+        # the same step with only the written entries: same logits there, same cache
+        cache.keys.copy_(before)
+        cache.values.copy_(before_values)
+        written = [positions[b][write[b]] for b in range(2)]
+        for b in range(2):
+            one = KVCache(cache.keys[:, b : b + 1].clone(), cache.values[:, b : b + 1].clone(), filled=True)
+            S = written[b][None]
+            alone = model.forward_cached(one, S, input_ids=changed[b : b + 1].gather(1, S)).logits
+            assert_close(f"row {b}'s written entries", got[b][write[b]], alone[0], 1e-12, scale=1.0)
+            assert_close(f"row {b}'s cache", after[:, b], one.keys[:, 0], 1e-12, scale=1.0)
+    kept = ~write
+    for b in range(2):
+        for p in positions[b][kept[b]].tolist():
+            assert_equal(f"row {b} position {p}", after[:, b, p], before[:, b, p])
+    with pytest.raises(ValueError, match="write: expected a bool tensor"):
+        model.forward_cached(cache, positions, input_ids=ids.gather(1, positions), write=write.long())

@@ -65,8 +65,11 @@ class Backend:
         """(x + update or None, RMSNorm(x + update; weight)) for contiguous x, update (..., d) (SPEC 5)."""
         raise NotImplementedError
 
-    def rope_(self, x: Tensor, theta: float) -> Tensor:
-        """RoPE on x (B, L, H, hd), last dimension dense, in place; returns x (SPEC 5)."""
+    def rope_(self, x: Tensor, theta: float, tables: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """RoPE on x (B, L, H, hd), last dimension dense, in place; returns x (SPEC 5).
+
+        tables: (cos, sin) checked by ``ops.rope_``, or None (a backend that computes its angles ignores them).
+        """
         raise NotImplementedError
 
     def swiglu(self, gate: Tensor, up: Tensor) -> Tensor:
@@ -126,8 +129,8 @@ class TorchBackend(Backend):
         summed = x + update if update is not None else None
         return summed, reference.rms_norm(x if summed is None else summed, weight, eps)
 
-    def rope_(self, x, theta):
-        return x.copy_(reference.rope(x, theta))
+    def rope_(self, x, theta, tables=None):
+        return reference.rope(x, theta, tables, out=x)
 
     def swiglu(self, gate, up):
         return reference.swiglu(gate, up)
@@ -175,8 +178,8 @@ class KernelBackend(Backend):
     def rms_norm(self, x, weight, eps, update):
         return self.kernels().rms_norm(x, weight, eps, update)
 
-    def rope_(self, x, theta):
-        return self.kernels().rope_(x, theta)
+    def rope_(self, x, theta, tables=None):
+        return self.kernels().rope_(x, theta)  # the kernel computes its angles itself
 
     def swiglu(self, gate, up):
         return self.kernels().swiglu(gate, up)

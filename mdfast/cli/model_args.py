@@ -60,6 +60,14 @@ def add_decode_arguments(parser: argparse.ArgumentParser, *, steps_help: str) ->
         help="with --cache: also refresh every K-th step inside a block (1 is exact decoding)",
     )
     parser.add_argument(
+        "--cache-vicinity",
+        type=int,
+        default=0,
+        metavar="W",
+        help="with --cache: also recompute the W positions on each side of the block at every cached step "
+        "(dInfer's vicinity refresh; closer to exact decoding for a little more work; default 0)",
+    )
+    parser.add_argument(
         "--suppress-mask",
         action="store_true",
         help="block the mask token's logit in every decoded row (a model that predicts its own [MASK])",

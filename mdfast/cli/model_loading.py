@@ -62,6 +62,7 @@ def decode_options(
             backend=args.backend,
             cache=args.cache,
             cache_refresh=args.cache_refresh,
+            cache_vicinity=args.cache_vicinity,
             **fields,
         )
         return options.validate(max_new_tokens=max_new_tokens)

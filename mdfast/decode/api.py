@@ -33,14 +33,15 @@ def infill_with_options(
     - ``mask_token_id``: the [MASK] id (None: the patched one, else the model config's).
     - Dream (shifted logits): a masked position needs a real position right before it.
 
-    - ``options.cache`` ("dual" | "prefix", SPEC 8; the native LLaDA body only) and
-      ``options.cache_refresh`` k: an approximate KV cache, refreshed at each block's first step
-      (and every k-th step in a block; k = 1 is exact); the steps between feed only the block
-      ("dual") or everything from its first position ("prefix"). Cached calls run eagerly.
+    - ``options.cache`` ("dual" | "prefix", SPEC 8; the native LLaDA body only),
+      ``options.cache_refresh`` k and ``options.cache_vicinity`` w: an approximate KV cache, each
+      row refreshed at its block's first step (and every k-th step in a block; k = 1 is exact);
+      the steps between feed only the block ("dual") or everything from its first position
+      ("prefix"), plus w positions beside the block.
 
-    A padded batch decodes every row exactly as that row alone (with a cache, where the rows share
-    one schedule). On CUDA with ``options.cuda_graph``, no cache, and a decoder drawing no random
-    numbers, one captured step is replayed for every later step.
+    A padded batch decodes every row exactly as that row alone, with a cache too (each row
+    refreshes on its own schedule). On CUDA with ``options.cuda_graph`` and a decoder drawing no
+    random numbers, one captured step (with a cache: one per step kind) is replayed for every later step.
     Non-finite logits raise ValueError after the loop. An unpatched model is adapted for this call only.
     """
     with _adapted(model, mask_token_id) as adapter:

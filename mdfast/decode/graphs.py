@@ -8,7 +8,10 @@ shape (batch, sequence length, block length): the first step runs eagerly (the w
 compiles kernels and creates library handles), the second is captured, and every later step is a
 single ``graph.replay()``: no host work per step beyond the replay, and one capture (with its
 device synchronisation and allocator flush) per call. Warm-up and capture run on one stream of
-their own; the graph and its memory pool live as long as the call.
+their own; the graph and its memory pool live as long as the call. With a KV cache a call has
+several step kinds (the refresh, and the cached step of each width S): ``StepGraphs`` keeps one
+``StepGraph`` per kind, each warmed up, captured and replayed on its own, and runs a step whose
+kind is None (a mixed refresh, rows apart) eagerly.
 
 A step that reads a tensor back to the host (some transformers attention-mask helpers do) cannot
 be captured. The warm-up step runs with ``torch.cuda.set_sync_debug_mode("error")``, so such a
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 from torch import nn
@@ -121,3 +124,34 @@ class StepGraph:
             RuntimeWarning,
             stacklevel=4,
         )
+
+
+class StepGraphs:
+    """Runs the steps of one call with one ``StepGraph`` per step kind (a KV cache's refresh and cached steps).
+
+    ``kind``: called on the host before each step, it names the step's kind (steps of one kind run
+    the same kernels on the same tensors, so each kind is captured once); None (the default: one
+    kind) for calls without a cache; a kind of None runs that step eagerly.
+    """
+
+    def __init__(
+        self,
+        step: Callable[[], None],
+        model: nn.Module,
+        enabled: bool,
+        max_steps: int,
+        kind: Callable[[], Hashable | None] | None = None,
+    ) -> None:
+        self.step, self.model, self.enabled, self.max_steps = step, model, enabled, max_steps
+        self.kind = kind
+        self.graphs: dict[Hashable, StepGraph] = {}
+
+    def __call__(self) -> bool:
+        """Run one step; True when it ran as a replay of a captured graph."""
+        key = "step" if self.kind is None else self.kind()
+        if key is None:
+            self.step()
+            return False
+        if key not in self.graphs:
+            self.graphs[key] = StepGraph(self.step, self.model, self.enabled, self.max_steps)
+        return self.graphs[key]()

@@ -18,7 +18,8 @@ one captured step serves every step of every block.
 
 With ``options.cache`` (SPEC 8, the native LLaDA body only) the forward is a refresh (the full
 forward, also writing the KV cache) at each block's first step and every ``cache_refresh``-th step,
-else a forward of S only over the cache (``cache.py``); those steps run eagerly (no CUDA graph).
+else a forward of S only over the cache, per row (``cache.py``); on CUDA the refresh step and the
+cached step are each captured once and replayed (``StepGraphs``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch import Tensor
 from ..models import ModelAdapter
 from .base import Decoder
 from .cache import CachedForward
-from .graphs import StepGraph
+from .graphs import StepGraphs
 from .options import DECODERS, DecodeOptions
 from .schedule import Schedule, fill_padding_rows
 
@@ -108,11 +109,14 @@ def decode_loop(adapter: ModelAdapter, inputs: DecodeInputs, options: DecodeOpti
     on_gpu = device.type == "cuda"
     with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():  # streams and graphs on the model's GPU
         cached = None
-        if options.cache is not None:  # SPEC 8: refresh or S-only forwards, eager (no graph captured yet)
-            cached = CachedForward(adapter, schedule, options.cache, options.cache_refresh, full_mask)
+        if options.cache is not None:  # SPEC 8: refresh or S-only forwards, per row
+            cached = CachedForward(
+                adapter, schedule, options.cache, options.cache_refresh, full_mask, options.cache_vicinity
+            )
         step = _Step(adapter, decoder, input_ids, full_mask, options.suppressed_ids(), cached)
-        capture = options.cuda_graph and on_gpu and decoder.capturable and cached is None
-        graph = StepGraph(step, adapter.model, capture, decoder.max_steps)
+        capture = options.cuda_graph and on_gpu and decoder.capturable
+        kind = None if cached is None else cached.kind
+        graph = StepGraphs(step, adapter.model, capture, decoder.max_steps, kind)
         plan = None if cached is None else cached.plan
         nfe, history, step_times, graphed_blocks = _run(decoder, graph, options.return_history, options.progress, plan)
     decoder.check_finite()
@@ -146,7 +150,7 @@ class _Step:
     """One decoding step of a call (see the module docstring), run by ``StepGraph``.
 
     It writes only into tensors made here and in the decoder, so a CUDA graph of it replays any later step.
-    With a KV cache (``cached``, SPEC 8) its forward is ``CachedForward.logits`` (eager steps only).
+    With a KV cache (``cached``, SPEC 8) its forward is ``CachedForward.logits``, one graph per step kind.
     """
 
     def __init__(
@@ -190,7 +194,7 @@ class _Step:
             decoder.step(logits, block)
 
 
-def _run(decoder: Decoder, graph: StepGraph, return_history: bool, progress: bool, plan=None):
+def _run(decoder: Decoder, graph: StepGraphs, return_history: bool, progress: bool, plan=None):
     """Run the steps until the decoder is finished: (nfe, history, step times, graphed blocks).
 
     ``plan``: called on the host before each step with each row's block (a KV cache's refresh plan).

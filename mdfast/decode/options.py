@@ -79,6 +79,9 @@ class DecodeOptions:
       forward); only the native LLaDA body keeps one.
     - cache_refresh: k >= 1, with a cache also refresh at every k-th step inside a block (None: at
       each block's first step only; k = 1 is exact decoding).
+    - cache_vicinity: w >= 0, with a cache also recompute up to w real positions on each side of
+      the block at every cached step (dInfer's vicinity refresh; "prefix" already covers the side
+      after the block). 0: none.
     """
 
     steps: int
@@ -104,6 +107,7 @@ class DecodeOptions:
     w_b: float | None = None
     cache: str | None = None
     cache_refresh: int | None = None
+    cache_vicinity: int = 0
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> DecodeOptions:
@@ -129,7 +133,7 @@ class DecodeOptions:
         self._check_budget(max_new_tokens)
         self._check_masked(masked)
         self._check_decoder()
-        _check_cache(self.cache, self.cache_refresh)
+        _check_cache(self.cache, self.cache_refresh, self.cache_vicinity)
         _check_eos(self.eos_token_id, vocab_size)
         _check_suppress(self.suppress_tokens, vocab_size)
         if self.backend not in ("auto", *BACKEND_NAMES):
@@ -254,10 +258,16 @@ def _is_number(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _check_cache(cache, cache_refresh) -> None:
-    """SPEC 8's cache mode and refresh period: a known mode, k an int >= 1, k only with a cache."""
+def _check_cache(cache, cache_refresh, cache_vicinity) -> None:
+    """SPEC 8's cache mode, refresh period k (an int >= 1) and vicinity w (an int >= 0); k and w need a cache."""
     if cache is not None and cache not in CACHE_MODES:
         raise ValueError(f"cache: expected one of {CACHE_MODES} or None, got {cache!r}")
+    if not (_is_int(cache_vicinity) and cache_vicinity >= 0):
+        raise ValueError(
+            f"cache_vicinity: expected an int >= 0 (positions recomputed beside the block), got {cache_vicinity!r}"
+        )
+    if cache_vicinity and cache is None:
+        raise ValueError("cache_vicinity: widens a KV cache's steps, but cache is None; pass cache='dual' or 'prefix'")
     if cache_refresh is None:
         return
     if not (_is_int(cache_refresh) and cache_refresh >= 1):

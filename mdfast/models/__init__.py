@@ -113,13 +113,16 @@ class ModelAdapter:
         """The model's input embeddings of ``token_ids`` (the embedding module, scale included)."""
         return self.model.get_input_embeddings()(token_ids)
 
-    def logits(self, inputs_embeds: Tensor, attention_mask: Tensor | None, positions: Tensor, cache=None) -> Tensor:
+    def logits(
+        self, inputs_embeds: Tensor, attention_mask: Tensor | None, positions: Tensor, cache=None, cache_rows=None
+    ) -> Tensor:
         """Logits (B, n, V) predicting the token at each position of ``positions`` (B, n) int64.
 
         One forward on ``inputs_embeds`` (B, L, E), the projection applied to those rows only (for
         Dream the row before each position; a position 0 there reads row 0, which callers never ask
         for a real token). ``cache``: the native LLaDA body's ``KVCache``, which this forward (a
-        refresh, SPEC 8) also fills; None: none.
+        refresh, SPEC 8) also fills; None: none. ``cache_rows`` (B,) int64: the cache rows these B
+        rows refresh, when they are some of the cache's rows (the body's ``forward(cache_rows=)``).
         """
         rows = (positions - 1).clamp_min(0) if self.shifted else positions
         kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
@@ -129,6 +132,8 @@ class ModelAdapter:
             kwargs["use_cache"] = False
         if cache is not None:
             kwargs["cache"] = cache
+        if cache_rows is not None:
+            kwargs["cache_rows"] = cache_rows
         self.head.rows = rows
         try:
             out = self.model(**kwargs)
@@ -138,18 +143,30 @@ class ModelAdapter:
         return logits
 
     def cached_logits(
-        self, cache, positions: Tensor, inputs_embeds: Tensor, attention_mask: Tensor | None, rows: Tensor
+        self,
+        cache,
+        positions: Tensor,
+        inputs_embeds: Tensor,
+        attention_mask: Tensor | None,
+        rows: Tensor,
+        write: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, m, V) of the rows ``rows`` (B, m) of S = ``positions`` (B, n), over a filled KV cache.
 
         The native LLaDA body's ``forward_cached`` (SPEC 8) on ``inputs_embeds`` (B, n, E), S's inputs;
         ``attention_mask`` (B, L): the refresh's. S's indices are not read back (no device synchronisation):
-        the caller makes them distinct and in range.
+        the caller makes them distinct and in range. ``write`` (B, n) bool: the entries whose K, V are
+        written (None: all).
         """
         self.head.rows = rows
         try:
             out = self.model.forward_cached(
-                cache, positions, inputs_embeds=inputs_embeds, attention_mask=attention_mask, check_range=False
+                cache,
+                positions,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                write=write,
+                check_range=False,
             )
         finally:
             self.head.rows = None

@@ -5,11 +5,12 @@ computes it (``padding_bias``, ``LLaDABlock.attention`` and ``forward``, ``LLaDA
 RMSNorm (fused with the residual add), RoPE and SiLU(gate) * up go through ``mdfast.ops`` (Triton
 kernels on CUDA tensors, their references in ``mdfast/reference.py`` elsewhere).
 
-Fused projections: each block computes q, k, v with one matrix product (``qkv_proj``, weight
-(d + 2 n_kv_heads hd, d) = cat(Wq, Wk, Wv) by rows) and gate, up with one (``gate_up_proj``,
-weight (2F, d) = cat(W_ff_proj, W_up_proj)); q, k, v and gate, up are views of the fused outputs
-(no copies: ``ops.rope_`` rotates the q and k views in place, ``ops.swiglu`` reads the two halves
-in place). The state dict still has exactly the checkpoint's keys: a state-dict post-hook
+Fused projections: each block holds q, k, v as one weight (``qkv_proj``, (d + 2 n_kv_heads hd, d)
+= cat(Wq, Wk, Wv) by rows) and gate, up as one (``gate_up_proj``, (2F, d) = cat(W_ff_proj,
+W_up_proj)); on CUDA one matrix product each, q, k, v and gate, up views of its output (no copies:
+``ops.rope_`` rotates q and k in place, ``ops.swiglu`` reads the halves in place); on the CPU one
+product per part on row views of the weight (dense outputs read faster there). The state dict
+still has exactly the checkpoint's keys: a state-dict post-hook
 (``_split_fused``) lists each fused weight as its checkpoint parts ``q_proj.weight``,
 ``k_proj.weight``, ``v_proj.weight`` (``ff_proj.weight``, ``up_proj.weight``), row views of the
 fused weight (no copy), in SPEC 5's order; a load-state-dict pre-hook (``_fuse_parts``)
@@ -45,7 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from .llada_cache import KVCache, allocate_cache, check_positions, rope_at_
+from ..errors import describe
+from ..reference import compute_dtype, rope_tables
+from .llada_cache import KVCache, allocate_cache, check_cache_rows, check_positions, rope_at_
 from .llada_config import LLaDAConfig
 
 __all__ = ["LLaDABlock", "LLaDAModel", "LLaDAOutput", "RMSNorm", "padding_bias"]
@@ -121,17 +124,25 @@ class LLaDABlock(nn.Module):
         self.register_state_dict_post_hook(_split_fused)
         self.register_load_state_dict_pre_hook(_fuse_parts)
 
-    def _heads(self, y: Tensor, heads: int, rope: bool, positions: Tensor | None = None) -> Tensor:
+    def _heads(
+        self,
+        y: Tensor,
+        heads: int,
+        rope: bool,
+        positions: Tensor | None = None,
+        tables: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """(B, L, heads*hd) -> (B, heads, L, hd): "split into heads of size hd" (views of the fused output).
 
         With ``rope``, RoPE is applied in place first (``mdfast.ops.rope_``: float32 math, positions
-        0..L-1; at ``positions`` (B, L) instead where given, ``llada_cache.rope_at_``).
+        0..L-1; at ``positions`` (B, L) instead where given, ``llada_cache.rope_at_``), from the
+        forward's shared ``tables`` (cos, sin) where given.
         """
         y = y.unflatten(-1, (heads, self.head_dim))
         if rope and positions is None:
-            ops.rope_(y, self.rope_theta)
+            ops.rope_(y, self.rope_theta, tables=tables)
         elif rope:
-            rope_at_(y, positions, self.rope_theta)
+            rope_at_(y, positions, self.rope_theta, tables)
         return y.transpose(1, 2)
 
     def attention(
@@ -140,28 +151,35 @@ class LLaDABlock(nn.Module):
         bias: Tensor | None,
         kv: tuple[Tensor, Tensor] | None = None,
         positions: Tensor | None = None,
+        rows: Tensor | None = None,
+        write: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """The attention of a block: the merged heads (B, L, d), before attn_out.
 
         SPEC 5: "q, k, v = h Wq^T, h Wk^T, h Wv^T split into heads of size hd;
         RoPE on q and k in float32 ...; k, v heads repeated to n_heads (grouped query); attention is
-        bidirectional (no causal mask), scale 1/sqrt(hd), plus the padding mask". q, k, v are column
-        slices of one product h cat(Wq, Wk, Wv)^T (slices, not ``split``: autograd lets RoPE rotate
-        those in place). kv head g serves query heads g*r .. g*r + r - 1 (``repeat_interleave``).
+        bidirectional (no causal mask), scale 1/sqrt(hd), plus the padding mask". q, k, v come from
+        the fused weight cat(Wq, Wk, Wv) (``_fused``). kv head g serves query heads g*r .. g*r + r - 1
+        (``repeat_interleave``).
 
         With the layer's cache ``kv`` (K, V views (B, L_all, n_kv_heads, hd), SPEC 8): without
         ``positions`` (the refresh) K, V are also copied into it and the attention is the same as
         without; with ``positions`` (B, L) (a cached step, h holding those positions' rows only) q, k
         are rotated at those positions, k, v replace the cache's rows there, and q attends over all
-        L_all cached keys (``bias`` is then the padding mask over those).
+        L_all cached keys (``bias`` is then the padding mask over those). ``rows`` (a refresh of some
+        of the cache's rows): int64 (B,), the cache rows this batch's rows write. ``write`` (a cached
+        step): (B, L) bool, the rows whose k, v replace the cache's (elsewhere they only query).
+        ``rope``: RoPE's (cos, sin_rot) tables at these rows' positions (``reference.rope_tables``), built
+        once per forward for every layer (None: each RoPE call builds its own).
         """
         B, L, d = h.shape
-        qkv, width = self.qkv_proj(h), self.n_kv_heads * self.head_dim
-        q = self._heads(qkv[..., :d], self.n_heads, True, positions)
-        k = self._heads(qkv[..., d : d + width], self.n_kv_heads, True, positions)
-        v = self._heads(qkv[..., d + width :], self.n_kv_heads, False)
+        q, k, v = self._fused("qkv_proj", h)
+        q = self._heads(q, self.n_heads, True, positions, rope)
+        k = self._heads(k, self.n_kv_heads, True, positions, rope)
+        v = self._heads(v, self.n_kv_heads, False)
         if kv is not None:
-            k, v = _write_cache(kv, k, v, positions)
+            k, v = _write_cache(kv, k, v, positions, rows, write)
         repeats = self.n_heads // self.n_kv_heads
         if repeats > 1:
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
@@ -171,7 +189,14 @@ class LLaDABlock(nn.Module):
         return out.transpose(1, 2).reshape(B, L, d)
 
     def forward(
-        self, x: Tensor, bias: Tensor | None, kv: tuple[Tensor, Tensor] | None = None, positions: Tensor | None = None
+        self,
+        x: Tensor,
+        bias: Tensor | None,
+        kv: tuple[Tensor, Tensor] | None = None,
+        positions: Tensor | None = None,
+        rows: Tensor | None = None,
+        write: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """The block: x + attention, then x + the feed-forward (SPEC 5 "block").
 
@@ -179,29 +204,64 @@ class LLaDABlock(nn.Module):
         x = x + attn_out(merged heads); h = RMSNorm(x; ff_norm); x = x + ff_out(SiLU(ff_proj h) * up_proj h)",
         the residual add and the second RMSNorm fused (``ops.rms_norm(..., update=)``), SiLU(.) * . as
         ``ops.swiglu`` on the two halves of one product h cat(W_ff_proj, W_up_proj)^T. ``kv``,
-        ``positions``: the layer's KV cache and the rows' positions (see ``attention``).
+        ``positions``, ``rows``, ``write``: the layer's KV cache and how to use it; ``rope``: the
+        forward's RoPE tables (see ``attention``).
         """
-        attended = self.attention(self.attn_norm(x), bias, kv, positions)
+        attended = self.attention(self.attn_norm(x), bias, kv, positions, rows, write, rope)
         x, h = ops.rms_norm(x, self.ff_norm.weight, self.ff_norm.eps, update=self.attn_out(attended))
-        gate, up = self.gate_up_proj(h).split(self.split_sizes["gate_up_proj"], dim=-1)
+        gate, up = self._fused("gate_up_proj", h)
         return x + self.ff_out(ops.swiglu(gate, up))
 
+    def _fused(self, name: str, h: Tensor) -> list[Tensor]:
+        """The outputs of the fused projection ``name`` on h, one per checkpoint part (q, k, v or gate, up).
 
-def _write_cache(kv: tuple[Tensor, Tensor], k: Tensor, v: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        On CUDA one product and column slices of it (one launch; slices, not ``split``: autograd lets
+        RoPE rotate them in place). Elsewhere one product per part on row views of the fused weight:
+        dense outputs, which the CPU's RoPE, attention and SwiGLU read faster than strided slices
+        (bench/bench_forward.py).
+        """
+        linear, sizes = getattr(self, name), self.split_sizes[name]
+        if not h.is_cuda:
+            return [F.linear(h, w) for w in linear.weight.split(sizes)]
+        out, start, parts = linear(h), 0, []
+        for size in sizes:
+            parts.append(out[..., start : start + size])
+            start += size
+        return parts
+
+
+def _write_cache(
+    kv: tuple[Tensor, Tensor],
+    k: Tensor,
+    v: Tensor,
+    positions: Tensor | None,
+    rows: Tensor | None = None,
+    write: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """K, V (B, n_kv_heads, n, hd) written into a layer's cache ``kv``; returns the keys and values to attend over.
 
-    Without ``positions`` (the refresh, n = L) a copy of every row, and k, v themselves are
-    returned (the attention is then the plain forward's, bit for bit); with ``positions`` (B, n) a
-    scatter into those rows (replacing them), and the whole cache is returned (B, n_kv_heads, L, hd).
+    Without ``positions`` (the refresh, n = L) a copy of every row (into the cache rows ``rows``
+    where given), and k, v themselves are returned (the attention is then the plain forward's, bit
+    for bit); with ``positions`` (B, n) a scatter into those rows (replacing them; where ``write``
+    (B, n) bool is False the cache's own K, V are kept), and the whole cache is returned
+    (B, n_kv_heads, L, hd).
     """
     keys, values = kv
+    if positions is None and rows is not None:
+        keys.index_copy_(0, rows, k.transpose(1, 2))
+        values.index_copy_(0, rows, v.transpose(1, 2))
+        return k, v
     if positions is None:
         keys.copy_(k.transpose(1, 2))
         values.copy_(v.transpose(1, 2))
         return k, v
     index = positions[:, :, None, None].expand(-1, -1, *keys.shape[2:])
-    keys.scatter_(1, index, k.transpose(1, 2))
-    values.scatter_(1, index, v.transpose(1, 2))
+    k, v = k.transpose(1, 2), v.transpose(1, 2)
+    if write is not None:  # entries that only query keep the cache's K, V
+        keep = ~write[:, :, None, None]
+        k, v = torch.where(keep, keys.gather(1, index), k), torch.where(keep, values.gather(1, index), v)
+    keys.scatter_(1, index, k)
+    values.scatter_(1, index, v)
     return keys.transpose(1, 2), values.transpose(1, 2)
 
 
@@ -322,6 +382,7 @@ class LLaDAModel(nn.Module):
         attention_mask: Tensor | None = None,
         use_cache: bool = False,
         cache: KVCache | None = None,
+        cache_rows: Tensor | None = None,
         **ignored: Any,
     ) -> LLaDAOutput:
         """Logits (B, L, V) for ``input_ids`` (B, L) or ``inputs_embeds`` (B, L, d) (exactly one).
@@ -335,7 +396,9 @@ class LLaDAModel(nn.Module):
 
         ``cache`` (SPEC 8 "Refresh"): a ``KVCache`` of this batch and length (``allocate_cache(B,
         L)``), into which every layer's K and V of all L positions are written (after RoPE); the
-        logits are the same as without it, bit for bit. None (the default): no cache.
+        logits are the same as without it, bit for bit. None (the default): no cache. ``cache_rows``:
+        int64 (B,), distinct, the rows of a larger cache that this batch refreshes (a per-row refresh;
+        default: the cache has this batch's B rows, in order); the other rows are left as they are.
         """
         if use_cache:
             raise ValueError("use_cache: the remote code's KV cache is not supported; pass use_cache=False")
@@ -345,16 +408,21 @@ class LLaDAModel(nn.Module):
             raise ValueError("pass exactly one of input_ids (B, L) and inputs_embeds (B, L, d)")
         x = self.transformer["wte"](input_ids) if inputs_embeds is None else inputs_embeds
         bias = padding_bias(attention_mask, x.dtype)
+        # the Triton kernel of ops.rope_ (CUDA tensors) computes its angles itself
+        rope = None if x.device.type == "cuda" else self._rope_tables(torch.arange(x.shape[1], device=x.device), x)
         if cache is None:
             for block in self.transformer["blocks"]:
-                x = block(x, bias)
+                x = block(x, bias, rope=rope)
             return LLaDAOutput(self._logits(x))
         if not isinstance(cache, KVCache):
             raise TypeError(f"cache: expected a KVCache (model.allocate_cache(B, L)), got {type(cache).__name__}")
-        cache.check(self.config, x.shape[0], x.shape[1], x.dtype, x.device)
+        batch = x.shape[0] if cache_rows is None else cache.batch
+        cache.check(self.config, batch, x.shape[1], x.dtype, x.device)
+        if cache_rows is not None:
+            check_cache_rows(cache_rows, cache, x.shape[0])
         for i, block in enumerate(self.transformer["blocks"]):
-            x = block(x, bias, cache.layer(i))
-        cache.filled = True
+            x = block(x, bias, cache.layer(i), rows=cache_rows, rope=rope)
+        cache.filled |= cache_rows is None
         return LLaDAOutput(self._logits(x))
 
     def forward_cached(
@@ -365,6 +433,7 @@ class LLaDAModel(nn.Module):
         inputs_embeds: Tensor | None = None,
         attention_mask: Tensor | None = None,
         *,
+        write: Tensor | None = None,
         check_range: bool = True,
     ) -> LLaDAOutput:
         """Logits (B, n, V) of the positions S = ``positions`` only, over a filled KV cache (SPEC 8 dual/prefix step).
@@ -377,9 +446,12 @@ class LLaDAModel(nn.Module):
         cached keys with the padding mask; every position outside S keeps the K, V of the last
         refresh (or of the last step that wrote it), so with more than one layer the logits are
         those of a full forward only up to those stale K, V. The head projects S's rows (the rows
-        of mdfast's RowSelectingHead, when set, index S's rows). ``check_range``: refuse indices
-        outside [0, L) or repeated in a row (one device synchronisation; off, nothing here reads a
-        value, for CUDA graphs). Nothing is allocated in the cache; it is written in place.
+        of mdfast's RowSelectingHead, when set, index S's rows). ``write`` (B, n) bool: the entries of S
+        whose K, V are written (default: all); an entry with False only queries, and the cache keeps
+        the K, V it had there (a batch's spare entries, so a row's cache is that of its solo run).
+        ``check_range``: refuse indices outside [0, L) or repeated in a row (one device
+        synchronisation; off, nothing here reads a value, for CUDA graphs). Nothing is allocated in
+        the cache; it is written in place.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (B, n) and inputs_embeds (B, n, d)")
@@ -397,10 +469,23 @@ class LLaDAModel(nn.Module):
                 f"attention_mask: expected shape (B, L) = {(cache.batch, cache.length)} (every cached position), "
                 f"got {tuple(attention_mask.shape)}"
             )
+        if write is not None and (write.dtype != torch.bool or write.shape != positions.shape):
+            raise ValueError(
+                f"write: expected a bool tensor of positions' shape {tuple(positions.shape)}, got {describe(write)}"
+            )
         bias = padding_bias(attention_mask, x.dtype)
+        rope = self._rope_tables(positions, x)
         for i, block in enumerate(self.transformer["blocks"]):
-            x = block(x, bias, cache.layer(i), positions)
+            x = block(x, bias, cache.layer(i), positions, write=write, rope=rope)
         return LLaDAOutput(self._logits(x))
+
+    def _rope_tables(self, positions: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """RoPE's (cos, sin_rot) at ``positions`` for hidden states x, built once and shared by every layer's q and k.
+
+        ``reference.rope_tables`` in x's compute dtype: the tables each RoPE call would build itself
+        (so the same bits); (L, 1, hd) for positions 0..L-1, (B, n, 1, hd) for a cached step's (B, n).
+        """
+        return rope_tables(positions, self.config.head_dim, self.config.rope_theta, compute_dtype(x))
 
     def _logits(self, x: Tensor) -> Tensor:
         """SPEC 5's last line on the final hidden states x: RMSNorm(x; ln_f), the head, 1/sqrt(d) if scale_logits."""

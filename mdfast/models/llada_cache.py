@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import describe
-from ..reference import compute_dtype, rope_inv_freq
+from ..reference import compute_dtype, rope, rope_tables
 
-__all__ = ["KVCache", "allocate_cache", "check_positions", "rope_at_"]
+__all__ = ["KVCache", "allocate_cache", "check_cache_rows", "check_positions", "rope_at_"]
 
 
 @dataclass
@@ -129,19 +129,37 @@ def check_positions(positions: Tensor, cache: KVCache, n: int, check_range: bool
             raise ValueError(f"positions: a row names a position twice, got {positions.tolist()}")
 
 
-def rope_at_(y: Tensor, positions: Tensor, theta: float) -> Tensor:
+def check_cache_rows(rows: Tensor, cache: KVCache, batch: int) -> None:
+    """TypeError or ValueError, naming ``cache_rows``, unless it is int64 (batch,) on the cache's device, cache filled.
+
+    A refresh of some rows (``forward(..., cache_rows=)``) writes only those rows, so the cache must
+    already hold every row (a full refresh filled it). The indices are not read (no device
+    synchronisation): an index outside [0, B) is ``index_copy_``'s error.
+    """
+    if not isinstance(rows, Tensor) or rows.dtype != torch.int64:
+        raise TypeError(f"cache_rows: expected an int64 tensor (b,), got {describe(rows)}")
+    if tuple(rows.shape) != (batch,) or batch > cache.batch:
+        raise ValueError(
+            f"cache_rows: expected shape ({batch},) (one cache row per input row, at most the cache's "
+            f"B = {cache.batch}), got {tuple(rows.shape)}"
+        )
+    if rows.device != cache.keys.device:
+        raise ValueError(f"cache_rows: expected a tensor on {cache.keys.device} (the cache's), got {rows.device}")
+    if not cache.filled:
+        raise ValueError("cache: a refresh of some rows needs a filled cache; refresh every row first (no cache_rows)")
+
+
+def rope_at_(y: Tensor, positions: Tensor, theta: float, tables: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """RoPE applied in place to y (B, n, H, hd) at the positions ``positions`` (B, n) int64; returns y.
 
     SPEC 5's rotation, pos the given position instead of 0..L-1: angles cat(a, a), a = pos *
     inv_freq, inv_freq = 1 / theta^(2j/hd) (``reference.rope_inv_freq``), u' = u cos + rot(u) sin in
-    float32 (float64 for a float64 y), cast back. The same operations as ``reference.rope``, so at
-    the same position the same bits as the full forward's RoPE off CUDA (the Triton kernel's there
-    may differ in the last bit).
+    float32 (float64 for a float64 y), cast back. ``reference.rope`` on ``reference.rope_tables`` at
+    ``positions``, so at the same position the same bits as the full forward's RoPE off CUDA (the
+    Triton kernel's there may differ in the last bit).
+
+    - tables: those (cos, sin_rot) tables, (B, n, 1, hd), built once by the caller and shared (default: built here).
     """
-    hd = y.shape[-1]
-    dtype = compute_dtype(y)
-    angles = positions.to(dtype).unsqueeze(-1) * rope_inv_freq(hd, theta, y.device, dtype)
-    angles = torch.cat([angles, angles], dim=-1).unsqueeze(-2)  # (B, n, 1, hd)
-    u = y.to(dtype)
-    rotated = torch.cat([-u[..., hd // 2 :], u[..., : hd // 2]], dim=-1)
-    return y.copy_((u * torch.cos(angles) + rotated * torch.sin(angles)).to(y.dtype))
+    if tables is None:
+        tables = rope_tables(positions, y.shape[-1], theta, compute_dtype(y))
+    return rope(y, theta, tables, out=y)
