@@ -25,6 +25,7 @@ package_data = {
     "mdfast": ["data/policies/*.safetensors", "data/policies/*.json", "data/code_model/*"],
     "mdfast.csrc": ["*.h", "*.cpp", "*/*.h", "*/*.cpp", "*/*.cu", "*/*.cuh"],
     "mdfast.code_model": ["*.txt", "*.json"],
+    "mdfast.harness.tasks": ["*.yaml"],  # the lm-eval tasks (--include_path mdfast/harness/tasks)
 }
 
 ext_modules, cmdclass = [], {}

@@ -1,6 +1,8 @@
 // Python bindings: the same names for the CPU build and the CUDA build (-DMDFAST_CUDA), and the one
 // place where Python's StepInputs, StepScalars and GivenStats (mdfast/backends/contract.py) become
 // ops.h's.
+#include <torch/extension.h>
+
 #include "ops.h"
 
 namespace {

@@ -8,7 +8,7 @@
 // the functions here trust their inputs and check nothing.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>  // not torch/extension.h: only bindings.cpp needs Python (faster builds)
 
 #include <optional>
 #include <vector>

@@ -109,6 +109,10 @@ def check_step_inputs(logits, X, t, embedding, mask_embedding, policy, config, s
         raise ValueError("sample=True needs a policy: the heuristic action a_min^(1-c) a_max^c is deterministic")
     if generator is not None and not sample:
         raise ValueError("generator: only used with sample=True")
+    if isinstance(generator, (list, tuple)) and (
+        len(generator) != B or not all(isinstance(g, torch.Generator) for g in generator)
+    ):
+        raise ValueError(f"generator: expected a torch.Generator or a list of B = {B} of them (one per sequence)")
     if action is not None:
         check_tensor("action", action, dims=2, dtype=torch.float32, device=device)
         check_shape("action", action, (B, N), "(B, N) like t")

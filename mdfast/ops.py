@@ -3,7 +3,9 @@
 ``token_stats`` (SPEC 1), ``xflow_step`` (SPEC 2) and the LLaDA body's ``rms_norm``, ``rope_`` and
 ``swiglu`` (SPEC 5) validate their inputs, choose a backend (``backend="auto" | "triton" | "cuda" |
 "cpu" | "torch"``, ``resolve_backend`` says which one a name gives) and lay the tensors out for it;
-the backends (``mdfast.backends``) and their kernels trust what they get. Bad input raises
+the backends (``mdfast.backends``) and their kernels trust what they get. Each calls its custom
+operator (``torch.ops.mdfast.*``, ``mdfast/custom_ops.py``: fake kernels and autograd formulas, for
+``torch.compile``) with the backend's name, after the checks. Bad input raises
 ``TypeError`` (wrong type or dtype) or ``ValueError`` (wrong shape, device, value, or non-finite
 logits) naming the argument and what was expected.
 
@@ -21,8 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import backends, reference
-from .backends.contract import GivenStats, StepInputs, StepScalars
+from . import backends, custom_ops, reference  # noqa: F401 - custom_ops registers torch.ops.mdfast.*
+from .backends.contract import TOKEN_STATS_FIELDS, XFLOW_FIELDS, GivenStats
 from .config import FlowConfig
 from .errors import describe
 from .op_checks import (
@@ -89,7 +91,7 @@ def token_stats(
     rows = _as_rows(logits)
     if rows.numel() == 0:
         return empty_stats(batch_shape, k, full_entropy, logits.device)
-    stats = impl.token_stats(rows, k, bool(full_entropy))
+    stats = _stats(rows, k, bool(full_entropy), impl.name)
     if check_finite:
         raise_if_not_finite(stats["lse"].reshape(batch_shape), "logits")
     return TokenStats(
@@ -111,7 +113,7 @@ def xflow_step(
     *,
     config: FlowConfig = FlowConfig(),
     sample: bool = False,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     action: Tensor | None = None,
     inplace: bool = False,
     backend: str = "auto",
@@ -132,8 +134,9 @@ def xflow_step(
     float32; t (B, N) float32 in [0, 1]; embedding (V, E) (the model's input embeddings; float32,
     bfloat16 or float16 on the kernel backends); mask_embedding (E,); rho = l / max(T-1, 1) in
     [0, 1], a number or a tensor () or (B,). ``inplace`` writes the new X and t into the given
-    tensors (which must then be contiguous). ``sample`` needs a policy; ``generator`` drives its
-    draws (the statistics are computed once: the step starts from them and reads the logits once).
+    tensors (which must then be contiguous). ``sample`` needs a policy; ``generator`` (or a list of
+    B generators, one per sequence) drives its draws (the statistics are computed once: the step
+    starts from them and reads the logits once).
     ``action`` (B, N) float32 in [a_min, a_max] is applied as the step size instead of a policy's or
     the heuristic's (with ``policy=None``): replaying a sampled step's ``action`` on the same inputs
     gives that step's results bit for bit.
@@ -155,27 +158,50 @@ def xflow_step(
     rho = rho_tensor(rho, B, logits.device)
     impl = _resolve(backend, logits.device, logits.dtype)
     _check_embedding_dtype(embedding, impl)
-    X_in, t_in = X.contiguous(), t.contiguous()
-    X_out, t_out = (X, t) if inplace else (torch.empty_like(X_in), torch.empty_like(t_in))
+    # the op updates X_out, t_out in place: the given tensors (inplace) or copies of them
+    X_out, t_out = (X, t) if inplace else (X.contiguous().clone(), t.contiguous().clone())
     if B * N == 0:
         return empty_step(X_out, t_out, B, N, sample, config.k + 4)
-    inputs = _lay_out(logits, X_in, t_in, embedding, mask_embedding, rho, action, X_out, t_out, config, policy)
+    step = _StepArgs(_as_rows(logits), _unit_stride(embedding), mask_embedding.float().contiguous(), rho)
     checks = None
     if check_finite:
-        checks = InputChecks(X_in, t_in, None if rho_checked else rho, embedding, inputs.mask_embedding, action, config)
-    drawn = None
+        checks = InputChecks(X_out, t_out, None if rho_checked else rho, embedding, step.mask_embedding, action, config)
+    drawn, policy_weights, bad = None, None, None
     if sample:
-        drawn = _draw_actions(impl, inputs, policy, config, generator, checks)
-        inputs.action, inputs.given = drawn.action, drawn.given
+        drawn = _draw_actions(impl, step, t_out, policy, config, generator, checks)
+        action = drawn.action
     else:
         if policy is not None:
-            inputs.policy_weights = policy.packed_weights(logits.device, reference.compute_dtype(inputs.logits))
+            policy_weights = policy.packed_weights(logits.device, reference.compute_dtype(step.logits))
         if checks is not None:
-            inputs.bad = checks.flag()
-    out = impl.xflow_step(inputs)
+            bad = checks.flag()
+    action = None if action is None else action.contiguous()
+    out = _step_op(impl, step, X_out, t_out, policy, policy_weights, action, drawn, bad, config)
     if checks is not None and not sample:
         checks.raise_if_failed(out["lse"])  # the one host synchronisation
     return _step_result(out, X_out, t_out, drawn)
+
+
+def _step_op(impl, step: _StepArgs, X_out, t_out, policy, policy_weights, action, drawn, bad, config):
+    """``torch.ops.mdfast.xflow_step_`` on the laid-out inputs (X_out, t_out updated in place): a dict by field."""
+    constants = (policy.hidden, policy.kappa_min, policy.kappa_max) if policy is not None else (0, 0.0, 0.0)
+    given = [] if drawn is None else list(drawn.given)
+    scalars = _step_scalars(config, *constants)
+    out = torch.ops.mdfast.xflow_step_.default(
+        step.logits,
+        X_out,
+        t_out,
+        step.embedding,
+        step.mask_embedding,
+        step.rho,
+        policy_weights,
+        action,
+        given,
+        bad,
+        scalars,
+        impl.name,
+    )
+    return dict(zip(XFLOW_FIELDS, out))
 
 
 def _check_embedding_dtype(embedding: Tensor, impl: backends.Backend) -> None:
@@ -185,24 +211,21 @@ def _check_embedding_dtype(embedding: Tensor, impl: backends.Backend) -> None:
         )
 
 
-def _lay_out(logits, X, t, embedding, mask_embedding, rho, action, X_out, t_out, config, policy) -> StepInputs:
-    """The step's inputs as the backends take them: rows with a dense last dimension, the rest contiguous."""
-    constants = (policy.hidden, policy.kappa_min, policy.kappa_max) if policy is not None else (0, 0.0, 0.0)
-    return StepInputs(
-        logits=_as_rows(logits),
-        X=X,
-        t=t,
-        embedding=_unit_stride(embedding),
-        mask_embedding=mask_embedding.float().contiguous(),
-        rho=rho,
-        policy_weights=None,
-        action=None if action is None else action.contiguous(),
-        given=None,
-        bad=None,
-        X_out=X_out,
-        t_out=t_out,
-        scalars=_step_scalars(config, *constants),
-    )
+class _StepArgs(NamedTuple):
+    """A step's inputs laid out as the backends take them: rows with a dense last dimension, the rest contiguous."""
+
+    logits: Tensor
+    embedding: Tensor
+    mask_embedding: Tensor
+    rho: Tensor
+
+
+def _stats(rows: Tensor, k: int, full_entropy: bool, backend: str) -> dict[str, Tensor | None]:
+    """``torch.ops.mdfast.token_stats`` on logits rows (B, N, V) as a dict by field (entropy_full None unless asked)."""
+    stats = dict(zip(TOKEN_STATS_FIELDS, torch.ops.mdfast.token_stats.default(rows, k, full_entropy, backend)))
+    if not full_entropy:
+        stats["entropy_full"] = None
+    return stats
 
 
 class _Draws(NamedTuple):
@@ -215,16 +238,18 @@ class _Draws(NamedTuple):
     draw: Tensor
 
 
-def _draw_actions(impl, inputs: StepInputs, policy: StepPolicy, config: FlowConfig, generator, checks) -> _Draws:
+def _draw_actions(
+    impl, step: _StepArgs, t: Tensor, policy: StepPolicy, config: FlowConfig, generator, checks
+) -> _Draws:
     """SPEC 2.5, sampling: y ~ Beta(alpha, beta), a = a_min 2^(y L), drawn by torch with ``generator``.
 
     The same in every backend: the draws come from statistics the step then starts from (the logits
     are read once). With ``checks`` the inputs are checked before the draws: nothing is written.
     """
-    stats = impl.token_stats(inputs.logits, config.k, False)
+    stats = _stats(step.logits, config.k, False, impl.name)
     if checks is not None:
         checks.raise_if_failed(stats["lse"])
-    state = reference.policy_state(stats["topk_probs"], stats["entropy_topk"], stats["margin"], inputs.t, inputs.rho)
+    state = reference.policy_state(stats["topk_probs"], stats["entropy_topk"], stats["margin"], t, step.rho)
     alpha, beta = policy(state)
     draw = reference.sample_draw(alpha, beta, generator)
     action = reference.draw_action(draw, config.a_min, config.a_max).detach().float().contiguous()
@@ -265,11 +290,12 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, *, update: Tensor | None = N
     if update is not None:
         check_tensor("update", update, dtype=x.dtype, device=x.device)
         check_shape("update", update, tuple(x.shape), "x's shape")
-    impl = _resolve_body(backend, x, weight, update)
-    summed, normed = impl.rms_norm(
-        x.contiguous(), weight.contiguous(), float(eps), update.contiguous() if update is not None else None
+    name = _resolve_body(backend, x, weight, update).name
+    if update is None:
+        return torch.ops.mdfast.rms_norm.default(x.contiguous(), weight.contiguous(), float(eps), name)
+    return torch.ops.mdfast.add_rms_norm.default(
+        x.contiguous(), update.contiguous(), weight.contiguous(), float(eps), name
     )
-    return (summed, normed) if update is not None else normed
 
 
 def rope_(x: Tensor, theta: float, *, tables: tuple[Tensor, Tensor] | None = None, backend: str = "auto") -> Tensor:
@@ -290,7 +316,12 @@ def rope_(x: Tensor, theta: float, *, tables: tuple[Tensor, Tensor] | None = Non
         )
     if tables is not None:
         _check_rope_tables(tables, x)
-    return _resolve_body(backend, x).rope_(x, float(theta), tables)
+    name = _resolve_body(backend, x).name
+    cos, sin_rot = (None, None) if tables is None else tables
+    if torch.is_grad_enabled() and x.requires_grad:  # a mutation has no autograd formula: the functional op, copied
+        return x.copy_(torch.ops.mdfast.rope.default(x, float(theta), cos, sin_rot, name))
+    torch.ops.mdfast.rope_.default(x, float(theta), cos, sin_rot, name)
+    return x
 
 
 def _check_rope_tables(tables, x: Tensor) -> None:
@@ -321,12 +352,12 @@ def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:
     check_tensor("gate", gate, floating=True)
     check_tensor("up", up, dtype=gate.dtype, device=gate.device)
     check_shape("up", up, tuple(gate.shape), "gate's shape")
-    impl = _resolve_body(backend, gate, up)
+    name = _resolve_body(backend, gate, up).name
 
     def rows(x: Tensor) -> Tensor:  # (..., n) as (rows, n), a copy only where the layout needs one
         return _unit_stride(torch.atleast_2d(x)).flatten(0, -2)
 
-    return impl.swiglu(rows(gate), rows(up)).view(gate.shape)
+    return torch.ops.mdfast.swiglu.default(rows(gate), rows(up), name).view(gate.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,19 +441,10 @@ def _resolve_body(name: str, *tensors: Tensor | None) -> backends.Backend:
 
 
 @functools.lru_cache(maxsize=64)
-def _step_scalars(config: FlowConfig, hidden: int, kappa_min: float, kappa_max: float) -> StepScalars:
-    """The kernels' scalars for a (config, policy constants) pair, built once."""
-    return StepScalars(
-        a_min=config.a_min,
-        a_max=config.a_max,
-        reedit_margin=config.reedit_margin,
-        commit_threshold=config.commit_threshold,
-        k=config.k,
-        kummer_terms=config.kummer_terms,
-        hidden=hidden,
-        kappa_min=kappa_min,
-        kappa_max=kappa_max,
-    )
+def _step_scalars(config: FlowConfig, hidden: int, kappa_min: float, kappa_max: float) -> list[float]:
+    """The op's ``scalars`` for a (config, policy constants) pair: ``StepScalars``' fields in order, built once."""
+    values = (config.a_min, config.a_max, config.reedit_margin, config.commit_threshold, config.k, config.kummer_terms)
+    return [float(value) for value in (*values, hidden, kappa_min, kappa_max)]
 
 
 def _unit_stride(x: Tensor) -> Tensor:

@@ -7,11 +7,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from . import reference
+from .atomic import atomic_save_safetensors, checked_safe_open
 from .backends.contract import PolicyLayout
 from .errors import describe
 
@@ -144,14 +143,18 @@ class StepPolicy(nn.Module):
         return cached[1]
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the weights and constants as a plain safetensors file (no pickled code)."""
+        """Write the weights and constants as a plain safetensors file (no pickled code), atomically."""
         tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
-        save_file(tensors, os.fspath(path), metadata={"format": _FORMAT, "constants": json.dumps(self.constants())})
+        metadata = {"format": _FORMAT, "constants": json.dumps(self.constants())}
+        atomic_save_safetensors(tensors, path, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> StepPolicy:
-        """Read a file written by ``save``; a missing or unexpected weight is an error."""
-        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+        """Read a file written by ``save``; a missing or unexpected weight is an error.
+
+        A truncated or damaged file raises ``mdfast.atomic.CorruptFileError`` (a ValueError) naming it.
+        """
+        with checked_safe_open(path) as f:
             metadata = f.metadata() or {}
             if metadata.get("format") != _FORMAT:
                 raise ValueError(

@@ -82,11 +82,18 @@ def entropy_topk(topk_probs: Tensor) -> Tensor:
     return -q_log_q.sum(-1) / math.log(k)
 
 
-def entropy_full(logits: Tensor, lse: Tensor) -> Tensor:
-    """H_full = lse - sum_v p_v z_v  (entries with z_v = -inf have p_v = 0 and add nothing)."""
-    p = torch.exp(logits - lse.unsqueeze(-1))
-    p_z = torch.where(torch.isneginf(logits), torch.zeros_like(p), p * logits)
-    return lse - p_z.sum(-1)
+def entropy_full(logits: Tensor) -> Tensor:
+    """H_full = lse - sum_v p_v z_v  (entries with z_v = -inf have p_v = 0 and add nothing).
+
+    Evaluated as log s - sum_v p_v (z_v - m), m = max z, s = sum_v exp(z_v - m): the same value
+    (lse = m + log s, sum p = 1) without subtracting two numbers of size |z|, which at |z| ~ 1e38
+    loses all of H_full even in float64.
+    """
+    shifted = logits - logits.amax(-1, keepdim=True)
+    e = torch.exp(shifted)
+    total = e.sum(-1, keepdim=True)
+    p_z = torch.where(torch.isneginf(shifted), torch.zeros_like(e), e / total * shifted)  # -inf: p = 0
+    return torch.log(total).squeeze(-1) - p_z.sum(-1)
 
 
 def token_stats(logits: Tensor, k: int = 4, full_entropy: bool = False) -> dict[str, Tensor | None]:
@@ -95,11 +102,16 @@ def token_stats(logits: Tensor, k: int = 4, full_entropy: bool = False) -> dict[
     lse = log sum_v exp(z_v); p_v = exp(z_v - lse); argmax x = smallest index among the maximal z;
     the k largest p descending (ties -> smaller index); margin = p(1) - p(2); H_k; optionally
     H_full. Probabilities and entropies come back in float32 (float64 for float64 logits).
+
+    p(j) is evaluated as exp(z(j) - z(1)) / sum_v exp(z_v - z(1)), the same value as exp(z(j) - lse):
+    in float32, lse's rounding at large |z| (an ulp of 4e-6 at |z| ~ 50) would otherwise be a
+    relative error of p, e.g. c = 1 instead of 1 - 2e-6.
     """
     z = logits.to(compute_dtype(logits))
     lse = torch.logsumexp(z, dim=-1)
     top_logits, topk_ids = top_k(z, k)
-    topk_probs = torch.exp(top_logits - lse.unsqueeze(-1))
+    top = top_logits[..., :1]
+    topk_probs = torch.exp(top_logits - top) / torch.exp(z - top).sum(-1, keepdim=True)
     return {
         "argmax": topk_ids[..., 0].clone(),
         "topk_probs": topk_probs,
@@ -107,7 +119,7 @@ def token_stats(logits: Tensor, k: int = 4, full_entropy: bool = False) -> dict[
         "lse": lse,
         "margin": topk_probs[..., 0] - topk_probs[..., 1],
         "entropy_topk": entropy_topk(topk_probs),
-        "entropy_full": entropy_full(z, lse) if full_entropy else None,
+        "entropy_full": entropy_full(z) if full_entropy else None,
     }
 
 
@@ -188,13 +200,21 @@ def expected_action(alpha: Tensor, beta: Tensor, a_min: float, a_max: float) -> 
     return (a_min * kummer_1f1(alpha, alpha + beta, z)).clamp(a_min, a_max)
 
 
-def sample_draw(alpha: Tensor, beta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def sample_draw(
+    alpha: Tensor, beta: Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+) -> Tensor:
     """SPEC 2.5, sampling: y ~ Beta(alpha, beta), the first coordinate of Dirichlet(alpha, beta).
 
     Drawn with ``generator``, so the same generator state gives the same draws in every backend
     (they all sample through here). y carries no autograd graph (a draw, not a reparameterisation).
+
+    - generator: one torch.Generator for every draw, or a list of B generators, one per sequence
+      (alpha (B, ...)): sequence b's draws then come from generator b alone, whatever the batch.
     """
     concentration = torch.stack([alpha, beta], dim=-1).detach()
+    if isinstance(generator, (list, tuple)):
+        rows = [torch._sample_dirichlet(c, generator=g) for c, g in zip(concentration, generator, strict=True)]
+        return torch.stack(rows)[..., 0]
     return torch._sample_dirichlet(concentration, generator=generator)[..., 0]
 
 

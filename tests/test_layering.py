@@ -93,12 +93,22 @@ CORE = (
     "mdfast.policy",
     "mdfast.config",
     "mdfast.errors",
+    "mdfast.custom_ops",
+    "mdfast.atomic",
 )
 
 
 def test_the_core_imports_no_product():
-    """Nothing in the core (ops, backends, kernels, models, decode) imports train, eval, code_model or the CLI."""
-    assert violations(CORE, ("mdfast.train", "mdfast.eval", "mdfast.code_model", "mdfast.cli")) == []
+    """Nothing in the core (ops, backends, kernels, models, decode) imports a product: train, eval, harness, CLI, ..."""
+    products = ("mdfast.train", "mdfast.eval", "mdfast.code_model", "mdfast.harness", "mdfast.cli")
+    assert violations(CORE, products) == []
+
+
+def test_the_harness_imports_no_training_code_and_no_command_line():
+    """harness (lm-eval's model and tasks) sits on decode, models, eval and the code model's data, below the CLI."""
+    above = ("mdfast.train", "mdfast.code_model.pretrain", "mdfast.code_model.mdlm_loss", "mdfast.cli")
+    assert violations(("mdfast.harness",), above) == []
+    assert violations(("mdfast.eval", "mdfast.code_model", "mdfast.train"), ("mdfast.harness",)) == []
 
 
 def test_eval_imports_no_training_code():

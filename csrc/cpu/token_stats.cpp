@@ -1,5 +1,7 @@
 // SPEC 1 on the CPU: the token statistics of every logits row, one streaming pass per row
-// (cpu/row_stats.h), rows spread over OpenMP threads, one row per thread.
+// (cpu/row_stats.h), chunks of rows spread over the calling thread and torch's (cpu/parallel.h),
+// every row computed whole by one thread.
+#include "cpu/parallel.h"
 #include "cpu/row_stats.h"
 #include "ops.h"
 
@@ -18,11 +20,9 @@ void token_stats_rows(const at::Tensor& logits, int k, const TokenStatsOutputs& 
   const int64_t rows = logits.size(0) * N;
   const int64_t stride_b = logits.stride(0), stride_n = logits.stride(1);
   const scalar_t* data = logits.data_ptr<scalar_t>();
-#pragma omp parallel
-  {
+  cpu::parallel_chunks(rows, cpu::rows_per_chunk(V), [&](int64_t begin, int64_t end) {
     float buffer[cpu::kTile];  // bf16/f16 tiles converted to float32
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = begin; r < end; ++r) {
       const scalar_t* row = data + (r / N) * stride_b + (r % N) * stride_n;
       const cpu::RowSummary summary = cpu::summarize_row<kFullEntropy>(row, V, k, buffer);
       const cpu::TopKStats stats = cpu::finish_topk(summary);
@@ -36,7 +36,7 @@ void token_stats_rows(const at::Tensor& logits, int k, const TokenStatsOutputs& 
       out.entropy_topk[r] = float(stats.entropy);
       if constexpr (kFullEntropy) out.entropy_full[r] = float(summary.entropy_full());
     }
-  }
+  });
 }
 
 }  // namespace

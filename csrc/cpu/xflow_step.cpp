@@ -1,20 +1,22 @@
 // SPEC 2.2-2.7 on the CPU: one fused x-flow step.
 //
-//   1. per row (OpenMP over rows): the statistics (cpu/row_stats.h), x_pred, c, lse, and the action
-//      (given, else the policy's Kummer mean, else the heuristic) -> tokens, confidence, action, lse;
-//      skipped when the statistics are given (then so is the action);
+//   1. per row (chunks of rows on the calling thread and torch's, cpu/parallel.h): the statistics
+//      (cpu/row_stats.h), x_pred, c, lse, and the action (given, else the policy's Kummer mean,
+//      else the heuristic) -> tokens, confidence, action, lse; skipped when the statistics are
+//      given (then so is the action);
 //   2. if the flag `bad` is set or any row's lse is not finite: return, X_out and t_out untouched
 //      (the caller raises);
-//   3. per sequence (OpenMP over b): re-edit test and t update of every token, then the hard
-//      commit among them -> reedited, t_out, committed;
-//   4. per row (OpenMP over rows): X_out written once: E[x] for the committed token, else the
-//      re-edit or the flow update.
-// The action is computed in phase 1, straight from the row's statistics, so the policy state
-// needs no per-row buffer. Phases 3 and 4 give exactly the sequence "update, then commit" of the
-// SPEC: the commit needs only the scalars t_out and c, and the committed row's X is E[x] whatever
-// the update wrote. Every row and every sequence is handled by one thread: results never depend
-// on the thread count. X_out may be X and t_out may be t: each element is read before it is
-// written, and by the same thread.
+//   3. per sequence, on the calling thread (O(B N) scalars): re-edit test and t update of every
+//      token, then the hard commit among them -> reedited, t_out, committed;
+//   4. per row: X_out written once: E[x] for the committed token, else the re-edit or the flow
+//      update; on the calling thread below kParallelUpdate elements, else in chunks as phase 1.
+// Phase 1, the read of the logits, is the only phase that spreads over threads at the shapes of a
+// decoding step: each hand-over to other threads costs wake-ups, which busy cores delay. The action is computed in phase 1, straight from the row's
+// statistics, so the policy state needs no per-row buffer. Phases 3 and 4 give exactly the
+// sequence "update, then commit" of the SPEC: the commit needs only the scalars t_out and c, and
+// the committed row's X is E[x] whatever the update wrote. Every row and every sequence is handled
+// by one thread: results never depend on the thread count. X_out may be X and t_out may be t: each
+// element is read before it is written, and by the same thread.
 //
 // Precision: the per-element work (the row pass over V, the t and X updates) is float32, as SPEC
 // says. The per-row scalar tail, O(k + d^2) operations against the row pass's O(V), is double: the
@@ -27,11 +29,16 @@
 #include <optional>
 #include <vector>
 
+#include "cpu/parallel.h"
 #include "cpu/row_stats.h"
 #include "ops.h"
 
 namespace mdfast {
 namespace {
+
+// Phase 4 spreads over threads only from this many elements of X (32 MiB read and written): below
+// it one thread takes ~1 ms or less, the order of a thread's wake-up on busy cores.
+constexpr int64_t kParallelUpdate = int64_t(1) << 23;
 
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double silu(double x) { return x * sigmoid(x); }
@@ -107,12 +114,10 @@ void row_statistics_and_action(const at::Tensor& logits, const float* t, const a
   const float* rho_data = rho.data_ptr<float>();
   const int64_t rho_stride = rho.stride(0);
   const double log_ratio = std::log(s.a_max / s.a_min);  // z = L ln 2
-#pragma omp parallel
-  {
+  cpu::parallel_chunks(rows, cpu::rows_per_chunk(V), [&](int64_t begin, int64_t end) {
     float buffer[cpu::kTile];  // bf16/f16 tiles converted to float32
     std::vector<double> scratch(policy ? 2 * policy->d : 0);  // the policy's h1, h2
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / N, n = r % N;
       const scalar_t* row = data + b * stride_b + n * stride_n;
       const cpu::RowSummary summary = cpu::summarize_row<false>(row, V, k, buffer);
@@ -137,7 +142,7 @@ void row_statistics_and_action(const at::Tensor& logits, const float* t, const a
       }
       out.action[r] = float(a);
     }
-  }
+  });
 }
 
 // Phase 3, per sequence b: SPEC 2.6 re-edit test (t before the update): c - t < -margin re-edits
@@ -146,7 +151,6 @@ void row_statistics_and_action(const at::Tensor& logits, const float* t, const a
 void update_progress_and_commit(const float* t, float* t_out, const StepScalars& s, const StepShape& shape,
                                 const StepOutputs& out) {
   const int64_t N = shape.N;
-#pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < shape.B; ++b) {
     int64_t best = -1;
     for (int64_t i = b * N; i < (b + 1) * N; ++i) {
@@ -162,33 +166,41 @@ void update_progress_and_commit(const float* t, float* t_out, const StepScalars&
   }
 }
 
-// Phase 4, per row, with target = E[x_pred] (converted to float32) and m the mask embedding:
+// Phase 4 for row r, with target = E[x_pred] (converted to float32) and m the mask embedding:
 // committed (SPEC 2.7): X = target; re-edited (SPEC 2.6): X = c target + (1 - c) m;
 // else the flow update (SPEC 2.6): X += (target - X) a.
 template <typename emb_t>
+inline void update_row(const float* X, const emb_t* emb, int64_t emb_stride, const float* mask, float* X_out,
+                       const StepShape& shape, const StepOutputs& out, int64_t r) {
+  const int64_t N = shape.N, E = shape.E;
+  const emb_t* target = emb + out.tokens[r] * emb_stride;
+  const float* x = X + r * E;
+  float* x_out = X_out + r * E;
+  if (out.committed[r / N] == r % N) {
+#pragma omp simd
+    for (int64_t e = 0; e < E; ++e) x_out[e] = cpu::to_float(target[e]);
+  } else if (out.reedited[r]) {
+    const float c = out.confidence[r];
+#pragma omp simd
+    for (int64_t e = 0; e < E; ++e) x_out[e] = c * cpu::to_float(target[e]) + (1.0f - c) * mask[e];
+  } else {
+    const float a = out.action[r];
+#pragma omp simd
+    for (int64_t e = 0; e < E; ++e) x_out[e] = x[e] + (cpu::to_float(target[e]) - x[e]) * a;
+  }
+}
+
+// Phase 4 over every row (update_row); spread over threads from kParallelUpdate elements on.
+template <typename emb_t>
 void update_embeddings(const float* X, const at::Tensor& embedding, const float* mask, float* X_out,
                        const StepShape& shape, const StepOutputs& out) {
-  const int64_t N = shape.N, E = shape.E, rows = shape.B * N;
+  const int64_t rows = shape.B * shape.N, E = shape.E;
   const emb_t* emb = embedding.data_ptr<emb_t>();
   const int64_t emb_stride = embedding.stride(0);
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const emb_t* target = emb + out.tokens[r] * emb_stride;
-    const float* x = X + r * E;
-    float* x_out = X_out + r * E;
-    if (out.committed[r / N] == r % N) {
-#pragma omp simd
-      for (int64_t e = 0; e < E; ++e) x_out[e] = cpu::to_float(target[e]);
-    } else if (out.reedited[r]) {
-      const float c = out.confidence[r];
-#pragma omp simd
-      for (int64_t e = 0; e < E; ++e) x_out[e] = c * cpu::to_float(target[e]) + (1.0f - c) * mask[e];
-    } else {
-      const float a = out.action[r];
-#pragma omp simd
-      for (int64_t e = 0; e < E; ++e) x_out[e] = x[e] + (cpu::to_float(target[e]) - x[e]) * a;
-    }
-  }
+  const int64_t chunk = rows * E < kParallelUpdate ? rows : cpu::rows_per_chunk(E);
+  cpu::parallel_chunks(rows, chunk, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) update_row(X, emb, emb_stride, mask, X_out, shape, out, r);
+  });
 }
 
 }  // namespace

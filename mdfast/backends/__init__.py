@@ -1,7 +1,7 @@
 """The implementations behind ``mdfast.ops``, one ``Backend`` object per name.
 
     torch   the plain-PyTorch reference (``mdfast/reference.py``), any device, any float dtype
-    cpu     C++ with OpenMP (``csrc/cpu``), compiled with ninja on first use
+    cpu     C++ (``csrc/cpu``, rows over torch's inter-op pool), compiled with ninja on first use
     cuda    CUDA C++ (``csrc/cuda``), compiled with ninja on first use
     triton  Triton kernels (``triton_kernels/``, installed as ``mdfast.triton_kernels``)
 
@@ -165,6 +165,10 @@ class KernelBackend(Backend):
         except RuntimeError:
             return self._reason
         return None
+
+    # torch.compile runs it (a first load of the kernels: a lock, files, a compiler) as a constant instead of
+    # tracing it: the mark torch.compiler.assume_constant_result sets, without importing torch._dynamo (5 s here)
+    unavailable_reason._dynamo_marked_constant = True
 
     def token_stats(self, logits, k, full_entropy):
         stats = dict(zip(TOKEN_STATS_FIELDS, self.kernels().token_stats(logits, k, full_entropy)))

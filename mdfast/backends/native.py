@@ -7,10 +7,14 @@ holds the module ``<name>_<hash>``: root is ``MDFAST_BUILD_DIR`` or torch's exte
 (``~/.cache/torch_extensions``, ``TORCH_EXTENSIONS_DIR``), and the hash covers the sources and
 headers, the flags, the Python version and the torch version. So two checkouts or environments never
 build over each other, and a process that finds the built module imports it without compiling.
+Processes that load the same build at once take turns: an exclusive ``fcntl.flock`` on
+``mdfast.lock`` in the cache folder is held around the look for the module, its build and its
+import, so none imports a library another is still writing (the later ones wait, then import it).
 
 The build says so on stderr: one line when it starts (the extension, its cache folder, about how
 long) and one when it ends (the seconds it took). Where it fails (no compiler, no ninja, no nvcc) the
-reason is one line that names the full log (``build.log`` in the cache folder); it is kept, reported
+reason is one line that names the full log (``build.log`` in the cache folder, removed by a later
+successful build; ``build_failure`` and ``mdfast info`` report it); it is kept, reported
 by ``mdfast.backends.available()``, and remembered in the environment variable
 ``MDFAST_BUILD_FAILED``, which child processes inherit: no process of the tree tries that build again.
 Nothing is raised at import.
@@ -38,6 +42,11 @@ from pathlib import Path
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; builds are not locked there
+    fcntl = None
+
 
 @dataclass(frozen=True)
 class ExtensionSpec:
@@ -49,14 +58,20 @@ class ExtensionSpec:
     cuda_cflags: tuple[str, ...] = ()
 
 
+# torch's own libraries (libtorch_cpu, libc10)
+TORCH_LIBRARY_DIR = Path(torch.__file__).parent / "lib"
+
 # -march=native: the extension is compiled on the machine that runs it (either build above). The
-# C++ standard is the one torch.utils.cpp_extension picks for its own headers.
+# C++ standard is the one torch.utils.cpp_extension picks for its own headers. -fopenmp-simd, not
+# -fopenmp: the `#pragma omp simd` loops vectorize as before, and no OpenMP runtime is linked; the
+# kernels run on the calling thread and torch's inter-op pool (csrc/cpu/parallel.h). The rpath
+# names torch's libraries, so `ldd` resolves the library as the process does.
 CPU_EXTENSION = ExtensionSpec(
     name="mdfast_cpu",
     prebuilt="mdfast._cpu_ext",
     sources=("bindings.cpp", "cpu/token_stats.cpp", "cpu/xflow_step.cpp"),
-    cflags=("-O3", "-march=native", "-fopenmp"),
-    ldflags=("-fopenmp",),
+    cflags=("-O3", "-march=native", "-fopenmp-simd"),
+    ldflags=(f"-Wl,-rpath,{TORCH_LIBRARY_DIR}",),
 )
 
 CUDA_EXTENSION = ExtensionSpec(
@@ -71,6 +86,8 @@ CUDA_EXTENSION = ExtensionSpec(
 FAILED_BUILDS_VARIABLE = "MDFAST_BUILD_FAILED"
 
 _LIBRARY_SUFFIX = ".pyd" if os.name == "nt" else ".so"  # what cpp_extension.load links
+BUILD_LOG = "build.log"  # in the cache folder: the log of its last failed build
+LOCK_FILE = "mdfast.lock"  # in the cache folder: flock-ed around a look, build and import
 
 
 def csrc_dir() -> Path:
@@ -127,6 +144,22 @@ def build_state(spec: ExtensionSpec) -> tuple[bool, str]:
     return (folder / f"{module_name(spec)}{_LIBRARY_SUFFIX}").is_file(), str(folder)
 
 
+def build_failure(spec: ExtensionSpec) -> tuple[str, Path] | None:
+    """(reason, log) of the last just-in-time build of ``spec`` where it failed and none succeeded since, else None.
+
+    Read from ``build.log`` in the cache folder (its last line is the one-line reason): a new
+    process, ``mdfast info`` among them, sees the failure of an earlier one.
+    """
+    if build_state(spec)[0]:
+        return None
+    log = build_dir(spec) / BUILD_LOG
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    return (lines[-1] if lines else "no reason recorded"), log
+
+
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}
 _failed: dict[str, str] = {}
@@ -159,17 +192,56 @@ def _import_or_build(spec: ExtensionSpec):
     earlier = _remembered_failures().get(name)
     if earlier is not None:
         raise ExtensionUnavailable(f"{earlier} (not tried again in this process tree: {FAILED_BUILDS_VARIABLE})")
-    library = folder / f"{name}{_LIBRARY_SUFFIX}"
-    if library.is_file():
+    with _folder_lock(folder):
+        library = folder / f"{name}{_LIBRARY_SUFFIX}"
+        if library.is_file():
+            try:
+                return _import_library(name, library)
+            except ImportError:
+                pass  # a broken leftover: build it again
         try:
-            return _import_library(name, library)
-        except ImportError:
-            pass  # a broken leftover: build it again
-    try:
-        return _build(spec, name, folder)
-    except ExtensionUnavailable as error:
-        _remember_failure(name, str(error))
-        raise
+            module = _build(spec, name, folder)
+        except ExtensionUnavailable as error:
+            _remember_failure(name, str(error))
+            with contextlib.suppress(OSError), open(folder / BUILD_LOG, "a") as log:  # its last line: the reason
+                log.write(f"{error}\n")
+            raise
+        (folder / BUILD_LOG).unlink(missing_ok=True)  # an earlier failure's log no longer applies
+        return module
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """Holds an exclusive flock on ``folder/mdfast.lock`` (created with the folder); says so when it waits.
+
+    Where the folder or its lock file cannot be created (a read-only cache), nothing is locked: a
+    build there fails anyway, and importing a finished one needs no lock.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(open(folder / LOCK_FILE, "a+")) if fcntl is not None else None
+        except OSError:
+            handle = None
+        if handle is not None:
+            if not _flock_within(handle, seconds=1.0):  # a quick import elsewhere passes silently
+                print(f"mdfast: waiting for another process that builds or loads {folder.name}", file=sys.stderr)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+        yield
+
+
+def _flock_within(handle, seconds: float) -> bool:
+    """Tries to take an exclusive flock on ``handle`` for up to ``seconds`` (polling every 20 ms, asleep between)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
 
 def _import_library(name: str, library: Path):
@@ -187,6 +259,8 @@ def _build(spec: ExtensionSpec, name: str, folder: Path):
     if spec.cuda_cflags and cpp_extension.CUDA_HOME is None:
         raise ExtensionUnavailable(f"{name}: no CUDA toolkit found (set CUDA_HOME to a toolkit with nvcc)")
     folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is not None:  # we hold the folder's flock: a baton of torch's own here is a killed build's
+        (folder / "lock").unlink(missing_ok=True)  # (cpp_extension.load would wait for it forever)
     kind = "CUDA" if spec.cuda_cflags else "C++"
     print(f"mdfast: compiling the {kind} extension {name} (first use: about a minute) in {folder}", file=sys.stderr)
     start = time.monotonic()
@@ -203,7 +277,7 @@ def _build(spec: ExtensionSpec, name: str, folder: Path):
                 build_directory=str(folder),
             )
         except Exception as error:
-            log = folder / "build.log"
+            log = folder / BUILD_LOG
             log.write_text("\n".join([*messages, f"{type(error).__name__}: {error}"]) + "\n")
             seconds = time.monotonic() - start
             reason = f"{name}: the build failed after {seconds:.0f} s ({_cause(error)}); full log: {log}"

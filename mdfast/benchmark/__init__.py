@@ -7,6 +7,8 @@
 - ``table.py``: ``measure`` (every case's copy and runs under ``torch.no_grad()``, one ``Row`` each) and the
   markdown table: GB/s is the bytes an operation must move over its replayed time (eager on the CPU), "of
   copy" relates it to the copy, "vs torch" is the torch backend's eager time over the row's.
+- ``load.py``: ``measure_under_load`` (``mdfast bench --load``: every case quiet and beside one busy process per
+  core, per torch thread count) and its table.
 """
 
 from .cases import (
@@ -20,6 +22,7 @@ from .cases import (
     random_policy,
     step_cases,
 )
+from .load import LOAD_HEADER, LoadRow, busy_processes, cores, format_load_row, measure_under_load
 from .table import COMPILED, HEADER, Row, describe_device, format_row, format_table, header_lines, measure
 from .timing import FLUSH_BYTES, CompileWatch, Timer, Timing, compiled_baseline
 
@@ -30,19 +33,25 @@ __all__ = [
     "FLUSH_BYTES",
     "GPU_SHAPES",
     "HEADER",
+    "LOAD_HEADER",
     "Case",
     "CompileWatch",
+    "LoadRow",
     "Row",
     "Timer",
     "Timing",
     "body_cases",
+    "busy_processes",
     "compiled_baseline",
+    "cores",
     "default_backends",
     "describe_device",
+    "format_load_row",
     "format_row",
     "format_table",
     "header_lines",
     "measure",
+    "measure_under_load",
     "probe_backend",
     "random_policy",
     "step_cases",

@@ -9,6 +9,8 @@ import sys
 
 import torch
 
+from mdfast.atomic import atomic_write
+
 from .model_args import DTYPE_CHOICES
 
 DESCRIPTION = """Time token_stats and xflow_step (and with --body the LLaDA body kernels) per backend,
@@ -21,10 +23,15 @@ Calls pass check_finite=False. GB/s is the bytes an operation must move over its
 (eager time on the CPU); "of copy" compares it with a copy of as many bytes timed the same way.
 Inputs are random, never zeros. Every figure quoted goes to bench/RESULTS.md.
 
+With --load (CPU) every case is timed per thread count (--threads) twice: quiet, then beside one
+busy process per core this process may run on; a last table gives both medians and how much
+slower each backend gets under load, next to the torch backend's loaded time.
+
 examples:
   mdfast bench                                  defaults for this machine (CPU or GPU)
   mdfast bench --shape 1,256,32000,1024 --dtype float32 --policy random
   mdfast bench --body --compile                 add the body kernels and torch.compile baselines
+  mdfast bench --device cpu --load --threads 1,2 --shape 1,256,32000,1024 --policy heuristic
 """
 
 
@@ -47,6 +54,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=None, help="timed calls (default: 20 on a GPU, 10 on the CPU)")
     parser.add_argument("--calls", type=int, default=10, help="calls per captured graph (GPU)")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--load", action="store_true", help="CPU: time quiet and beside one busy process per core")
+    parser.add_argument("--threads", type=thread_counts, help="with --load: torch thread counts (default: 1 and all)")
     parser.set_defaults(run=run)
     return parser
 
@@ -60,6 +69,17 @@ def shape(text: str) -> tuple[int, int, int, int]:
     if len(parts) != 4 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"expected B,N,V,E (four positive ints), got {text!r}")
     return parts
+
+
+def thread_counts(text: str) -> list[int]:
+    """``--threads 1,2``."""
+    try:
+        counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive thread counts, got {text!r}")
+    return counts
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     compile_backend = "inductor" if args.compile else None
 
     print("\n".join(benchmark.header_lines(device, getattr(args, "command_line", "mdfast bench"), timer)))
+    if args.load:
+        return run_loaded(args, device, dtype, backends, policies, timer)
     print(benchmark.HEADER + "\n|" + "---|" * 12, flush=True)
     rows = []
     for B, N, V, E in args.shape or (benchmark.GPU_SHAPES if on_gpu else benchmark.CPU_SHAPES):
@@ -93,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             cases = benchmark.body_cases(B, 640, 4096, 32, 12288, dtype, device, backends)
             rows += benchmark.measure(cases, timer, log=print_now)
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_write(args.json) as f:
             json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
     return 0
 
@@ -101,3 +123,25 @@ def run(args: argparse.Namespace) -> int:
 def print_now(line: str) -> None:
     """Print one row at once (a long run shows its progress row by row)."""
     print(line, flush=True)
+
+
+def run_loaded(args, device, dtype, backends, policies, timer) -> int:
+    """``--load``: every shape's cases quiet and loaded per thread count, then the table of both medians."""
+    from mdfast import benchmark  # the tree imports every verb: implementations load when their verb runs
+
+    if device.type != "cpu":
+        raise SystemExit("mdfast bench: --load times the CPU (--device cpu)")
+    threads = args.threads or sorted({1, torch.get_num_threads()})
+    print(f"# load: {benchmark.cores()} busy processes beside it; threads: {threads}")
+    print(benchmark.HEADER + "\n|" + "---|" * 12, flush=True)
+    rows = []
+    for B, N, V, E in args.shape or benchmark.CPU_SHAPES:
+        cases = benchmark.step_cases(B, N, V, E, dtype, device, backends, policies)
+        rows += benchmark.measure_under_load(cases, timer, threads, log=print_now)
+        del cases
+    print("\n" + benchmark.LOAD_HEADER)
+    print("\n".join(benchmark.format_load_row(r) for r in rows), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
+    return 0

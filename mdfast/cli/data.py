@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from mdfast.atomic import atomic_write
 from mdfast.cli.errors import UsageError
 
 LONGEST_SPAN = 128  # mdfast.code_model.cases.code_infill_cases's span_tokens maximum
@@ -72,7 +73,7 @@ def run_code_cases(args: argparse.Namespace) -> int:
         seed=args.seed,
         files=files,
     )
-    with open(args.out, "w", encoding="utf-8") as f:
+    with atomic_write(args.out) as f:
         for case in cases:
             f.write(json.dumps(code_cases.training_record(case)) + "\n")
     print(f"{len(cases)} {args.split} cases written to {args.out}", file=sys.stderr)

@@ -1,8 +1,9 @@
-"""``mdfast eval antibody|code|humaneval``: the decoding-quality benchmarks, resumable, with a quick preset.
+"""``mdfast eval antibody|code|humaneval|harness``: the decoding-quality benchmarks, resumable, with a quick preset.
 
 Every benchmark takes ``--preset quick`` (a few minutes on a laptop CPU) or ``--preset full`` (the default); a
 flag given on the command line wins over its preset's value. A run logs each finished piece to ``--out`` as it
 goes, and a rerun with the same ``--out`` and settings decodes only what is missing (``mdfast.eval.commands``).
+``harness`` (lm-evaluation-harness tasks) is its own module, ``eval_harness.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+from mdfast.cli import eval_harness
 from mdfast.cli.errors import CommandError, UsageError, usage_error
 from mdfast.cli.model_args import BACKEND_CHOICES, DECODER_CHOICES, DTYPE_CHOICES
 from mdfast.decode.options import CACHE_MODES
@@ -68,17 +70,19 @@ SETTINGS = {
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """``eval`` under ``mdfast``, with the sub-verbs ``antibody``, ``code`` and ``humaneval``."""
+    """``eval`` under ``mdfast``, with the sub-verbs ``antibody``, ``code``, ``humaneval`` and ``harness``."""
     parser = subparsers.add_parser(
         "eval",
-        help="decoding quality: the antibody benchmark, the code budget curve, HumanEval",
+        help="decoding quality: the antibody benchmark, the code budget curve, HumanEval, lm-evaluation-harness",
         description="Decoding-quality benchmarks. Each takes --preset quick (minutes) or full (the default), logs "
-        "every finished piece to --out and resumes a stopped run with the same settings.",
+        "every finished piece to --out and resumes a stopped run with the same settings; harness runs "
+        "lm-evaluation-harness tasks instead.",
     )
-    benchmarks = parser.add_subparsers(dest="benchmark", metavar="{antibody,code,humaneval}", required=True)
+    benchmarks = parser.add_subparsers(dest="benchmark", metavar="{antibody,code,humaneval,harness}", required=True)
     add_antibody_parser(benchmarks)
     add_code_parser(benchmarks)
     add_humaneval_parser(benchmarks)
+    eval_harness.add_parser(benchmarks)
     return parser
 
 

@@ -13,7 +13,7 @@ from mdfast.backends import native
 
 DESCRIPTION = """Print mdfast's, Python's and torch's versions, and for each backend whether it runs here, or why
 not. A native extension that is not compiled yet is reported as such, with its cache folder, and not
-compiled, unless --build asks for it."""
+compiled, unless --build asks for it; one whose last build failed is reported with the reason and its log."""
 
 # torch and the backends are imported by ``import mdfast``, which every ``mdfast.cli`` import runs first.
 
@@ -56,6 +56,11 @@ def backend_status(name: str) -> str:
         if backend.device_type == "cuda" and not torch.cuda.is_available():
             return "unavailable: no CUDA device"
         ready, where = native.build_state(extension)
+        failure = None if ready else native.build_failure(extension)
+        if failure is not None:
+            reason, log = failure
+            where_log = "" if str(log) in reason else f"; log: {log}"
+            return f"the last build failed: {reason}{where_log}; tried again on first use or with `mdfast info --build`"
         if not ready:
             return f"not compiled yet: compiles on first use (minutes) or with `mdfast info --build`; cached in {where}"
     return availability(backend.unavailable_reason())

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from mdfast.atomic import atomic_write
 from mdfast.cli.errors import CommandError, UsageError, usage_error
 from mdfast.cli.model_args import add_model_arguments
 
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             raise usage_error(error) from None
         raise
     if args.save_data and world.is_main:
-        with open(args.save_data, "w", encoding="utf-8") as f:
+        with atomic_write(args.save_data) as f:
             f.writelines(json.dumps(r) + "\n" for r in answered)
     trainer = alignment_trainer(args, align, model, tokenizer, answered, mask_token_id, world)
     trainer.train()
@@ -180,6 +181,6 @@ def save_aligned(args: argparse.Namespace, trainer, tokenizer) -> None:
 
     trained = trainer.model.merge_and_unload() if args.lora else trainer.model
     save_model(trained, args.output_dir, tokenizer)
-    with open(os.path.join(args.output_dir, "alignment_log.jsonl"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(args.output_dir, "alignment_log.jsonl")) as f:
         f.writelines(json.dumps(entry) + "\n" for entry in trainer.state.log_history)
     print(f"mdfast train align: model written to {args.output_dir}", file=sys.stderr)

@@ -25,6 +25,8 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from ..atomic import atomic_path, atomic_write_text
+
 __all__ = [
     "EOS_ID",
     "HELDOUT_FILE",
@@ -199,12 +201,13 @@ def save_tokenizer(tokenizer, folder: str | Path, model_max_length: int | None =
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    with atomic_path(folder / "tokenizer.json") as temporary:
+        tokenizer.backend_tokenizer.save(str(temporary))
     pad, eos, mask = SPECIAL_TOKENS
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": pad, "eos_token": eos, "mask_token": mask}
     if model_max_length is not None:
         config["model_max_length"] = model_max_length
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
 
 
 def encode_files(tokenizer, texts: Iterable[str]) -> np.ndarray:
@@ -224,9 +227,10 @@ def write_heldout(files: dict[str, str], list_file: str | Path = HELDOUT_FILE) -
         f"# choose_heldout(seed={HELDOUT_SEED}, fraction={HELDOUT_FRACTION}, "
         f"max_unit_bytes={HELDOUT_MAX_UNIT_BYTES}). Fixed: do not regenerate.\n"
     )
-    Path(list_file).write_text(header + "\n".join(choose_heldout(files)) + "\n")
+    atomic_write_text(Path(list_file), header + "\n".join(choose_heldout(files)) + "\n")
 
 
 def write_tokenizer(train: dict[str, str], path: str | Path = TOKENIZER_FILE) -> None:
     """Retrain the tokenizer on the training split ``train`` (path -> text) and write it to ``path`` (a one-off)."""
-    train_tokenizer(train[name] for name in sorted(train)).save(str(path))
+    with atomic_path(path) as temporary:
+        train_tokenizer(train[name] for name in sorted(train)).save(str(temporary))

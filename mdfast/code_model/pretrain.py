@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_torch_save, atomic_write_text, checked_torch_load, remove_temporaries
 from ..models.llada import LLaDAConfig, LLaDAModel, save_llada
 from . import data as code_data
 from .mdlm_loss import mdlm_loss, sample_masks
@@ -194,11 +194,20 @@ class _Log:
     def __init__(self, path: Path, keep_through_step: int | None) -> None:
         self.path = path
         if keep_through_step is None:
-            path.write_text("")
-        else:  # resume: drop what the interrupted run logged after its last checkpoint
+            atomic_write_text(path, "")
+        else:  # resume: drop what the interrupted run logged after its last checkpoint, and a line cut short
             lines = path.read_text().splitlines() if path.is_file() else []
-            kept = [line for line in lines if line and json.loads(line)["step"] <= keep_through_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = []
+            for i, line in enumerate(lines):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    if i + 1 < len(lines):
+                        raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+                    break
+                if record["step"] <= keep_through_step:
+                    kept.append(line)
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
@@ -221,19 +230,14 @@ def _save_model(model: LLaDAModel, tokenizer, out: Path, dtype: torch.dtype) -> 
     code_data.save_tokenizer(tokenizer, out, model.config.max_sequence_length)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _saved_state(out: Path, resume: bool) -> dict[str, Any] | None:
     """The state file of the run in ``out`` when resuming, None for a new run (whose folder holds none)."""
     state_path = out / STATE_FILE
     if resume:
         if not state_path.is_file():
             raise ValueError(f"resume: {state_path} does not exist")
-        return torch.load(state_path, map_location="cpu", weights_only=False)
+        remove_temporaries(out)  # what a killed run's writes left
+        return checked_torch_load(state_path, map_location="cpu", weights_only=False)
     if state_path.exists():
         raise ValueError(f"out: {out} already holds a run ({STATE_FILE}); pass resume=True or another folder")
     return None
@@ -346,7 +350,7 @@ class _Run:
             "command": self.record["command"],
             "resumed_with": self.record["resumed_with"],
         }
-        _atomic_save(state, self.out / STATE_FILE)
+        atomic_torch_save(state, self.out / STATE_FILE)
         _save_model(self.model, self.tokenizer, self.out, self.save_dtype)
         self.record.update(
             step=self.step,
@@ -355,7 +359,7 @@ class _Run:
             elapsed_s=round(elapsed, 1),
             heldout_eval=self.last_eval,
         )
-        (self.out / RUN_FILE).write_text(json.dumps(self.record, indent=2) + "\n")
+        atomic_write_text(self.out / RUN_FILE, json.dumps(self.record, indent=2) + "\n")
 
     def eval_due(self) -> bool:
         """Whether this step is one of the schedule's ``evals`` evenly spaced evaluations."""

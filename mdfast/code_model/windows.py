@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_write
 from . import data as code_data
 from .mdlm_loss import MaskedBatch, sample_masks
 
@@ -44,7 +45,8 @@ def token_streams(tokenizer, cache: Path | None = None) -> tuple[np.ndarray, np.
                 return stored["train"], stored["heldout"]
     streams = tuple(code_data.encode_files(tokenizer, [side[p] for p in sorted(side)]) for side in (train, held))
     if cache is not None:
-        np.savez(cache, key=key.hexdigest(), train=streams[0], heldout=streams[1])
+        with atomic_write(cache, "wb") as f:  # a kill mid-write leaves no damaged cache
+            np.savez(f, key=key.hexdigest(), train=streams[0], heldout=streams[1])
     return streams
 
 

@@ -40,8 +40,11 @@ def infill_with_options(
       ("prefix"), plus w positions beside the block.
 
     A padded batch decodes every row exactly as that row alone, with a cache too (each row
-    refreshes on its own schedule). On CUDA with ``options.cuda_graph`` and a decoder drawing no
-    random numbers, one captured step (with a cache: one per step kind) is replayed for every later step.
+    refreshes on its own schedule); where the decoder draws (temperature > 0, x-flow's
+    ``sample``), pass ``options.generator`` as a list of one torch.Generator per row for that
+    (a single generator's draws for a row depend on the batch). On CUDA with
+    ``options.cuda_graph`` and a decoder drawing no random numbers, one captured step (with a
+    cache: one per step kind) is replayed for every later step.
     Non-finite logits raise ValueError after the loop. An unpatched model is adapted for this call only.
     """
     with _adapted(model, mask_token_id) as adapter:

@@ -37,6 +37,10 @@ class Decoder:
     ) -> None:
         self.adapter, self.schedule = adapter, schedule
         self.B, self.W = schedule.B, schedule.width
+        if isinstance(generator, (list, tuple)) and len(generator) != self.B:
+            raise ValueError(
+                f"generator: expected one torch.Generator per row, {self.B}, got a list of {len(generator)}"
+            )
         self.backend, self.generator, self.temperature = backend, generator, float(temperature)
         self.device = adapter.embedding.device
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -125,8 +129,9 @@ class MaskedTokens(Decoder):
     Each step predicts x0 for every entry of the block: with temperature 0, x0 = argmax and its
     confidence p(x0) = p(1); with temperature T > 0, Gumbel-max sampling x0 = argmax(z / T + g),
     g = -log(-log u), u ~ U(0, 1) drawn in float64 with the generator (for every entry of the
-    (B, n, V) block logits, padding entries included), and confidence p(x0) = exp(z_x0 - lse) under
-    the untempered distribution (LLaDA's rule). ``confidence`` turns the statistics into the
+    (B, n, V) block logits, padding entries included; row b's with generator b when it is a list
+    of one per row), and confidence p(x0) = exp(z_x0 - lse) under the untempered distribution
+    (LLaDA's rule). ``confidence`` turns the statistics into the
     decoder's score; ``select`` picks the entries to commit among the still-masked real ones
     (padding entries count as decoded: score -inf, never selected).
     """
@@ -158,10 +163,17 @@ class MaskedTokens(Decoder):
         stats = self.stats(logits)
         if self.temperature == 0.0:
             return stats.argmax, stats.topk_probs[..., 0], stats
-        u = torch.rand(logits.shape, generator=self.generator, dtype=torch.float64, device=logits.device)
+        u = self.uniform(logits.shape)
         x0 = torch.argmax(logits.double() / self.temperature - torch.log(-torch.log(u)), dim=-1)
         p_x0 = torch.exp(logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1).float() - stats.lse)
         return x0, p_x0, stats
+
+    def uniform(self, shape: torch.Size) -> Tensor:
+        """u ~ U(0, 1) of ``shape`` (B, ...) in float64: with a list of generators, row b's from generator b."""
+        if isinstance(self.generator, (list, tuple)):
+            rows = [torch.rand(shape[1:], generator=g, dtype=torch.float64, device=self.device) for g in self.generator]
+            return torch.stack(rows)
+        return torch.rand(shape, generator=self.generator, dtype=torch.float64, device=self.device)
 
     def confidence(self, p_x0: Tensor, stats: ops.TokenStats) -> Tensor:
         return p_x0

@@ -79,6 +79,8 @@ class CachedForward:
         self.real = real
         self.spare_key = torch.where(real, _OTHER * L, _PADDING * L) + self.index
         self.rows = torch.arange(n, device=device).expand(B, n)  # S's first n rows are the block's
+        # dual S without vicinity and every block full: every entry is the block's, so every entry writes
+        self.writes_all = mode == "dual" and vicinity == 0 and not schedule.has_padding
 
     def plan(self, blocks: list[int]) -> None:
         """Host, before a step: which rows refresh, given each row's block (-1: a row not decoding)."""
@@ -115,7 +117,9 @@ class CachedForward:
             return self.adapter.logits(inputs, attention_mask, block.positions, cache=self.cache)
         S, write = self.positions(block)
         x = inputs.gather(1, S.unsqueeze(-1).expand(-1, -1, inputs.shape[-1]))
-        logits = self.adapter.cached_logits(self.cache, S, x, attention_mask, self.rows, write)
+        logits = self.adapter.cached_logits(
+            self.cache, S, x, attention_mask, self.rows, None if self.writes_all else write
+        )
         if not self.refresh_rows:
             return logits
         R = self.rows_index

@@ -69,7 +69,10 @@ class DecodeOptions:
     - backend: "auto" or a name of ``mdfast.backends.NAMES``.
     - cuda_graph: replay one captured step on CUDA where the decoder allows it.
     - return_history, progress: the state after every step; a step counter on stderr.
-    - generator: drives the draws (temperature > 0, or xflow with ``sample``).
+    - generator: drives the draws (temperature > 0, or xflow with ``sample``): one torch.Generator
+      for the call (a row's draws then depend on the other rows of the batch), or a list of B
+      generators, one per row (row b draws from generator b alone: its sampled tokens are those of
+      its solo run with that generator, on the CPU; GPU kernels may differ in the last bit).
     - config, sample, record_rollout (xflow): the flow constants (None: from the policy, else the
       defaults); draw the policy's actions; record the sampled trajectory (SPEC 6.2).
     - tau (threshold): the confidence to commit above (None: 0.9).
@@ -95,7 +98,7 @@ class DecodeOptions:
     cuda_graph: bool = True
     return_history: bool = False
     progress: bool = False
-    generator: torch.Generator | None = None
+    generator: torch.Generator | list[torch.Generator] | None = None
     config: FlowConfig | None = None
     sample: bool = False
     record_rollout: bool = False
@@ -141,8 +144,7 @@ class DecodeOptions:
         for name in ("cuda_graph", "return_history", "progress", "sample", "record_rollout"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name}: expected True or False, got {getattr(self, name)!r}")
-        if self.generator is not None and not isinstance(self.generator, torch.Generator):
-            raise TypeError(f"generator: expected a torch.Generator or None, got {type(self.generator).__name__}")
+        _check_generator(self.generator, None if masked is None else len(masked))
         return self
 
     def _check_budget(self, max_new_tokens: int | None) -> None:
@@ -256,6 +258,20 @@ def _is_int(x) -> bool:
 
 def _is_number(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check_generator(generator, B: int | None) -> None:
+    """None, a torch.Generator, or a non-empty list of them, one per row (B of them where B is known)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if not (
+        isinstance(generator, (list, tuple)) and generator and all(isinstance(g, torch.Generator) for g in generator)
+    ):
+        raise TypeError(
+            f"generator: expected a torch.Generator, a list of them (one per row) or None, got {generator!r}"
+        )
+    if B is not None and len(generator) != B:
+        raise ValueError(f"generator: expected one torch.Generator per row, {B}, got a list of {len(generator)}")
 
 
 def _check_cache(cache, cache_refresh, cache_vicinity) -> None:

@@ -7,6 +7,8 @@ import json
 import shlex
 from pathlib import Path
 
+from mdfast.atomic import atomic_write_text
+
 __all__ = ["command_line", "format_antibody_table", "format_code_table", "format_humaneval_summary", "write_json"]
 
 
@@ -72,9 +74,9 @@ def command_line(benchmark: str, options: dict) -> str:
 
 
 def write_json(path: str | Path, command: str, fields: dict) -> None:
-    """The run's JSON: the command that reproduces it, the date (UTC), then ``fields``."""
+    """The run's JSON: the command that reproduces it, the date (UTC), then ``fields`` (written atomically)."""
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    Path(path).write_text(json.dumps({"command": command, "date": date, **fields}, indent=1) + "\n")
+    atomic_write_text(Path(path), json.dumps({"command": command, "date": date, **fields}, indent=1) + "\n")
 
 
 def _pm(value: float, se: float | None) -> str:

@@ -4,15 +4,67 @@ A run appends each piece (a grid cell, a generated problem) as it finishes, flus
 at any point keeps what it finished. Opening the log again with the same settings resumes it (``entries``
 holds the finished pieces); other settings raise ``SettingsMismatch``, unless ``restart`` discards the old run.
 A last line cut short by a kill is dropped.
+
+One run at a time per folder: a RunLog holds an exclusive lock (``fcntl.flock``, non-blocking) on
+``<folder>/.mdfast-eval.lock`` from its opening to its ``close`` (or the process's end); a second process that
+opens a RunLog in that folder meanwhile gets ``OutFolderBusy`` naming the folder and the holder's pid, so two
+runs never interleave their lines. RunLogs of one process share the folder's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
-__all__ = ["RunLog", "SettingsMismatch"]
+from mdfast.atomic import atomic_write_text
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not kept apart
+    fcntl = None
+
+__all__ = ["LOCK_FILE", "OutFolderBusy", "RunLog", "SettingsMismatch"]
+
+LOCK_FILE = ".mdfast-eval.lock"
+_held: dict[str, list[int]] = {}  # folder (real path) -> [lock file descriptor, RunLogs holding it]
+
+
+class OutFolderBusy(RuntimeError):
+    """Another process runs a benchmark into the same output folder (the message names it and that pid)."""
+
+
+def _lock(folder: Path) -> str:
+    """Take (or share, within this process) the exclusive lock of ``folder``; returns the key to release it."""
+    key = os.path.realpath(folder)
+    if key in _held:
+        _held[key][1] += 1
+        return key
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise OutFolderBusy(
+                f"{folder}: another mdfast eval run{pid} is writing to this --out folder; wait for it to finish "
+                "or pass another --out"
+            ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[key] = [fd, 1]
+    return key
+
+
+def _unlock(key: str) -> None:
+    held = _held[key]
+    held[1] -= 1
+    if held[1] == 0:
+        del _held[key]
+        os.close(held[0])  # closing the descriptor releases the flock
 
 
 class SettingsMismatch(ValueError):
@@ -25,6 +77,7 @@ class RunLog:
     path: the file (its folder is created). settings: JSON-ready dict that identifies the run.
     restart: discard an earlier run in the file instead of resuming it.
     entries: the pieces an earlier run with the same settings finished (empty for a new run).
+    Holds the folder's lock until ``close`` (``OutFolderBusy`` when another process holds it).
     """
 
     def __init__(self, path: str | os.PathLike, settings: dict, *, restart: bool = False) -> None:
@@ -32,10 +85,25 @@ class RunLog:
         self.settings = json.loads(json.dumps(settings))
         self.entries: list[dict] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and not restart:
-            self.entries = self._read()
-        else:
-            self._rewrite()
+        self._lock_key: str | None = _lock(self.path.parent)
+        try:
+            if self.path.exists() and not restart:
+                self.entries = self._read()
+            else:
+                self._rewrite()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the folder's lock (once; the process's end releases it too)."""
+        if getattr(self, "_lock_key", None) is not None:
+            key, self._lock_key = self._lock_key, None
+            _unlock(key)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the module may be gone; the OS releases it
+            self.close()
 
     def append(self, entry: dict) -> None:
         """Write one finished piece as a line, flushed to disk before returning."""
@@ -69,9 +137,7 @@ class RunLog:
 
     def _rewrite(self, entries: list[dict] = ()) -> None:
         lines = [json.dumps({"settings": self.settings}), *(json.dumps(e) for e in entries)]
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text("".join(line + "\n" for line in lines))
-        partial.replace(self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in lines))
 
 
 def describe_differences(before: dict, now: dict) -> str:

@@ -13,18 +13,29 @@ What holds, and where:
   does not enforce it for root, so a root caller's programs run as uid ``SANDBOX_UID + slot`` (one uid per
   concurrently running program, so the count is the program's own); a non-root caller's count is all of that
   user's processes, so with the default no program can start one either;
-- network: an empty network namespace where the kernel allows ``unshare`` (root, or unprivileged user
-  namespaces); elsewhere only a guard that disables the socket module (not a boundary: ctypes gets around it).
-  Each result's ``sandbox`` says which one held;
-- files: as root, the program is an unprivileged uid that owns nothing but its scratch directory; as a non-root
-  caller it keeps that user's file permissions (then nothing but the scratch working directory isolates it).
+- the strong mode ("namespace", where the kernel allows ``unshare``: root, or unprivileged user namespaces):
+  new mount and network namespaces (``sandbox_namespace.py``). No network (not even loopback); the whole
+  filesystem read-only but for the scratch directory; an empty read-only tmpfs over /tmp, /var/tmp, /dev/shm,
+  /run, the system temp folder, /home, /root and the caller's home (the interpreter's standard library bound
+  back in, read-only). A non-root caller's program also loses every capability its user namespace gave it;
+- the weak mode ("rlimits", where the kernel refuses, or ``Limits.namespaces`` is False): the limits above, an
+  empty network namespace where the kernel allows that alone, else a guard that disables the socket module (not
+  a boundary: ctypes gets around it); files: as root, the program is an unprivileged uid that owns nothing but
+  its scratch directory (world-writable folders such as /tmp and /dev/shm stay writable); as a non-root caller
+  it keeps that user's file permissions (then nothing but the scratch working directory isolates it).
+In both modes a seccomp filter (``sandbox_seccomp.py``, where the kernel allows it) refuses signals to any other
+process and ptrace, so that a non-root caller's programs, which run as its own uid, cannot kill or trace it.
+Each result's ``sandbox`` says which held: mode, network ("namespace" | "guard"), filesystem ("private" |
+"shared"), seccomp (bool), uid. bench/RELIABILITY.md ("The sandbox") lists the escape attempts tried in each mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import pwd
 import queue
 import shutil
 import signal
@@ -39,24 +50,30 @@ from pathlib import Path
 SANDBOX_UID = 64000  # + slot; below 65534 (nobody), within the 16-bit ranges containers usually map
 ENTRY = Path(__file__).with_name("sandbox_entry.py")
 TAIL_CHARS = 2000
-SETUP_FAILED = 125  # sandbox_entry.py's exit status when it cannot drop root
+SETUP_FAILED = 125  # sandbox_entry.py's exit status when it cannot isolate the program or drop root
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Per program: wall seconds, address space, bytes per written file, open files, processes (module doc)."""
+    """Per program: wall seconds, address space, bytes per written file, open files, processes (module doc).
+
+    - namespaces: use the strong mode where the kernel allows it (False: the weak mode everywhere, to compare).
+    """
 
     seconds: float = 10.0
     memory_bytes: int = 1 << 30
     file_bytes: int = 1 << 24
     open_files: int = 64
     processes: int = 1
+    namespaces: bool = True
 
     def __post_init__(self) -> None:
         for name in ("seconds", "memory_bytes", "file_bytes", "open_files", "processes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"limits.{name}: expected a positive number, got {value!r}")
+        if not isinstance(self.namespaces, bool):
+            raise TypeError(f"limits.namespaces: expected a bool, got {self.namespaces!r}")
 
 
 def run_program(source: str, limits: Limits = Limits(), slot: int = 0) -> dict:
@@ -64,7 +81,8 @@ def run_program(source: str, limits: Limits = Limits(), slot: int = 0) -> dict:
 
     Returns: passed (exit status 0 within the limits), status ("passed" | "timed out" | "failed: <last stderr
     line>" | "killed by <signal>" | "sandbox setup failed: ..."), returncode, seconds, stderr (its last 2,000
-    characters), sandbox ({"network", "uid"}).
+    characters), sandbox ({"mode", "network", "filesystem", "seccomp", "uid"}: what isolation held, module
+    doc; None when the setup failed).
     slot: 0 <= slot < 1000, picks the uid among concurrently running programs.
     """
     if not isinstance(source, str):
@@ -105,6 +123,23 @@ def run_programs(
         return list(pool.map(one, sources))
 
 
+@functools.lru_cache(maxsize=1)
+def strong_mode_available() -> bool:
+    """Whether this kernel lets a program run in the strong mode (module doc); found once, by running one."""
+    result = run_program("pass\n", Limits(seconds=30))
+    return result["passed"] and result["sandbox"]["mode"] == "namespace"
+
+
+def hidden_folders() -> list[str]:
+    """The folders the strong mode covers with an empty tmpfs (those that exist, where this process runs)."""
+    homes = [os.path.expanduser("~")]
+    with contextlib.suppress(KeyError):  # a uid without a passwd entry (some containers)
+        homes.append(pwd.getpwuid(os.getuid()).pw_dir)
+    candidates = ["/tmp", "/var/tmp", "/dev/shm", "/run", tempfile.gettempdir(), "/home", "/root", *homes]
+    kept = [path for path in candidates if os.path.isabs(path) and os.path.isdir(path)]
+    return [path for path in dict.fromkeys(kept) if os.path.realpath(path) != "/"]
+
+
 def _run_in(scratch: Path, source: str, limits: Limits, uid: int) -> dict:
     (scratch / "program.py").write_text(source)
     config = {
@@ -116,6 +151,9 @@ def _run_in(scratch: Path, source: str, limits: Limits, uid: int) -> dict:
         "open_files": int(limits.open_files),
         "processes": int(limits.processes),
         "uid": uid,
+        "scratch": str(scratch),
+        "namespaces": limits.namespaces,
+        "hide": hidden_folders(),
     }
     (scratch / "config.json").write_text(json.dumps(config))
     if os.geteuid() == 0:
@@ -152,7 +190,7 @@ def _run_in(scratch: Path, source: str, limits: Limits, uid: int) -> dict:
     sandbox = json.loads(report.read_text()) if report.exists() else None
     return {
         "passed": returncode == 0 and not timed_out,
-        "status": _status(returncode, timed_out, tail),
+        "status": _status(returncode, timed_out, tail, (scratch / "stderr").stat().st_size >= limits.file_bytes),
         "returncode": returncode,
         "seconds": seconds,
         "stderr": tail,
@@ -171,11 +209,13 @@ def _wait_unreaped(pid: int, deadline: float) -> bool:
     return False
 
 
-def _status(returncode: int, timed_out: bool, stderr: str) -> str:
+def _status(returncode: int, timed_out: bool, stderr: str, stderr_full: bool = False) -> str:
     if timed_out:
         return "timed out"
     if returncode == 0:
         return "passed"
+    if stderr_full and returncode > 0:  # its last line is the output, not an error
+        return "failed: stderr reached the file size limit (Limits.file_bytes)"
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     last = lines[-1].strip() if lines else ""
     if returncode == SETUP_FAILED and last.startswith("mdfast sandbox:"):

@@ -167,7 +167,8 @@ class LLaDABlock(nn.Module):
         ``positions`` (the refresh) K, V are also copied into it and the attention is the same as
         without; with ``positions`` (B, L) (a cached step, h holding those positions' rows only) q, k
         are rotated at those positions, k, v replace the cache's rows there, and q attends over all
-        L_all cached keys (``bias`` is then the padding mask over those). ``rows`` (a refresh of some
+        L_all cached keys (``bias`` is then the padding mask over those): one op,
+        ``torch.ops.mdfast.cached_attention``. ``rows`` (a refresh of some
         of the cache's rows): int64 (B,), the cache rows this batch's rows write. ``write`` (a cached
         step): (B, L) bool, the rows whose k, v replace the cache's (elsewhere they only query).
         ``rope``: RoPE's (cos, sin_rot) tables at these rows' positions (``reference.rope_tables``), built
@@ -178,8 +179,10 @@ class LLaDABlock(nn.Module):
         q = self._heads(q, self.n_heads, True, positions, rope)
         k = self._heads(k, self.n_kv_heads, True, positions, rope)
         v = self._heads(v, self.n_kv_heads, False)
+        if kv is not None and positions is not None:  # one op: write S's k, v into the cache, attend over it
+            return torch.ops.mdfast.cached_attention.default(q, k, v, *kv, positions, write, bias)
         if kv is not None:
-            k, v = _write_cache(kv, k, v, positions, rows, write)
+            k, v = _write_cache(kv, k, v, rows)
         repeats = self.n_heads // self.n_kv_heads
         if repeats > 1:
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
@@ -230,39 +233,21 @@ class LLaDABlock(nn.Module):
         return parts
 
 
-def _write_cache(
-    kv: tuple[Tensor, Tensor],
-    k: Tensor,
-    v: Tensor,
-    positions: Tensor | None,
-    rows: Tensor | None = None,
-    write: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """K, V (B, n_kv_heads, n, hd) written into a layer's cache ``kv``; returns the keys and values to attend over.
+def _write_cache(kv: tuple[Tensor, Tensor], k: Tensor, v: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """K, V (B, n_kv_heads, L, hd) copied into a layer's cache ``kv`` by a refresh; returns k, v themselves.
 
-    Without ``positions`` (the refresh, n = L) a copy of every row (into the cache rows ``rows``
-    where given), and k, v themselves are returned (the attention is then the plain forward's, bit
-    for bit); with ``positions`` (B, n) a scatter into those rows (replacing them; where ``write``
-    (B, n) bool is False the cache's own K, V are kept), and the whole cache is returned
-    (B, n_kv_heads, L, hd).
+    Every row (into the cache rows ``rows`` where given); the attention is then the plain forward's, bit for
+    bit. A cached step's write and attention are one op, ``torch.ops.mdfast.cached_attention``
+    (``mdfast/custom_ops.py``).
     """
     keys, values = kv
-    if positions is None and rows is not None:
+    if rows is not None:
         keys.index_copy_(0, rows, k.transpose(1, 2))
         values.index_copy_(0, rows, v.transpose(1, 2))
-        return k, v
-    if positions is None:
+    else:
         keys.copy_(k.transpose(1, 2))
         values.copy_(v.transpose(1, 2))
-        return k, v
-    index = positions[:, :, None, None].expand(-1, -1, *keys.shape[2:])
-    k, v = k.transpose(1, 2), v.transpose(1, 2)
-    if write is not None:  # entries that only query keep the cache's K, V
-        keep = ~write[:, :, None, None]
-        k, v = torch.where(keep, keys.gather(1, index), k), torch.where(keep, values.gather(1, index), v)
-    keys.scatter_(1, index, k)
-    values.scatter_(1, index, v)
-    return keys.transpose(1, 2), values.transpose(1, 2)
+    return k, v
 
 
 def _split_fused(block: LLaDABlock, state_dict: dict[str, Tensor], prefix: str, local_metadata: dict) -> None:

@@ -15,10 +15,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ..atomic import CorruptFileError, atomic_save_safetensors, atomic_write_text, checked_safe_open
 from .llada_body import LLaDABlock, LLaDAModel
 from .llada_config import LLaDAConfig, checkpoint_shapes
 
@@ -39,18 +38,16 @@ def load_llada(
     ``checkpoint_shapes(config)`` with that shape and every one of those must be present, or a
     ValueError lists the missing, unexpected and misshapen keys. The module is built on the meta
     device and the tensors are read straight onto ``device``, one block at a time (one copy, plus
-    one block's projections while they are fused).
+    one block's projections while they are fused). A truncated or damaged shard, index or config raises
+    ``mdfast.atomic.CorruptFileError`` (a ValueError) naming the file; a missing shard, a ValueError naming it.
     """
     folder = Path(path)
-    config = LLaDAConfig.from_json_file(folder / CONFIG_FILE)
+    config = LLaDAConfig.from_dict(_read_json(folder / CONFIG_FILE))
     located = _locate_keys(folder, checkpoint_shapes(config))
     device = str(torch.device(device))
     model = LLaDAModel(config, device="meta")
     with ExitStack() as stack:
-        files = {
-            file: stack.enter_context(safe_open(str(file), framework="pt", device=device))
-            for file in set(located.values())
-        }
+        files = {file: stack.enter_context(checked_safe_open(file, device=device)) for file in set(located.values())}
         _assign_by_block(model, lambda key: files[located[key]].get_tensor(key).to(dtype))
     return model.eval()
 
@@ -85,7 +82,9 @@ def _checkpoint_files(folder: Path) -> tuple[list[Path], set[str] | None]:
     """
     index = folder / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CorruptFileError(index, "no weight_map of key -> shard file name")
         files = [folder / name for name in sorted(set(weight_map.values()))]
         absent = [str(file) for file in files if not file.is_file()]
         if absent:
@@ -106,7 +105,7 @@ def _locate_keys(folder: Path, expected: dict[str, tuple[int, ...]]) -> dict[str
     problems = []
     files, indexed = _checkpoint_files(folder)
     for file in files:
-        with safe_open(str(file), framework="pt") as f:
+        with checked_safe_open(file) as f:
             for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
                 if key in located:
                     problems.append(f"key {key} is in both {located[key].name} and {file.name}")
@@ -139,7 +138,9 @@ def save_llada(model: LLaDAModel, path: str | os.PathLike, max_shard_bytes: int 
     """Write ``model`` to folder ``path`` as ``load_llada`` reads it.
 
     ``config.json``, shards ``model-0000k-of-0000n.safetensors`` of at most ``max_shard_bytes`` each
-    (a larger tensor gets a shard of its own) and ``model.safetensors.index.json``.
+    (a larger tensor gets a shard of its own) and ``model.safetensors.index.json``. Each file is written
+    atomically (``mdfast.atomic``): shards first, then the index and the config, so a crash leaves every file
+    whole (an old index may name an old shard set until the new index lands).
     """
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     shapes = {key: tuple(value.shape) for key, value in state.items()}
@@ -159,13 +160,23 @@ def save_llada(model: LLaDAModel, path: str | os.PathLike, max_shard_bytes: int 
     weight_map = {}
     for k, shard in enumerate(shards, start=1):
         name = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        atomic_save_safetensors(shard, folder / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, name))
     total = sum(t.numel() * t.element_size() for t in state.values())
-    (folder / INDEX_FILE).write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
-    )
-    (folder / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    atomic_write_text(folder / INDEX_FILE, json.dumps(index, indent=2))
+    atomic_write_text(folder / CONFIG_FILE, json.dumps(model.config.to_dict(), indent=2))
+
+
+def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; CorruptFileError naming the file when it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptFileError(path, f"not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise CorruptFileError(path, f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def from_remote(remote: nn.Module) -> LLaDAModel:

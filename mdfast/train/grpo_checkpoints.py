@@ -2,20 +2,25 @@
 
 A folder holds the policy (``StepPolicy.save``), the initial policy when the run has a KL term, and
 trainer_state.pt (optimizer, scheduler, step, config); it counts as complete once trainer_state.pt is there.
+Every file is written atomically (``mdfast.atomic``) and trainer_state.pt last, so a run killed at any point
+leaves complete checkpoints and at most one incomplete folder, which resuming ignores. Resuming also cuts
+``metrics.jsonl`` back to the checkpoint's step, so the resumed run's records follow on as the uninterrupted
+run's would; a damaged state file raises ``CorruptFileError`` naming it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import asdict
 
-import torch
-
+from ..atomic import atomic_torch_save, atomic_write_text, checked_torch_load, remove_temporaries
 from ..policy import StepPolicy
 from . import distributed
 
 __all__ = [
+    "METRICS_FILE",
     "POLICY_FILE",
     "REF_POLICY_FILE",
     "STATE_FILE",
@@ -23,11 +28,13 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
+    "trim_metrics",
 ]
 
 POLICY_FILE = "policy.safetensors"
 REF_POLICY_FILE = "ref_policy.safetensors"
 STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"  # MetricsLog's file in the run's folder
 
 
 def find_checkpoints(output_dir: str) -> list[tuple[int, str]]:
@@ -54,6 +61,7 @@ def save_checkpoint(trainer) -> str:
     path = os.path.join(trainer.args.output_dir, f"checkpoint-{trainer.global_step}")
     if trainer.world.is_main:
         os.makedirs(path, exist_ok=True)
+        remove_temporaries(path)  # a checkpoint a kill left incomplete is written again
         trainer.policy.save(os.path.join(path, POLICY_FILE))
         if trainer.ref_policy is not None:
             trainer.ref_policy.save(os.path.join(path, REF_POLICY_FILE))
@@ -63,7 +71,7 @@ def save_checkpoint(trainer) -> str:
             "scheduler": trainer.scheduler.state_dict(),
             "args": asdict(trainer.args),
         }
-        torch.save(state, os.path.join(path, STATE_FILE))
+        atomic_torch_save(state, os.path.join(path, STATE_FILE))
     distributed.barrier()
     return path
 
@@ -76,7 +84,32 @@ def load_checkpoint(trainer, path: str) -> None:
     trainer.policy.load_state_dict(saved.state_dict())
     if trainer.ref_policy is not None:
         trainer.ref_policy.load_state_dict(StepPolicy.load(os.path.join(path, REF_POLICY_FILE)).state_dict())
-    state = torch.load(os.path.join(path, STATE_FILE), map_location=trainer.device, weights_only=True)
+    state = checked_torch_load(os.path.join(path, STATE_FILE), map_location=trainer.device, weights_only=True)
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.global_step = int(state["global_step"])
+    if trainer.world.is_main:
+        remove_temporaries(trainer.args.output_dir)
+        trim_metrics(os.path.join(trainer.args.output_dir, METRICS_FILE), trainer.global_step)
+
+
+def trim_metrics(path: str, step: int) -> None:
+    """Keep the records of ``path`` (a metrics.jsonl) up to ``step``: a resumed run logs the later ones again.
+
+    A last line cut short by a kill is dropped too; the file is rewritten atomically (untouched if missing).
+    """
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i + 1 < len(lines):
+                raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+            break  # the last line, cut short
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))

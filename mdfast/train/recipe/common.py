@@ -17,6 +17,7 @@ import transformers
 from transformers import BertForMaskedLM
 
 import mdfast
+from mdfast.atomic import atomic_write, atomic_write_text
 from mdfast.eval import antiberty_vocabulary, budget_steps, held_out_genes, load_genes, mask_gene, split_genes
 from mdfast.train.grpo import PolicyGRPOConfig
 
@@ -76,13 +77,13 @@ def trainer_budget(budget: Fraction, counts) -> float:
 
 
 def write_json(path: Path, value) -> None:
-    """``value`` as indented JSON (no NaN)."""
-    path.write_text(json.dumps(value, indent=1, allow_nan=False) + "\n")
+    """``value`` as indented JSON (no NaN), written atomically."""
+    atomic_write_text(path, json.dumps(value, indent=1, allow_nan=False) + "\n")
 
 
 def write_jsonl(path: Path, rows) -> None:
-    """One JSON object a line."""
-    with open(path, "w", encoding="utf-8") as f:
+    """One JSON object a line, written atomically."""
+    with atomic_write(path) as f:
         f.writelines(json.dumps(row, allow_nan=False) + "\n" for row in rows)
 
 

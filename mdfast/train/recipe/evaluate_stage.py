@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from mdfast import StepPolicy
+from mdfast.atomic import atomic_write_text
 from mdfast.eval import antibody, held_out_genes, load_antiberty, parse_budget, pooled_fraction
 
 from .common import (
@@ -89,7 +90,7 @@ def run_evaluate(args, out: Path) -> None:
     write_json(stage / "evaluate.json", summary)
     write_jsonl(stage / "evaluate.jsonl", records)
     table = format_evaluation(records, comparisons, summary)
-    (stage / "evaluate.md").write_text(table + "\n")
+    atomic_write_text(stage / "evaluate.md", table + "\n")
     plot_evaluation(records, stage / "evaluate.png")
     print(table)
 
