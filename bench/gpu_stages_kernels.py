@@ -5,13 +5,15 @@
   of rows (tests/checks.py): token_stats at 512 x 126464, 2048 x 152064, few rows (the split path) and
   8 x 2048 x 152064 (B*N*V > 2^31), strided and misaligned rows, ties, -inf and non-finite rows; xflow_step at
   the LLaDA-8B step shape (N 512, V 126464, E 4096, bf16 logits and embedding), B = 1 and 8, heuristic, random
-  policy, sampled (its own draws handed to the reference); the body kernels (rms_norm with and without the
+  policy, sampled (its own draws handed to the reference); xflow_step with B*N*V > 2^31 bf16 logits (2 x 1025 x
+  2^20, 4.3 GB: 64-bit offsets; the last rows against the reference); the body kernels (rms_norm with and without the
   residual, rope_ on the q heads of a fused qkv, swiglu on the halves of a fused gate/up) at LLaDA-8B widths.
 - cuda: the CUDA kernels, the same token_stats and xflow_step cases.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -160,6 +162,11 @@ def correctness(stage: Stage, backend: str, tiny: bool, body: bool) -> None:
                 label = f"xflow_step {backend} {B}x{N}x{V}x{E} {shapes.step_dtype} {kind}"
                 stage.case(label, lambda B=B, kind=kind, state=state: step_case(state, B, kind, backend))
         del state
+        shape = (2, 9, 64, 8) if tiny else (2, 1025, 2**20, 16)
+        label = "x".join(map(str, shape))
+        stage.case(f"xflow_step {backend} {label} bf16 (64-bit offsets)", lambda: offsets_case(shape, backend, device))
+        if device == "cuda":
+            torch.cuda.empty_cache()
     if body:
         L, d, heads, F, batches = shapes.body
         for name in shapes.body_dtypes:
@@ -168,6 +175,39 @@ def correctness(stage: Stage, backend: str, tiny: bool, body: bool) -> None:
                 stage.case(
                     f"body kernels {backend} {label}", lambda B=B, name=name: body_case(B, shapes.body, name, device)
                 )
+
+
+def offsets_case(shape: tuple[int, int, int, int], backend: str, device: str) -> None:
+    """xflow_step on bf16 logits (B, N, V) with, at full size, B*N*V > 2^31: the last rows against the reference.
+
+    Row N - 2 of each sequence is planted with c ~ 0.9 and t = 0.5, so the hard commit must land on it, past
+    element 2^31 in the second sequence (tests/test_large_indexing.py does the same on the cpu backend).
+    """
+    B, N, V, E = shape
+    generator = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(B, N, V, device=device, dtype=torch.bfloat16, generator=generator)
+    planted = N - 2
+    logits[:, planted, 12345 % V] = math.log(9 * V * math.exp(0.5))  # sum exp(z) ~ V e^(1/2): p ~ 0.9
+    X = torch.randn(B, N, E, device=device, generator=generator)
+    t = torch.rand(B, N, device=device, generator=generator)
+    t[:, planted] = 0.5
+    embedding = torch.randn(V, E, device=device, generator=generator).to(torch.bfloat16)
+    mask = torch.randn(E, device=device, generator=generator)
+    rho = torch.full((B,), 0.5, device=device)
+    config = mdfast.FlowConfig()
+    tail = slice(N - 3, N)
+    want = checks.reference_step(
+        logits[:, tail], X[:, tail], t[:, tail], embedding, mask, None, rho, config
+    )  # before the in-place step
+    X_before = X[:, tail].clone()
+    out = mdfast.xflow_step(
+        logits, X, t, embedding, mask, None, rho, config=config, backend=backend, check_finite=False
+    )
+    assert out.committed.tolist() == [planted] * B, f"the planted row is the commit, got {out.committed.tolist()}"
+    checks.assert_equal("committed", out.committed - (N - 3), want["committed"])
+    fields = ("X", "t", "tokens", "confidence", "action", "reedited", "lse")
+    tail_out = dataclasses.replace(out, committed=want["committed"], **{f: getattr(out, f)[:, tail] for f in fields})
+    checks.check_step(tail_out, want, X_before, embedding, checks.RTOL[torch.bfloat16])
 
 
 def stats_case(case: StatsCase, backend: str, device: str) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 
 import torch
 
 from mdfast.atomic import atomic_write
 
+from .errors import UsageError
 from .model_args import DTYPE_CHOICES
 
 DESCRIPTION = """Time token_stats and xflow_step (and with --body the LLaDA body kernels) per backend,
@@ -50,9 +53,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--backends", help="comma-separated (default: torch and the device's kernel backends)")
     parser.add_argument("--body", action="store_true", help="also the LLaDA body kernels at LLaDA-8B widths")
     parser.add_argument("--compile", action="store_true", help="also torch.compile of the reference (slow)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeat", type=int, default=None, help="timed calls (default: 20 on a GPU, 10 on the CPU)")
-    parser.add_argument("--calls", type=int, default=10, help="calls per captured graph (GPU)")
+    parser.add_argument("--warmup", type=count(0), default=3, help="untimed calls first (default: %(default)s)")
+    parser.add_argument(
+        "--repeat", type=count(1), default=None, help="timed calls (default: 20 on a GPU, 10 on the CPU)"
+    )
+    parser.add_argument("--calls", type=count(1), default=10, help="calls per captured graph (GPU)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--load", action="store_true", help="CPU: time quiet and beside one busy process per core")
     parser.add_argument("--threads", type=thread_counts, help="with --load: torch thread counts (default: 1 and all)")
@@ -71,6 +76,37 @@ def shape(text: str) -> tuple[int, int, int, int]:
     return parts
 
 
+def count(least: int):
+    """The argparse type of an int >= ``least`` (``--repeat``, ``--warmup``, ``--calls``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an int >= {least}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int >= {least}"
+    return parse
+
+
+def check_json(path: str | None) -> None:
+    """UsageError naming ``--json`` where its file cannot be written (checked before the run, not after it)."""
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"--json: {path} is a folder; name a file to write")
+    if not os.path.isdir(parent):
+        raise UsageError(f"--json: no such folder: {parent} (for {path})")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as error:
+        raise UsageError(f"--json: cannot write {path} ({error.strerror or error})") from None
+
+
 def thread_counts(text: str) -> list[int]:
     """``--threads 1,2``."""
     try:
@@ -85,8 +121,12 @@ def thread_counts(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     """Probe the backends, then time every case and print its row as it comes."""
     from mdfast import benchmark  # the tree imports every verb: implementations load when their verb runs
+    from mdfast.cli import model_loading  # measured import cost: transformers, 1 s; loads when the verb runs
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = model_loading.check_device(args.device)
+    if args.load and device.type != "cpu":
+        raise UsageError("--load: times the CPU (--device cpu)")
+    check_json(args.json)
     on_gpu = device.type == "cuda"
     dtype = benchmark.DTYPES[args.dtype or ("bfloat16" if on_gpu else "float32")]
     names = args.backends.split(",") if args.backends else benchmark.default_backends(device)
@@ -97,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
             backends.append(name)
         else:
             print(f"# backend {name}: unavailable ({reason})", file=sys.stderr)
-    timer = benchmark.Timer(device, warmup=args.warmup, repeat=args.repeat or (20 if on_gpu else 10), calls=args.calls)
+    repeat = args.repeat if args.repeat is not None else 20 if on_gpu else 10
+    timer = benchmark.Timer(device, warmup=args.warmup, repeat=repeat, calls=args.calls)
     policies = ("heuristic", "random") if args.policy == "both" else (args.policy,)
     compile_backend = "inductor" if args.compile else None
 
@@ -129,8 +170,6 @@ def run_loaded(args, device, dtype, backends, policies, timer) -> int:
     """``--load``: every shape's cases quiet and loaded per thread count, then the table of both medians."""
     from mdfast import benchmark  # the tree imports every verb: implementations load when their verb runs
 
-    if device.type != "cpu":
-        raise SystemExit("mdfast bench: --load times the CPU (--device cpu)")
     threads = args.threads or sorted({1, torch.get_num_threads()})
     print(f"# load: {benchmark.cores()} busy processes beside it; threads: {threads}")
     print(benchmark.HEADER + "\n|" + "---|" * 12, flush=True)
@@ -142,6 +181,6 @@ def run_loaded(args, device, dtype, backends, policies, timer) -> int:
     print("\n" + benchmark.LOAD_HEADER)
     print("\n".join(benchmark.format_load_row(r) for r in rows), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_write(args.json) as f:
             json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
     return 0

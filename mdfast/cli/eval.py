@@ -150,8 +150,12 @@ def add_humaneval_parser(benchmarks) -> None:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None)
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="(default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="wall seconds per program (default: %(default)s)")
-    parser.add_argument("--memory-mb", type=int, default=1024, help="address space per program (default: %(default)s)")
+    parser.add_argument(
+        "--timeout", type=positive_float, default=10.0, help="wall seconds per program (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--memory-mb", type=positive_int, default=1024, help="address space per program (default: %(default)s)"
+    )
     parser.add_argument("--workers", type=positive_int, default=None, help="programs run at once (default: CPUs)")
     add_run_arguments(parser, "humaneval")
 
@@ -213,6 +217,11 @@ def run(args: argparse.Namespace) -> int:
             "is a BERT: leave out --cache and --cache-refresh"
         )
     _check_files(settings)
+    from mdfast.cli import model_loading  # measured import cost: transformers, 1 s; loads when the verb runs
+
+    model_loading.check_device(settings["device"])  # a UsageError before the run log is written
+    if args.benchmark == "humaneval":
+        model_loading.check_model_folder(settings["model"])
     _check_extras(args.benchmark)
     from mdfast.eval import commands  # the tree imports every verb: implementations load when their verb runs
 
@@ -274,6 +283,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 import mdfast
 from mdfast import loading, ops
 from mdfast.decode import DecodeOptions
+from mdfast.models import DREAM_TYPES, LLADA2_TYPES, LLADA_TYPES, causal_lm_message
 from mdfast.models.llada import LLaDAConfig
 
 from .errors import CommandError, UsageError, usage_error
@@ -27,6 +28,7 @@ __all__ = [
     "OpenedFolder",
     "check_backend",
     "check_device",
+    "check_masked_lm",
     "check_model_folder",
     "check_prompt",
     "check_tokenizer",
@@ -161,6 +163,7 @@ def open_folder(args: argparse.Namespace) -> OpenedFolder:
         if args.trust_remote_code or "trust_remote_code" not in str(error):
             raise
         raise UsageError(f"--model {folder}: the model comes with its own code; pass --trust-remote-code") from None
+    check_masked_lm(config, folder)
     tokenizer = loading.load_tokenizer(folder, trust_remote_code=args.trust_remote_code)
     if tokenizer is None and isinstance(config, LLaDAConfig):
         raise CommandError(f"{folder} holds no tokenizer files; save the model's own tokenizer there")
@@ -173,6 +176,19 @@ def open_folder(args: argparse.Namespace) -> OpenedFolder:
     if vocab_size is not None:  # else checked against the embedding table once it is loaded
         mask_token_id = check_tokenizer(tokenizer, vocab_size, args.mask_token_id, config, folder)
     return OpenedFolder(folder, config, tokenizer, vocab_size, mask_token_id)
+
+
+def check_masked_lm(config, folder: Path) -> None:
+    """CommandError, with ``mdfast.patch``'s message, for the config of a causal LM (GPT-2, Llama, ...).
+
+    Such a folder would load as its bare body (``AutoModel``: no output projection); a config that has a
+    masked-LM class too (BERT) is left to load as one.
+    """
+    if getattr(config, "model_type", None) in (*LLADA_TYPES, *DREAM_TYPES, *LLADA2_TYPES):
+        return  # masked diffusion models (their remote classes may be registered as causal LMs), or refused later
+    causal = AutoModelForCausalLM._model_mapping
+    if type(config) in causal and type(config) not in AutoModelForMaskedLM._model_mapping:
+        raise CommandError(f"--model {folder}: {causal_lm_message(causal[type(config)].__name__)}")
 
 
 def load_patched_model(args: argparse.Namespace, opened: OpenedFolder, device: torch.device, dtype: torch.dtype):

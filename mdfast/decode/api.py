@@ -207,7 +207,7 @@ def _check_inputs(
     """``input_ids`` (B, L) and ``attention_mask`` checked, the mask on the model's device as int64.
 
     Ids in the vocabulary; L (+ ``max_new_tokens`` for ``generate``, already validated) within the
-    model's positions.
+    model's positions; for ``generate`` the mask left-padded (``_check_left_padded``).
     """
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         shape = "(B, P)" if max_new_tokens is not None else "(B, L)"
@@ -222,6 +222,8 @@ def _check_inputs(
                 f"attention_mask: expected shape ({B}, {L}) like input_ids, got {describe(attention_mask)}"
             )
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
+        if max_new_tokens is not None:
+            _check_left_padded(attention_mask)
     V = adapter.vocab_size
     if input_ids.numel() and not bool(((input_ids >= 0) & (input_ids < V)).all()):
         low, high = int(input_ids.min()), int(input_ids.max())
@@ -236,3 +238,20 @@ def _check_inputs(
             f"{adapter.max_positions} (its config's maximum sequence length)"
         )
     return input_ids, attention_mask
+
+
+def _check_left_padded(attention_mask: Tensor) -> None:
+    """ValueError naming ``attention_mask`` where a row has padding after a real token (``generate`` only).
+
+    ``generate`` appends the new tokens after the last column, so a right-padded prompt would get
+    them after its padding; a row must be zeros then ones (no padding, or left padding).
+    """
+    real = attention_mask != 0
+    after = real.long().cummax(-1).values.bool() & ~real  # padding after a real token of its row
+    if bool(after.any()):
+        row = int(after.any(-1).nonzero()[0, 0])
+        raise ValueError(
+            f"attention_mask: row {row} has padding after its prompt (right padding), but generate appends the new "
+            "tokens after the last column, so they would follow the padding; pad prompts on the left "
+            '(tokenizer.padding_side = "left")'
+        )

@@ -23,7 +23,8 @@ Families:
   row j predicts position j + 1.
 - ``masked_lm``: native transformers masked LMs (BERT, RoBERTa, ModernBERT, DistilBERT, ...):
   any model with input and output embeddings whose forward takes ``inputs_embeds``; absolute
-  position ids skip the left padding.
+  position ids skip the left padding. A causal LM (a ``...ForCausalLM`` or ``...LMHeadModel`` class, or a config
+  with ``is_decoder``) is refused: it cannot fill masked positions.
 LLaDA2.0 (MoE block diffusion, remote code) is recognised and refused: its forward needs a
 block-causal attention mask mdfast does not build yet.
 """
@@ -40,12 +41,14 @@ from torch import Tensor, nn
 
 from .llada import LLaDAModel, from_remote
 
-__all__ = ["ModelAdapter", "RowSelectingHead", "adapt", "release"]
+__all__ = ["ModelAdapter", "RowSelectingHead", "adapt", "causal_lm_message", "is_causal_lm", "release"]
 
 # model_type values of the remote-code families (SPEC 4).
 LLADA_TYPES = ("llada",)
 DREAM_TYPES = ("Dream", "dream")
 LLADA2_TYPES = ("llada2_moe", "llada2", "bailing_moe")
+# the class-name endings of transformers' causal LMs (GPT2LMHeadModel, LlamaForCausalLM, ...): refused
+CAUSAL_CLASS_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
 class RowSelectingHead(nn.Module):
@@ -203,6 +206,8 @@ def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
             "supported yet: its forward needs a block-causal attention mask"
         )
     family = "llada" if model_type in LLADA_TYPES else "dream" if model_type in DREAM_TYPES else "masked_lm"
+    if family == "masked_lm" and is_causal_lm(model):
+        raise ValueError(f"mdfast.patch: {causal_lm_message(type(model).__name__)}")
     if family == "llada":
         model = _llada_body(model)
     get_in = getattr(model, "get_input_embeddings", None)
@@ -249,6 +254,23 @@ def adapt(model: nn.Module, mask_token_id: int | None = None) -> ModelAdapter:
         head=head,
         accepts_position_ids=family != "llada" and "position_ids" in parameters,
         max_positions=_max_positions(config, family),
+    )
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A causal (left-to-right) LM: a transformers causal-LM class (``...ForCausalLM``, ``...LMHeadModel``) or decoder.
+
+    Only asked of the ``masked_lm`` family (LLaDA and Dream are recognised by their model_type first).
+    """
+    name = type(model).__name__
+    return name.endswith(CAUSAL_CLASS_SUFFIXES) or bool(getattr(getattr(model, "config", None), "is_decoder", False))
+
+
+def causal_lm_message(name: str) -> str:
+    """The ValueError message for causal LM class ``name`` (``mdfast.patch`` and the CLI's model folders say it)."""
+    return (
+        f"{name} is a causal (left-to-right) LM, but mdfast decodes masked (bidirectional) LMs: "
+        "LLaDA, Dream, or a masked LM such as BERT (...ForMaskedLM); a causal LM cannot fill masked positions"
     )
 
 
