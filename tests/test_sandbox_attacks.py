@@ -71,7 +71,7 @@ def attack_cases(targets: dict[str, Path], home_secret: Path, port: int) -> dict
         "setuid_root": (
             "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.setgid(0), libc.setuid(0))\n"
             + write.format(str(targets["write_repository"])),
-            f"{READ_ONLY}|{DENIED}",
+            f"{READ_ONLY}|{DENIED}|{HIDDEN}",  # hidden: a checkout under /tmp or a home is behind the tmpfs
         ),
         "segfault": ("import ctypes\nctypes.string_at(0)\n", r"killed by SIGSEGV$"),
         "raise_rlimits": (
