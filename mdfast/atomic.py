@@ -8,7 +8,8 @@ Windows) and fsyncs the folder where the OS allows, so the rename itself survive
 - ``atomic_write(path, mode)``: the context manager every helper below uses; ``atomic_path(path)`` for
   writers that take a file name (safetensors, tokenizers, numpy).
 - ``atomic_write_text``, ``atomic_write_bytes``, ``atomic_torch_save``, ``atomic_save_safetensors``.
-- ``remove_temporaries(folder)``: what a writer killed outright (SIGKILL) left behind, removed on resume.
+- ``remove_temporaries(folder)``: what a writer killed outright (SIGKILL) left behind, removed on resume;
+  ``trim_jsonl(path, step)``: a JSON-lines log cut back to a resumed run's checkpoint.
 - ``CorruptFileError``: a file that is truncated or corrupted when read back (a ValueError naming the file);
   ``checked_safe_open`` and ``checked_torch_load`` raise it instead of a bare library error.
 A new file gets the permissions ``open`` would give it (0o666 less the umask); a replaced one keeps its own.
@@ -17,6 +18,7 @@ A new file gets the permissions ``open`` would give it (0o666 less the umask); a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import stat
@@ -42,6 +44,7 @@ __all__ = [
     "checked_torch_load",
     "fsync_folder",
     "remove_temporaries",
+    "trim_jsonl",
 ]
 
 _MODES = ("w", "wb")
@@ -151,6 +154,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (``atomic_write``)."""
     with atomic_write(path, "wb") as f:
         f.write(data)
+
+
+def trim_jsonl(path: str | os.PathLike, through_step: int) -> None:
+    """Keep the records of the JSON-lines log ``path`` whose "step" is at most ``through_step`` (none: kept).
+
+    A resumed run logs the later steps again. A last line cut short by a kill is dropped; a broken line
+    elsewhere is a ValueError naming the file and line. Rewritten atomically; a missing file stays missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines, kept = path.read_text(encoding="utf-8").splitlines(), []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i + 1 < len(lines):
+                raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+            break  # the last line, cut short
+        if record.get("step", 0) <= through_step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -22,6 +22,7 @@ from mdfast.atomic import (
     atomic_write_text,
     checked_safe_open,
     checked_torch_load,
+    trim_jsonl,
 )
 
 
@@ -112,3 +113,16 @@ def test_a_cut_safetensors_file_is_a_named_error(tmp_path, keep):
     expected = r"t\.safetensors: not a readable safetensors file"
     with pytest.raises(CorruptFileError, match=expected), checked_safe_open(tmp_path / "t.safetensors") as f:
         f.get_tensor("a")
+
+
+def test_trim_jsonl(tmp_path):
+    """A resumed run's log: records up to the step kept (and those without one), a cut last line dropped."""
+    log = tmp_path / "log.jsonl"
+    trim_jsonl(log, 3)
+    assert not log.exists(), "a missing log stays missing"
+    log.write_text('{"step": 1}\n{"note": "x"}\n{"step": 3}\n{"step": 4}\n{"step": 5, "lo')
+    trim_jsonl(log, 3)
+    assert log.read_text() == '{"step": 1}\n{"note": "x"}\n{"step": 3}\n'
+    log.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"log.jsonl: line 2 is not JSON"):
+        trim_jsonl(log, 3)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_torch_save, atomic_write_text, checked_torch_load, remove_temporaries
+from ..atomic import atomic_torch_save, atomic_write_text, checked_torch_load, remove_temporaries, trim_jsonl
 from ..models.llada import LLaDAConfig, LLaDAModel, save_llada
 from . import data as code_data
 from .mdlm_loss import mdlm_loss, sample_masks
@@ -196,18 +196,7 @@ class _Log:
         if keep_through_step is None:
             atomic_write_text(path, "")
         else:  # resume: drop what the interrupted run logged after its last checkpoint, and a line cut short
-            lines = path.read_text().splitlines() if path.is_file() else []
-            kept = []
-            for i, line in enumerate(lines):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    if i + 1 < len(lines):
-                        raise ValueError(f"{path}: line {i + 1} is not JSON") from None
-                    break
-                if record["step"] <= keep_through_step:
-                    kept.append(line)
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+            trim_jsonl(path, keep_through_step)
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:

@@ -10,12 +10,11 @@ run's would; a damaged state file raises ``CorruptFileError`` naming it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import asdict
 
-from ..atomic import atomic_torch_save, atomic_write_text, checked_torch_load, remove_temporaries
+from ..atomic import atomic_torch_save, checked_torch_load, remove_temporaries, trim_jsonl
 from ..policy import StepPolicy
 from . import distributed
 
@@ -98,18 +97,4 @@ def trim_metrics(path: str, step: int) -> None:
 
     A last line cut short by a kill is dropped too; the file is rewritten atomically (untouched if missing).
     """
-    if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    kept = []
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if i + 1 < len(lines):
-                raise ValueError(f"{path}: line {i + 1} is not JSON") from None
-            break  # the last line, cut short
-        if record.get("step", 0) <= step:
-            kept.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    trim_jsonl(path, step)
